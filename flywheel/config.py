@@ -1,0 +1,215 @@
+"""One pydantic config for the whole flywheel, loaded from one YAML file.
+
+Validated once at the boundary (`load_config`); everything downstream receives a
+`FlywheelConfig` and trusts it. Every field says what it is where it is declared.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_HOME = "~/.cache/flywheel"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line and names the field."""
+
+
+def flywheel_home() -> Path:
+    """Root of everything the flywheel writes: `$FLYWHEEL_HOME`, default ~/.cache/flywheel."""
+    return Path(os.environ.get("FLYWHEEL_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+def models_home() -> Path:
+    """Where pulled models live: `$FLYWHEEL_MODELS`, default `$FLYWHEEL_HOME/models`."""
+    explicit = os.environ.get("FLYWHEEL_MODELS")
+    return Path(explicit).expanduser().resolve() if explicit else flywheel_home() / "models"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BaseModelConfig(_Strict):
+    """A base model served by its own vLLM deployment, with LoRA adapters on top."""
+
+    name: str = Field(
+        description="Name clients use in the request's `model` field; adapters are addressed "
+        "as `<name>:<adapter>`. Letters, digits, '.', '_' and '-'."
+    )
+    source: str = Field(
+        description="A model known to `flywheel models pull` (e.g. `smollm2-135m-instruct`, read "
+        "from $FLYWHEEL_MODELS) or a path to a local Hugging Face model folder."
+    )
+    max_model_len: int = Field(2048, gt=0, description="Context length (prompt + completion tokens).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weights/activations dtype handed to vLLM."
+    )
+    max_loras: int = Field(4, ge=1, description="Adapters resident in one batch at once.")
+    max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have.")
+    max_cpu_loras: int = Field(16, ge=1, description="Adapters cached in host memory (LRU).")
+    tool_call_parser: str = Field(
+        "hermes",
+        description="vLLM tool parser that turns generated `<tool_call>{...}</tool_call>` text into "
+        "OpenAI `tool_calls`.",
+    )
+    chat_template: str | None = Field(
+        "chatml_tools",
+        description="Chat template: a bundled name (`chatml_tools`: ChatML with tools rendered in "
+        "the system turn), a path to a .jinja file, or null for the model's own template.",
+    )
+    kv_cache_gib: int = Field(
+        2, ge=1, description="KV-cache memory on CPU machines (VLLM_CPU_KVCACHE_SPACE), GiB."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="Ray CPUs reserved by each replica.")
+    num_gpus: float = Field(0.0, ge=0, description="Ray GPUs reserved by each replica.")
+    num_replicas: int = Field(1, ge=1, description="Replicas of this model deployment.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica runs concurrently (vLLM batches them)."
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="Requests waiting for a replica before new ones are refused with 503.",
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra vLLM engine flags, e.g. {gpu-memory-utilization: 0.9}; "
+        "keys are the `vllm serve` flag names without dashes in front.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_addressable(cls, value: str) -> str:
+        if not MODEL_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (':' separates adapters)")
+        return value
+
+
+class RouteTarget(_Strict):
+    """What an alias resolves to: a base model, optionally with an adapter on it."""
+
+    base: str = Field(description="Name of a served base model.")
+    adapter: str | None = Field(None, description="Adapter name under that base, or null.")
+
+
+class ServeConfig(_Strict):
+    """The HTTP service: where it listens, what it serves, what it refuses."""
+
+    host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the HTTP proxy binds.")
+    models: list[BaseModelConfig] = Field(min_length=1, description="Base models to serve.")
+    aliases: dict[str, RouteTarget] = Field(
+        default_factory=dict,
+        description="Static routing table: alias -> base model (+ adapter). A request naming an "
+        "alias is answered by its target.",
+    )
+    max_body_bytes: int = Field(
+        4_000_000, gt=0, description="Request bodies larger than this are refused with 413."
+    )
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="A request still unanswered after this long gets 504."
+    )
+    ingress_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs reserved by the ingress.")
+
+    @model_validator(mode="after")
+    def _routes_point_at_served_models(self) -> ServeConfig:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"models: names must be unique, got {names}")
+        for alias, target in self.aliases.items():
+            if alias in names or ":" in alias:
+                raise ValueError(f"aliases.{alias}: must not contain ':' or repeat a model name")
+            if target.base not in names:
+                raise ValueError(f"aliases.{alias}.base: {target.base!r} is not one of {names}")
+        return self
+
+
+class RayConfig(_Strict):
+    """How `flywheel serve` and jobs reach Ray."""
+
+    address: str = Field(
+        "local",
+        description="`local` starts a private Ray instance for this process (never joins another "
+        "on the machine); `auto` or `ray://host:port` joins an existing cluster.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs a local instance may use (default: all).")
+    include_dashboard: bool = Field(False, description="Start the Ray dashboard with a local instance.")
+
+
+class FlywheelConfig(_Strict):
+    """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
+
+    home: Path = Field(
+        default_factory=flywheel_home,
+        description="Root of all state (store, datasets, adapters, runs, reports). "
+        "Default $FLYWHEEL_HOME, else ~/.cache/flywheel.",
+    )
+    models_dir: Path = Field(
+        default_factory=models_home,
+        description="Where pulled models are read from. Default $FLYWHEEL_MODELS, else <home>/models.",
+    )
+    ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
+    serve: ServeConfig = Field(description="The OpenAI-compatible service.")
+
+    @field_validator("home", "models_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return Path(os.path.expandvars(str(value))).expanduser().resolve()
+
+    @property
+    def adapters_dir(self) -> Path:
+        """Adapters live at `<adapters_dir>/<base model name>/<adapter name>/`."""
+        return self.home / "adapters"
+
+    def model(self, name: str) -> BaseModelConfig:
+        return next(m for m in self.serve.models if m.name == name)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{dotted}: cannot override inside a non-mapping field")
+    node[leaf] = value
+
+
+def _one_line(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{origin}: {field}: {first['msg']}{more}"
+
+
+def parse_config(data: dict[str, Any], origin: str = "config") -> FlywheelConfig:
+    """Validate a mapping; raise `ConfigError` with one line naming the first bad field."""
+    try:
+        return FlywheelConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, origin)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> FlywheelConfig:
+    """Read a YAML config; `overrides` maps dotted field names (`serve.port`) to values."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    return parse_config(data, origin=str(path))
