@@ -187,7 +187,8 @@ def _one_line(error: ValidationError, origin: str) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "(top level)"
     more = f" (+{error.error_count() - 1} more)" if error.error_count() > 1 else ""
-    return f"{origin}: {field}: {first['msg']}{more}"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{origin}: {field}: {message}{more}"
 
 
 def parse_config(data: dict[str, Any], origin: str = "config") -> FlywheelConfig:

@@ -1,0 +1,28 @@
+"""Starting or joining Ray the way this project's machines need it (see ENVIRONMENT.md)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from flywheel.config import RayConfig
+
+
+def start_ray(config: RayConfig) -> None:
+    """`local`: a private instance with its own temp dir (never joins another on the
+    machine, never touches `ray stop`); anything else: join that cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if config.address == "local":
+        # Ray 2.60 turns on token auth for new local clusters; a private one needs none.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(
+            address="local",
+            _temp_dir=tempfile.mkdtemp(prefix="flywheel-ray-", dir="/tmp"),
+            include_dashboard=config.include_dashboard,
+            num_cpus=config.num_cpus,
+        )
+    else:
+        ray.init(address=config.address)

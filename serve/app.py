@@ -1,0 +1,126 @@
+"""The Ray Serve application: an ingress deployment and one vLLM deployment per base model.
+
+`build_app(config)` is the whole public surface. `app_builder` lets `serve run` /
+`serve deploy` build the same application from a Serve config file
+(`configs/serve.yaml`: `import_path: serve.app:app_builder`, `args: {config: ...}`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flywheel.config import FlywheelConfig, load_config
+from flywheel.models import resolve_model_path
+from serve.api import classify_failure, make_api
+from serve.engine import Endpoint, VLLMEngine
+from serve.routing import RoutingTable
+
+
+class ModelServer:
+    """A Serve replica holding one base model on vLLM; adapters load per request."""
+
+    async def __init__(self, config: dict, model_name: str, model_path: str):
+        cfg = FlywheelConfig.model_validate(config)
+        self.engine = await VLLMEngine.start(cfg.model(model_name), Path(model_path), cfg.adapters_dir)
+
+    async def respond(self, endpoint: Endpoint, body: dict, adapter: str | None) -> tuple[int, dict]:
+        return await self.engine.respond(endpoint, body, adapter)
+
+    async def stream(self, endpoint: Endpoint, body: dict, adapter: str | None):
+        async for item in self.engine.stream(endpoint, body, adapter):
+            yield item
+
+    async def check_health(self) -> None:
+        await self.engine.check_health()
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+
+
+class HandleEngine:
+    """A `ModelEngine` backed by a Serve deployment handle to a `ModelServer`."""
+
+    def __init__(self, handle: Any):
+        self._handle = handle
+        self._streaming = handle.options(stream=True)
+
+    async def respond(self, endpoint: Endpoint, body: dict, adapter: str | None) -> tuple[int, dict]:
+        return await self._handle.respond.remote(endpoint, body, adapter)
+
+    def stream(self, endpoint: Endpoint, body: dict, adapter: str | None):
+        return self._streaming.stream.remote(endpoint, body, adapter)
+
+    async def check_health(self) -> None:
+        await self._handle.check_health.remote()
+
+
+def classify_serve_failure(error: BaseException) -> tuple[int, str]:
+    """Ray Serve's overload and availability errors are 503s; the rest as usual."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    if isinstance(error, BackPressureError):
+        return 503, "the model is overloaded (request queue full); retry shortly"
+    if isinstance(error, (DeploymentUnavailableError, ActorDiedError, ActorUnavailableError)):
+        return 503, "the model is temporarily unavailable; retry shortly"
+    return classify_failure(error)
+
+
+class Ingress:
+    """The HTTP ingress: FastAPI built per replica around handles to the model deployments."""
+
+    def __init__(self, config: dict, models: dict[str, Any]):
+        cfg = FlywheelConfig.model_validate(config)
+        routing = RoutingTable([m.name for m in cfg.serve.models], cfg.serve.aliases, cfg.adapters_dir)
+        engines = {name: HandleEngine(handle) for name, handle in models.items()}
+        self._api = make_api(cfg.serve, routing, engines, classify_serve_failure)
+
+    def __serve_build_asgi_app__(self):
+        return self._api
+
+
+def build_app(config: FlywheelConfig):
+    """The Serve application for `config`: `serve.run(build_app(cfg))`.
+
+    Model paths are resolved here, before anything is deployed, so a missing model is
+    one clear error instead of a replica crash-looping.
+    """
+    from ray import serve as ray_serve
+
+    payload = config.model_dump(mode="json")
+    models = {}
+    for model in config.serve.models:
+        path = resolve_model_path(model.source, config.models_dir)
+        env = {"VLLM_CPU_KVCACHE_SPACE": str(model.kv_cache_gib)}
+        deployment = ray_serve.deployment(ModelServer).options(
+            name=f"model-{model.name}",
+            num_replicas=model.num_replicas,
+            max_ongoing_requests=model.max_ongoing_requests,
+            max_queued_requests=model.max_queued_requests,
+            ray_actor_options={
+                "num_cpus": model.num_cpus,
+                "num_gpus": model.num_gpus,
+                "runtime_env": {"env_vars": env},
+            },
+            health_check_period_s=10,
+            health_check_timeout_s=60,
+        )
+        models[model.name] = deployment.bind(payload, model.name, str(path))
+    ingress = ray_serve.deployment(ray_serve.ingress()(Ingress)).options(
+        name="ingress",
+        ray_actor_options={"num_cpus": config.serve.ingress_num_cpus},
+        max_ongoing_requests=sum(m.max_ongoing_requests + m.max_queued_requests for m in config.serve.models),
+    )
+    return ingress.bind(payload, models)
+
+
+def app_builder(args: dict[str, str]):
+    """Entry point for Serve config files: `args: {config: configs/local.yaml}`."""
+    return build_app(load_config(args.get("config", "configs/local.yaml")))
