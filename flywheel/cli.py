@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
@@ -98,20 +100,6 @@ def models_list(as_json: bool = JsonOption) -> None:
     out.print(table)
 
 
-def _wait_healthy(url: str, timeout_s: float) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=15).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s:.0f} s")
-
-
 @app.command("serve")
 def serve_command(
     config: Optional[Path] = ConfigOption,
@@ -121,29 +109,10 @@ def serve_command(
 ) -> None:
     """Start local Ray, deploy the OpenAI-compatible service, run until Ctrl-C / SIGTERM."""
     cfg = config_from(config, {"serve.host": host, "serve.port": port})
-    from flywheel.models import resolve_model_path
-
-    try:
-        for model in cfg.serve.models:
-            resolve_model_path(model.source, cfg.models_dir)
-    except ModelError as error:
-        fail(str(error))
-
-    from ray import serve as ray_serve
-
-    from flywheel.ray_runtime import start_ray
-    from serve import build_app
-
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    url = f"http://{cfg.serve.host}:{cfg.serve.port}"
-    try:
-        with err.status("starting Ray and deploying (the vLLM engine takes ~30-40 s on CPU)"):
-            start_ray(cfg.ray)
-            ray_serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
-            ray_serve.run(build_app(cfg), name="flywheel", route_prefix="/", blocking=False)
-            _wait_healthy(url, timeout_s=300)
+    with service_or_fail(cfg) as url:
         models = [m.name for m in cfg.serve.models] + list(cfg.serve.aliases)
         if as_json:
             emit_json({"url": url, "openai_base_url": f"{url}/v1", "models": models, "status": "ready"})
@@ -152,22 +121,40 @@ def serve_command(
                       "Ctrl-C stops it.")
         while not stop.wait(0.5):
             pass
-    except Exception as error:
-        fail(f"serve failed: {type(error).__name__}: {error}")
-    finally:
         err.print("shutting down")
-        _shutdown()
 
 
-def _shutdown() -> None:
-    import ray
-    from ray import serve as ray_serve
+@contextmanager
+def service_or_fail(cfg: FlywheelConfig) -> Iterator[str]:
+    """`running_service`, with a spinner while it starts and start-up failures as one line."""
+    from flywheel.service import running_service
 
-    if ray.is_initialized():
+    with ExitStack() as stack:
         try:
-            ray_serve.shutdown()
-        finally:
-            ray.shutdown()
+            with err.status("starting Ray and deploying (the vLLM engine takes ~30-40 s on CPU)"):
+                url = stack.enter_context(running_service(cfg))
+        except ModelError as error:
+            fail(str(error))
+        except Exception as error:
+            fail(f"could not start the service: {type(error).__name__}: {error}")
+        yield url
+
+
+@app.command("demo")
+def demo_command(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Pull the model if needed, serve it, and answer chat requests through the `openai` client."""
+    from flywheel.demo import run_demo
+
+    cfg = config_from(config)
+    for model in cfg.serve.models:
+        if model.source in KNOWN_MODELS:
+            with err.status(f"pulling {model.source}") as status:
+                pull_model(model.source, cfg.models_dir,
+                           step=lambda text: status.update(f"pulling {model.source}: {text}"))
+    with service_or_fail(cfg) as url:
+        result = run_demo(url, cfg, out)
+    if as_json:
+        emit_json(result)
 
 
 def main() -> None:

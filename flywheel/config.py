@@ -79,6 +79,9 @@ class BaseModelConfig(_Strict):
         ge=1,
         description="Requests waiting for a replica before new ones are refused with 503.",
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="vLLM's log level inside the replica (VLLM_LOGGING_LEVEL)."
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra vLLM engine flags, e.g. {gpu-memory-utilization: 0.9}; "

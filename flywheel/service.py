@@ -1,0 +1,55 @@
+"""Running the Serve app from a process: start Ray, deploy, wait for health, tear down.
+
+`flywheel serve` and `flywheel demo` share this; tests use it through the CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from flywheel.config import FlywheelConfig
+from flywheel.models import resolve_model_path
+
+APP_NAME = "flywheel"
+
+
+def wait_healthy(url: str, timeout_s: float) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=15).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s:.0f} s")
+
+
+@contextmanager
+def running_service(config: FlywheelConfig, startup_timeout_s: float = 300) -> Iterator[str]:
+    """Deploy the app on Ray (started per `config.ray`), yield its base URL, shut down after."""
+    for model in config.serve.models:  # a missing model fails here, before Ray starts
+        resolve_model_path(model.source, config.models_dir)
+
+    import ray
+    from ray import serve as ray_serve
+
+    from flywheel.ray_runtime import start_ray
+    from serve import build_app
+
+    url = f"http://{config.serve.host}:{config.serve.port}"
+    start_ray(config.ray)
+    try:
+        ray_serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+        ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+        wait_healthy(url, startup_timeout_s)
+        yield url
+    finally:
+        try:
+            ray_serve.shutdown()
+        finally:
+            ray.shutdown()
