@@ -1,0 +1,178 @@
+"""The HTTP layer on its own: limits, routing, error shapes, streaming relay.
+
+The engine here is a recording stand-in, because this tier runs without Ray or vLLM;
+the same routes against real vLLM replicas are covered in tests/integration.
+"""
+
+import asyncio
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from flywheel.config import RouteTarget, ServeConfig
+from serve.api import make_api
+from serve.app import classify_serve_failure
+from serve.routing import RoutingTable
+
+CHAT = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
+
+
+class RecordingEngine:
+    def __init__(self):
+        self.calls = []
+        self.fail_with = None
+        self.reply = (200, {"id": "chatcmpl-1", "object": "chat.completion", "choices": []})
+        self.stream_head = (200, None)
+
+    async def respond(self, endpoint, body, adapter):
+        self.calls.append((endpoint, body, adapter))
+        if self.fail_with:
+            raise self.fail_with
+        return self.reply
+
+    async def stream(self, endpoint, body, adapter):
+        self.calls.append((endpoint, body, adapter))
+        yield self.stream_head
+        if self.stream_head[0] == 200:
+            yield 'data: {"choices": []}\n\n'
+            if self.fail_with:
+                raise self.fail_with
+            yield "data: [DONE]\n\n"
+
+    async def check_health(self):
+        if self.fail_with:
+            raise self.fail_with
+
+
+@pytest.fixture
+def engine():
+    return RecordingEngine()
+
+
+@pytest.fixture
+def client(tmp_path, engine):
+    adapter = tmp_path / "small" / "tuned"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    config = ServeConfig(
+        models=[{"name": "small", "source": "x"}],
+        aliases={"router": RouteTarget(base="small", adapter="tuned")},
+        max_body_bytes=2_000,
+        request_timeout_s=0.5,
+    )
+    routing = RoutingTable(["small"], config.aliases, tmp_path)
+    return TestClient(make_api(config, routing, {"small": engine}, classify_serve_failure))
+
+
+def assert_openai_error(response, status):
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["code"] == status and error["message"] and error["type"].endswith("Error")
+    return error
+
+
+def test_chat_is_forwarded_with_route_and_body(client, engine):
+    response = client.post("/v1/chat/completions", json={**CHAT, "model": "router", "temperature": 0.3})
+    assert response.status_code == 200
+    assert response.headers["X-Flywheel-Model"] == "small:tuned"
+    endpoint, body, adapter = engine.calls[0]
+    assert (endpoint, adapter, body["temperature"]) == ("chat", "tuned", 0.3)
+
+
+def test_completions_go_to_the_completion_endpoint(client, engine):
+    assert client.post("/v1/completions", json={"model": "small:tuned", "prompt": "x"}).status_code == 200
+    assert engine.calls[0][0] == "completion" and engine.calls[0][2] == "tuned"
+
+
+def test_engine_errors_keep_their_status(client, engine):
+    engine.reply = (400, {"error": {"message": "bad", "type": "BadRequestError", "param": None, "code": 400}})
+    assert_openai_error(client.post("/v1/chat/completions", json=CHAT), 400)
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (json.dumps({"messages": []}).encode(), 400, "model"),
+        (json.dumps({**CHAT, "model": 7}).encode(), 400, "model"),
+        (json.dumps({**CHAT, "model": "ghost"}).encode(), 404, "model"),
+        (json.dumps({**CHAT, "model": "small:ghost"}).encode(), 404, "model"),
+        (json.dumps({**CHAT, "pad": "x" * 3_000}).encode(), 413, None),
+    ],
+)
+def test_bad_requests_get_openai_errors(client, engine, content, status, param):
+    response = client.post("/v1/chat/completions", content=content, headers={"content-type": "application/json"})
+    assert assert_openai_error(response, status)["param"] == param
+    assert engine.calls == []
+
+
+def test_oversized_body_without_content_length_is_refused(client, engine):
+    chunks = iter([b'{"model": "small", "x": "', b"y" * 1_500, b"z" * 1_500, b'"}'])
+    response = client.post("/v1/chat/completions", content=chunks)
+    assert_openai_error(response, 413)
+
+
+def test_overload_and_unavailability_are_503_with_retry_after(client, engine):
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+    for error in (BackPressureError(num_queued_requests=9, max_queued_requests=8),
+                  DeploymentUnavailableError("model-small")):
+        engine.fail_with = error
+        response = client.post("/v1/chat/completions", json=CHAT)
+        assert_openai_error(response, 503)
+        assert response.headers["Retry-After"] == "1"
+
+
+def test_engine_crash_is_500_and_timeout_is_504(client, engine):
+    engine.fail_with = RuntimeError("boom")
+    assert_openai_error(client.post("/v1/chat/completions", json=CHAT), 500)
+
+    async def never(*_):
+        await asyncio.sleep(10)
+
+    engine.respond = never
+    assert_openai_error(client.post("/v1/chat/completions", json=CHAT), 504)
+
+
+def test_stream_is_relayed_as_server_sent_events(client):
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert lines == ['data: {"choices": []}', "data: [DONE]"]
+
+
+def test_stream_refused_before_first_token_is_a_plain_error(client, engine):
+    engine.stream_head = (400, {"error": {"message": "no", "type": "BadRequestError", "param": None, "code": 400}})
+    assert_openai_error(client.post("/v1/chat/completions", json={**CHAT, "stream": True}), 400)
+
+
+def test_stream_broken_midway_ends_with_an_error_event(client, engine):
+    from ray.serve.exceptions import DeploymentUnavailableError
+
+    engine.fail_with = DeploymentUnavailableError("model-small")
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as response:
+        events = [line for line in response.iter_lines() if line]
+    assert json.loads(events[-2].removeprefix("data: "))["error"]["code"] == 503
+    assert events[-1] == "data: [DONE]"
+
+
+def test_models_lists_bases_adapters_and_aliases(client):
+    ids = {row["id"] for row in client.get("/v1/models").json()["data"]}
+    assert ids == {"small", "small:tuned", "router"}
+    assert client.get("/v1/models/small:tuned").json()["parent"] == "small"
+    assert_openai_error(client.get("/v1/models/ghost"), 404)
+
+
+def test_health_reflects_the_engines(client, engine):
+    assert client.get("/health").json() == {"status": "ok", "models": {"small": "ok"}}
+    engine.fail_with = RuntimeError("engine dead")
+    response = client.get("/health")
+    assert response.status_code == 503 and response.json()["models"]["small"].startswith("unavailable")
+
+
+def test_unknown_paths_and_methods_are_openai_errors(client):
+    assert_openai_error(client.get("/v1/nothing"), 404)
+    assert_openai_error(client.get("/v1/chat/completions"), 405)

@@ -1,0 +1,32 @@
+"""Our config turned into `vllm serve` flags, parsed by vLLM's own argument parser."""
+
+import pytest
+
+from flywheel.config import BaseModelConfig
+from serve.engine import chat_template_path, engine_cli_args, parse_engine_args
+
+
+def test_flags_enable_lora_tools_and_our_template(tmp_path):
+    model = BaseModelConfig(name="small", source="x", max_model_len=1024, max_loras=3, max_lora_rank=32,
+                            engine_args={"enforce-eager": True, "seed": 7, "disable-log-stats": False})
+    args = parse_engine_args(engine_cli_args(model, tmp_path))
+    assert args.model == str(tmp_path)
+    assert args.served_model_name == ["small"]
+    assert (args.enable_lora, args.max_loras, args.max_lora_rank) == (True, 3, 32)
+    assert args.enable_auto_tool_choice and args.tool_call_parser == "hermes"
+    assert args.max_model_len == 1024 and args.enforce_eager and args.seed == 7
+    assert args.chat_template.endswith("flywheel/templates/chatml_tools.jinja")
+    assert not args.disable_log_stats  # False drops the flag
+
+
+def test_model_own_template_when_null(tmp_path):
+    model = BaseModelConfig(name="small", source="x", chat_template=None)
+    assert parse_engine_args(engine_cli_args(model, tmp_path)).chat_template is None
+
+
+def test_template_from_a_path_or_a_clear_error(tmp_path):
+    custom = tmp_path / "mine.jinja"
+    custom.write_text("{{ messages }}")
+    assert chat_template_path(str(custom)) == str(custom.resolve())
+    with pytest.raises(FileNotFoundError, match="no-such-template"):
+        chat_template_path("no-such-template")
