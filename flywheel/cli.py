@@ -110,9 +110,9 @@ def serve_command(
     """Start local Ray, deploy the OpenAI-compatible service, run until Ctrl-C / SIGTERM."""
     cfg = config_from(config, {"serve.host": host, "serve.port": port})
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     with service_or_fail(cfg) as url:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
+            signal.signal(sig, lambda *_: stop.set())
         models = [m.name for m in cfg.serve.models] + list(cfg.serve.aliases)
         if as_json:
             emit_json({"url": url, "openai_base_url": f"{url}/v1", "models": models, "status": "ready"})

@@ -1,0 +1,91 @@
+"""The service through the official `openai` client and raw HTTP, against real vLLM."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from tests.integration.conftest import MODEL
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+@pytest.fixture(scope="module")
+def client(service) -> OpenAI:
+    return OpenAI(base_url=service.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_health_and_models(service, client):
+    health = httpx.get(f"{service.url}/health", timeout=30)
+    assert health.status_code == 200 and health.json()["models"] == {MODEL: "ok"}
+    ids = {m.id for m in client.models.list().data}
+    assert {MODEL, "support-router"} <= ids
+
+
+def test_chat_plain_and_through_an_alias(client):
+    reply = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
+    assert reply.object == "chat.completion" and reply.model == MODEL
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.usage.completion_tokens <= 24 and reply.usage.prompt_tokens > 5
+    aliased = client.chat.completions.create(model="support-router", messages=QUESTION, max_tokens=24,
+                                             temperature=0)
+    assert aliased.choices[0].message.content == reply.choices[0].message.content
+
+
+def test_chat_streaming_matches_non_streaming(client):
+    reply = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24,
+                                                 temperature=0, stream=True))
+    assert len(chunks) > 3
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == reply.choices[0].message.content
+
+
+def test_sampling_parameters_are_honoured(client):
+    stopped = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0,
+                                             stop=["Paris"])
+    assert "Paris" not in stopped.choices[0].message.content
+    seeded = [client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=1.0,
+                                             top_p=0.9, seed=1234).choices[0].message.content for _ in range(2)]
+    assert seeded[0] == seeded[1]
+
+
+def test_completions(client):
+    reply = client.completions.create(model=MODEL, prompt="1, 2, 3, 4,", max_tokens=6, temperature=0)
+    assert reply.object == "text_completion" and "5" in reply.choices[0].text
+
+
+BAD_INPUTS = [
+    ("not json", b"{oops", 400),
+    ("not an object", b"[]", 400),
+    ("no model", {"messages": QUESTION}, 400),
+    ("unknown model", {"model": "gpt-17", "messages": QUESTION}, 404),
+    ("unknown adapter", {"model": f"{MODEL}:ghost", "messages": QUESTION}, 404),
+    ("empty messages", {"model": MODEL, "messages": []}, 400),
+    ("messages not a list", {"model": MODEL, "messages": "hi"}, 400),
+    ("max_tokens past context", {"model": MODEL, "messages": QUESTION, "max_tokens": 100_000}, 400),
+    ("streamed, max_tokens past context",
+     {"model": MODEL, "messages": QUESTION, "max_tokens": 100_000, "stream": True}, 400),
+    ("temperature wrong type", {"model": MODEL, "messages": QUESTION, "temperature": "hot"}, 400),
+    ("negative max_tokens", {"model": MODEL, "messages": QUESTION, "max_tokens": -5}, 400),
+    ("completion without prompt", {"model": MODEL, "max_tokens": 5}, 400),
+    ("body too large", {"model": MODEL, "messages": QUESTION, "pad": "x" * 5_000_000}, 413),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_its_status_and_the_service_keeps_answering(service, client, case, body, status):
+    path = "/v1/completions" if case == "completion without prompt" else "/v1/chat/completions"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = httpx.post(f"{service.url}{path}", content=content,
+                          headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == status and error["message"]
+    ok = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0)
+    assert ok.choices[0].message.content
