@@ -3,9 +3,10 @@
 One run, side by side on the same machine:
   1. `flywheel serve`'s app in-process; 1, 8 and 32 concurrent clients send fixed prompts
      (max_tokens 64, ignore_eos so every answer is 64 tokens) to the base model and to a
-     LoRA adapter, non-streaming (latency) and streaming (TTFT);
+     LoRA adapter, non-streaming (latency) and streaming (TTFT), the top level best of 2;
   2. the service is torn down and vLLM's offline `LLM.chat` generates the same prompts
-     with the same engine settings (LoRA enabled, max_num_seqs = the top concurrency).
+     with the same engine settings (LoRA enabled, max_num_seqs = the top concurrency),
+     best of 2.
 Prints a table and, last, one JSON line. Targets (ISSUE S1): HTTP >= 85% of offline at
 32 concurrent; adapter >= 80% of base.
 
@@ -29,6 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flywheel.config import load_config  # noqa: E402
+
+REPEATS = 2  # at the top concurrency and offline: best of 2
 
 PROMPTS = [
     "Where is my order {n}? It was supposed to arrive yesterday.",
@@ -82,7 +85,15 @@ def one_request(client, url: str, model: str, messages: list[dict], max_tokens: 
     return {"latency": time.perf_counter() - started, "ttft": ttft, "tokens": tokens}
 
 
-def load_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, stream: bool) -> dict:
+def load_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, stream: bool,
+               repeats: int = 1) -> dict:
+    """Throughput and latency at `concurrency` clients; the best of `repeats` runs (the
+    machine is shared and noisy; best-of-N is applied alike to the offline side)."""
+    runs = [_load_once(url, model, concurrency, requests, max_tokens, stream) for _ in range(repeats)]
+    return max(runs, key=lambda run: run["tok_s"])
+
+
+def _load_once(url: str, model: str, concurrency: int, requests: int, max_tokens: int, stream: bool) -> dict:
     import httpx
 
     batch = prompts(requests)
@@ -131,13 +142,14 @@ def http_phase(cfg, levels: list[int], max_tokens: int) -> tuple[dict, dict]:
             requests = max(8, 2 * level)
             for stream in (False, True):
                 key = f"{level}{'-stream' if stream else ''}"
-                rows[key] = load_level(url, base.name, level, requests, max_tokens, stream)
+                rows[key] = load_level(url, base.name, level, requests, max_tokens, stream,
+                                       repeats=REPEATS if level == max(levels) else 1)
                 print(f"  http c={level:<3} stream={stream!s:<5} {rows[key]['tok_s']:7.1f} tok/s", flush=True)
         top = max(levels)
         for stream in (False, True):
             key = f"{top}{'-stream' if stream else ''}"
             adapter_rows[key] = load_level(url, f"{base.name}:{adapter}", top, max(8, 2 * top), max_tokens,
-                                           stream)
+                                           stream, repeats=REPEATS)
             print(f"  adapter c={top} stream={stream}: {adapter_rows[key]['tok_s']:7.1f} tok/s", flush=True)
     return rows, adapter_rows
 
@@ -156,10 +168,13 @@ def offline_phase(cfg, requests: int, max_batch: int, max_tokens: int) -> float:
     template = Path(chat_template_path(base.chat_template)).read_text()
     params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True)
     llm.chat(prompts(8), params, chat_template=template, use_tqdm=False)  # warm-up
-    started = time.perf_counter()
-    outputs = llm.chat(prompts(requests), params, chat_template=template, use_tqdm=False)
-    wall = time.perf_counter() - started
-    return sum(len(o.outputs[0].token_ids) for o in outputs) / wall
+    best = 0.0
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        outputs = llm.chat(prompts(requests), params, chat_template=template, use_tqdm=False)
+        wall = time.perf_counter() - started
+        best = max(best, sum(len(o.outputs[0].token_ids) for o in outputs) / wall)
+    return best
 
 
 def main() -> None:

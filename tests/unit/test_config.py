@@ -87,3 +87,22 @@ def test_every_field_is_documented():
                     walk(inner)
 
     walk(FlywheelConfig)
+
+
+def test_readme_configuration_reference_names_every_field():
+    def paths(model, prefix=""):
+        import typing
+
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            nested = [a for a in typing.get_args(annotation) + (annotation,)
+                      if isinstance(a, type) and hasattr(a, "model_fields")]
+            if nested and name != "aliases":
+                suffix = "[]" if typing.get_origin(annotation) is list else ""
+                yield from paths(nested[0], f"{prefix}{name}{suffix}.")
+            else:
+                yield f"{prefix}{name}"
+
+    readme = (REPO / "README.md").read_text()
+    missing = [path for path in paths(FlywheelConfig) if f"| `{path}` |" not in readme]
+    assert not missing, f"README configuration reference lacks {missing}"
