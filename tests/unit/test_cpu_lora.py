@@ -95,3 +95,27 @@ def test_register_replaces_the_cpu_ops_and_can_be_turned_off(monkeypatch):
     cpu_lora.register()
     assert punica_cpu.bgmv_shrink is cpu_lora.bgmv_shrink
     assert lora_ops.bgmv_expand_slice is cpu_lora.bgmv_expand_slice
+
+
+def test_all_zero_slots_are_skipped_and_in_place_loads_are_seen(seeded):
+    """vLLM loads an adapter by writing into the stacked tensor in place: a slot that was
+    zero (and so skipped) must be used as soon as weights land in it."""
+    indices = torch.tensor([2, 2, -1, 1])
+    x = torch.randn(4, IN)
+    a = torch.randn(MAX_LORAS, 1, RANK, IN)
+    a[2].zero_()
+    out = torch.empty(4, RANK)
+    cpu_lora.bgmv_shrink(x, a, out, indices)
+    torch.testing.assert_close(out, reference(x, a, indices, out.dtype))
+    assert (out[:3] == 0).all()
+
+    a[2].copy_(torch.randn(1, RANK, IN))  # an adapter loads into slot 2
+    cpu_lora.bgmv_shrink(x, a, out, indices)
+    torch.testing.assert_close(out, reference(x, a, indices, out.dtype))
+    assert (out[:2] != 0).any()
+
+    a[:, :, :, :].zero_()  # every slot reset: nothing to add
+    base = torch.randn(4, OUT)
+    expanded = base.clone()
+    cpu_lora.bgmv_expand(torch.randn(4, RANK), torch.zeros(MAX_LORAS, OUT, RANK), expanded, indices)
+    torch.testing.assert_close(expanded, base)
