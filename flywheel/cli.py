@@ -145,7 +145,7 @@ def demo_command(config: Optional[Path] = ConfigOption, as_json: bool = JsonOpti
     """Pull the model if needed, serve it, and answer chat requests through the `openai` client."""
     from flywheel.demo import run_demo
 
-    cfg = config_from(config)
+    cfg = config_from(config, {"serve.access_log": False})  # keep the demo's output readable
     for model in cfg.serve.models:
         if model.source in KNOWN_MODELS:
             with err.status(f"pulling {model.source}") as status:

@@ -121,6 +121,7 @@ class ServeConfig(_Strict):
         300.0, gt=0, description="A request still unanswered after this long gets 504."
     )
     ingress_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs reserved by the ingress.")
+    access_log: bool = Field(True, description="Log one line per request from every replica.")
 
     @model_validator(mode="after")
     def _routes_point_at_served_models(self) -> ServeConfig:

@@ -95,6 +95,7 @@ def build_app(config: FlywheelConfig):
     from ray import serve as ray_serve
 
     payload = config.model_dump(mode="json")
+    logging = {"enable_access_log": config.serve.access_log}
     models = {}
     for model in config.serve.models:
         path = resolve_model_path(model.source, config.models_dir)
@@ -111,12 +112,14 @@ def build_app(config: FlywheelConfig):
             },
             health_check_period_s=10,
             health_check_timeout_s=60,
+            logging_config=logging,
         )
         models[model.name] = deployment.bind(payload, model.name, str(path))
     ingress = ray_serve.deployment(ray_serve.ingress()(Ingress)).options(
         name="ingress",
         ray_actor_options={"num_cpus": config.serve.ingress_num_cpus},
         max_ongoing_requests=sum(m.max_ongoing_requests + m.max_queued_requests for m in config.serve.models),
+        logging_config=logging,
     )
     return ingress.bind(payload, models)
 
