@@ -55,6 +55,12 @@ class BaseModelConfig(_Strict):
     max_loras: int = Field(4, ge=1, description="Adapters resident in one batch at once.")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have.")
     max_cpu_loras: int = Field(16, ge=1, description="Adapters cached in host memory (LRU).")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        description="Modules that carry LoRA in the engine (e.g. [qkv_proj, o_proj]); null wraps every "
+        "linear layer. Fewer wrapped modules serve adapters faster; an adapter with weights elsewhere "
+        "is refused with 400.",
+    )
     tool_call_parser: str = Field(
         "hermes",
         description="vLLM tool parser that turns generated `<tool_call>{...}</tool_call>` text into "

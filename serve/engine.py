@@ -70,6 +70,8 @@ def engine_cli_args(model: BaseModelConfig, model_path: Path) -> list[str]:
         "--tool-call-parser", model.tool_call_parser,
         "--disable-uvicorn-access-log",
     ]
+    if model.lora_target_modules:
+        args += ["--lora-target-modules", *model.lora_target_modules]
     template = chat_template_path(model.chat_template)
     if template:
         args += ["--chat-template", template]
@@ -87,6 +89,25 @@ def parse_engine_args(cli_args: list[str]):
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
     return make_arg_parser(FlexibleArgumentParser()).parse_args(cli_args)
+
+
+# vLLM fuses these projections into one layer; PEFT adapters name the parts.
+PACKED_MODULES = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+                  "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+
+
+def unserved_modules(adapter_config: dict, served: list[str] | None) -> list[str]:
+    """Modules an adapter trains that the engine does not wrap with LoRA.
+
+    vLLM silently drops such weights, which would serve a different model than was
+    trained and evaluated; the engine refuses the adapter instead.
+    """
+    if served is None:
+        return []
+    targets = adapter_config.get("target_modules") or []
+    if isinstance(targets, str):  # "all-linear" or a regex: cannot be checked module by module
+        return [targets]
+    return sorted({t for t in targets if PACKED_MODULES.get(t.split(".")[-1], t.split(".")[-1]) not in served})
 
 
 class VLLMEngine:
@@ -141,8 +162,18 @@ class VLLMEngine:
         path = self._adapters_dir / self.model.name / adapter
         try:
             mtime = (path / "adapter_config.json").stat().st_mtime
+            adapter_config = json.loads((path / "adapter_config.json").read_text())
         except FileNotFoundError:
             return 404, error_body(404, f"adapter {adapter!r} not found for model {self.model.name!r}", "model")
+        except json.JSONDecodeError as error:
+            return 400, error_body(400, f"adapter {adapter!r}: adapter_config.json is not JSON ({error})", "model")
+        if unserved := unserved_modules(adapter_config, self.model.lora_target_modules):
+            return 400, error_body(
+                400,
+                f"adapter {adapter!r} trains {unserved}, but this deployment serves LoRA only on "
+                f"{self.model.lora_target_modules} (set lora_target_modules: null to serve it)",
+                "model",
+            )
         name = self.served_name(adapter)
         models = self._state.openai_serving_models
         async with self._adapter_lock:

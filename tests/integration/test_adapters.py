@@ -80,3 +80,21 @@ def test_adapter_and_base_interleave_under_concurrency(service, adapter):
     for model, reply in zip([adapter, MODEL] * 4, replies):
         called = bool(reply["choices"][0]["message"].get("tool_calls"))
         assert called == (model == adapter), reply
+
+
+def test_adapter_outside_the_served_lora_modules_is_refused_with_400(service, client):
+    """configs/local.yaml serves LoRA on attention only; an MLP adapter gets a clear 400."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(service.models_dir / MODEL, torch_dtype=torch.float32)
+    config = LoraConfig(r=4, target_modules=["gate_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(service.adapter_dir("mlp-only"))
+
+    response = httpx.post(f"{service.base_url}/chat/completions", timeout=60,
+                          json={"model": f"{MODEL}:mlp-only", "messages": ASK, "max_tokens": 4})
+    assert response.status_code == 400, response.text
+    assert "mlp-only" in response.json()["error"]["message"]
+    ok = client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, temperature=0)
+    assert ok.choices[0].message.content is not None

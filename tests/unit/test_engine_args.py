@@ -3,7 +3,7 @@
 import pytest
 
 from flywheel.config import BaseModelConfig
-from serve.engine import chat_template_path, engine_cli_args, parse_engine_args
+from serve.engine import chat_template_path, engine_cli_args, parse_engine_args, unserved_modules
 
 
 def test_flags_enable_lora_tools_and_our_template(tmp_path):
@@ -17,6 +17,12 @@ def test_flags_enable_lora_tools_and_our_template(tmp_path):
     assert args.max_model_len == 1024 and args.enforce_eager and args.seed == 7
     assert args.chat_template.endswith("flywheel/templates/chatml_tools.jinja")
     assert not args.disable_log_stats  # False drops the flag
+    assert args.lora_target_modules is None  # every linear layer by default
+
+
+def test_lora_target_modules_restrict_what_vllm_wraps(tmp_path):
+    model = BaseModelConfig(name="small", source="x", lora_target_modules=["qkv_proj", "o_proj"])
+    assert parse_engine_args(engine_cli_args(model, tmp_path)).lora_target_modules == ["qkv_proj", "o_proj"]
 
 
 def test_model_own_template_when_null(tmp_path):
@@ -30,3 +36,17 @@ def test_template_from_a_path_or_a_clear_error(tmp_path):
     assert chat_template_path(str(custom)) == str(custom.resolve())
     with pytest.raises(FileNotFoundError, match="no-such-template"):
         chat_template_path("no-such-template")
+
+
+@pytest.mark.parametrize(
+    ("targets", "served", "unserved"),
+    [
+        (["q_proj", "v_proj", "o_proj"], ["qkv_proj", "o_proj"], []),
+        (["q_proj", "gate_proj", "down_proj"], ["qkv_proj", "o_proj"], ["down_proj", "gate_proj"]),
+        (["model.layers.0.self_attn.k_proj"], ["qkv_proj"], []),
+        ("all-linear", ["qkv_proj", "o_proj"], ["all-linear"]),
+        (["gate_proj", "up_proj"], None, []),
+    ],
+)
+def test_adapters_training_unserved_modules_are_detected(targets, served, unserved):
+    assert unserved_modules({"target_modules": targets}, served) == unserved
