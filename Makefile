@@ -40,7 +40,7 @@ bench: $(STAMP) models
 	$(PY) bench/serve_throughput.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flywheel serve tests bench
+	$(VENV)/bin/ruff check flywheel serve tests bench jobs
 
 clean-venv:
 	rm -rf $(VENV)

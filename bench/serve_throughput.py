@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from flywheel.config import load_config  # noqa: E402
+from flywheel.config import load_config
 
 REPEATS = 2  # at the top concurrency and offline: best of 2
 
@@ -155,13 +155,15 @@ def http_phase(cfg, levels: list[int], max_tokens: int) -> tuple[dict, dict]:
 
 
 def offline_phase(cfg, requests: int, max_batch: int, max_tokens: int) -> float:
+    base = cfg.serve.models[0]
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(base.kv_cache_gib)  # as the replica sets them
+    os.environ["VLLM_LOGGING_LEVEL"] = base.log_level  # (and no shutdown chatter after the JSON line)
+
     from vllm import LLM, SamplingParams
 
     from flywheel.models import resolve_model_path
     from serve.engine import chat_template_path
 
-    base = cfg.serve.models[0]
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(base.kv_cache_gib)  # as the replica sets it
     llm = LLM(model=str(resolve_model_path(base.source, cfg.models_dir)), dtype=base.dtype,
               max_model_len=base.max_model_len, enforce_eager=True, enable_lora=True,
               max_loras=base.max_loras, max_lora_rank=base.max_lora_rank, max_num_seqs=max_batch)
@@ -199,7 +201,7 @@ def main() -> None:
 
     table = Table("path", "clients", "tok/s", "p50 s", "p99 s", "TTFT p50 s", "TTFT p99 s")
     for key, row in http.items():
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"
         table.add_row("HTTP stream" if key.endswith("stream") else "HTTP", key.split("-")[0],
                       f"{row['tok_s']:.1f}", fmt(row["p50_s"]), fmt(row["p99_s"]),
                       fmt(row["ttft_p50_s"]), fmt(row["ttft_p99_s"]))

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -33,7 +33,7 @@ ConfigOption = typer.Option(None, "--config", "-c", help="Config YAML (default: 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout.")
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
@@ -43,18 +43,17 @@ def emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def config_from(path: Optional[Path], overrides: dict[str, Any] | None = None) -> FlywheelConfig:
+def config_from(path: Path | None, overrides: dict[str, Any] | None = None) -> FlywheelConfig:
     if path is None:
         path = Path("configs/local.yaml") if Path("configs/local.yaml").is_file() else REPO_CONFIG
     try:
         return load_config(path, overrides)
     except ConfigError as error:
         fail(str(error))
-        raise  # unreachable; keeps type checkers honest
 
 
 @app.command("config")
-def show_config(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+def show_config(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Validate a config file and print it with every default filled in."""
     cfg = config_from(config)
     payload = cfg.model_dump(mode="json")
@@ -102,9 +101,9 @@ def models_list(as_json: bool = JsonOption) -> None:
 
 @app.command("serve")
 def serve_command(
-    config: Optional[Path] = ConfigOption,
-    host: Optional[str] = typer.Option(None, help="Override serve.host."),
-    port: Optional[int] = typer.Option(None, help="Override serve.port."),
+    config: Path | None = ConfigOption,
+    host: str | None = typer.Option(None, help="Override serve.host."),
+    port: int | None = typer.Option(None, help="Override serve.port."),
     as_json: bool = JsonOption,
 ) -> None:
     """Start local Ray, deploy the OpenAI-compatible service, run until Ctrl-C / SIGTERM."""
@@ -141,7 +140,7 @@ def service_or_fail(cfg: FlywheelConfig) -> Iterator[str]:
 
 
 @app.command("demo")
-def demo_command(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+def demo_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Pull the model if needed, serve it, and answer chat requests through the `openai` client."""
     from flywheel.demo import run_demo
 
@@ -150,7 +149,7 @@ def demo_command(config: Optional[Path] = ConfigOption, as_json: bool = JsonOpti
         if model.source in KNOWN_MODELS:
             with err.status(f"pulling {model.source}") as status:
                 pull_model(model.source, cfg.models_dir,
-                           step=lambda text: status.update(f"pulling {model.source}: {text}"))
+                           step=lambda text, name=model.source: status.update(f"pulling {name}: {text}"))
     with service_or_fail(cfg) as url:
         result = run_demo(url, cfg, out)
     if as_json:

@@ -99,7 +99,7 @@ def build_app(config: FlywheelConfig):
     models = {}
     for model in config.serve.models:
         path = resolve_model_path(model.source, config.models_dir)
-        env = {"VLLM_CPU_KVCACHE_SPACE": str(model.kv_cache_gib), "VLLM_LOGGING_LEVEL": model.log_level}
+        env = {"VLLM_LOGGING_LEVEL": model.log_level}  # read when vllm is first imported
         deployment = ray_serve.deployment(ModelServer).options(
             name=f"model-{model.name}",
             num_replicas=model.num_replicas,

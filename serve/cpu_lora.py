@@ -20,7 +20,6 @@ import os
 
 import torch
 
-
 # (storage address, version) of a stacked weight tensor -> {slot: holds any non-zero}.
 # vLLM writes adapters into these tensors in place, which bumps `_version`, so a cached
 # answer is never stale. Most adapters touch a few modules (say q and v): for the others
@@ -103,8 +102,8 @@ def register() -> None:
 
     if not current_platform.is_cpu():
         return
-    import vllm.lora.ops.torch_ops.lora_ops as lora_ops
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
 
     # sgmv_* (prefill) call lora_ops' bgmv_* by name; punica_cpu bound bgmv_* at import.
     for module in (lora_ops, punica_cpu):

@@ -81,8 +81,8 @@ def test_bf16_weights_are_computed_in_the_output_dtype(seeded):
 
 
 def test_register_replaces_the_cpu_ops_and_can_be_turned_off(monkeypatch):
-    import vllm.lora.ops.torch_ops.lora_ops as lora_ops
-    import vllm.lora.punica_wrapper.punica_cpu as punica_cpu
+    from vllm.lora.ops.torch_ops import lora_ops
+    from vllm.lora.punica_wrapper import punica_cpu
 
     originals = {name: getattr(lora_ops, name) for name in ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")}
     for module in (lora_ops, punica_cpu):

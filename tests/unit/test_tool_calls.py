@@ -3,6 +3,7 @@ assistant's OpenAI `tool_calls` as Hermes `<tool_call>` text, and vLLM's `hermes
 parser (the one the service runs) reads that text back into the same calls."""
 
 import json
+from pathlib import Path
 
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
@@ -11,7 +12,7 @@ from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
 
 from serve.engine import chat_template_path
 
-TEMPLATE = open(chat_template_path("chatml_tools")).read()
+TEMPLATE = Path(chat_template_path("chatml_tools")).read_text()
 TOOLS = [
     {"type": "function", "function": {"name": "get_order_status", "parameters": {
         "type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}},
