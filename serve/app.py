@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,6 @@ class ModelServer:
 
     async def check_health(self) -> None:
         await self.engine.check_health()
-
-    def pid(self) -> int:
-        return os.getpid()
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
