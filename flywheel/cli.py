@@ -24,6 +24,8 @@ app = typer.Typer(help="Flywheel: serve, log, curate, fine-tune, judge and promo
                   no_args_is_help=True, pretty_exceptions_enable=False)
 models_app = typer.Typer(help="Fetch and list models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+logs_app = typer.Typer(help="Import, export and count logged inferences.", no_args_is_help=True)
+app.add_typer(logs_app, name="logs")
 
 out = Console()
 err = Console(stderr=True)
@@ -154,6 +156,112 @@ def demo_command(config: Path | None = ConfigOption, as_json: bool = JsonOption)
         result = run_demo(url, cfg, out)
     if as_json:
         emit_json(result)
+
+
+IMPORT_BATCH = 1_000
+
+
+@logs_app.command("import")
+def logs_import(
+    file: Path = typer.Argument(..., help="JSONL: OpenAI/NVIDIA-blueprint request+response records or chat records."),
+    workload: str | None = typer.Option(None, "--workload", help="Workload id for every record."),
+    client: str | None = typer.Option(None, "--client", help="Client id for every record."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Import a JSONL file; bad lines are reported as `line N: reason`, good ones stored once."""
+    from flywheel.records import record_from_json
+    from flywheel.store import open_store
+
+    cfg = config_from(config)
+    if not file.is_file():
+        fail(f"{file}: no such file")
+    store = open_store(cfg.store_url)
+    lines = new = 0
+    errors: list[str] = []
+    batch = []
+    with file.open(encoding="utf-8", errors="replace") as handle:
+        for lines, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                batch.append(record_from_json(json.loads(line), workload, client))
+            except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
+                errors.append(f"line {lines}: {str(error).splitlines()[0]}")
+            if len(batch) >= IMPORT_BATCH:
+                new += store.write_batch(batch)
+                batch = []
+    new += store.write_batch(batch)
+    store.close()
+    for message in errors[:50]:
+        err.print(message, highlight=False, soft_wrap=True)
+    if len(errors) > 50:
+        err.print(f"... and {len(errors) - 50} more bad lines")
+    result = {"file": str(file), "lines": lines, "imported": new, "bad": len(errors), "errors": errors[:50],
+              "store": cfg.store_url}
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"imported {new} new records from {file} ({len(errors)} bad lines, {lines} lines)")
+
+
+@logs_app.command("export")
+def logs_export(
+    out_file: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Export records as JSONL (the LogRecord schema), oldest first."""
+    from flywheel.store import LogFilter, open_store
+
+    cfg = config_from(config)
+    if out_file is None and as_json:
+        fail("--json needs --out (stdout carries the records)")
+    store = open_store(cfg.store_url)
+    sink = out_file.open("w", encoding="utf-8") if out_file else sys.stdout
+    exported, cursor = 0, None
+    try:
+        while True:
+            page = store.query(LogFilter(workload_id=workload), limit=1_000, cursor=cursor)
+            for record in page.records:
+                sink.write(record.model_dump_json() + "\n")
+            exported += len(page.records)
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+    finally:
+        if out_file:
+            sink.close()
+        store.close()
+    if as_json:
+        emit_json({"exported": exported, "path": str(out_file)})
+    elif out_file:
+        out.print(f"exported {exported} records to {out_file}")
+
+
+@logs_app.command("stats")
+def logs_stats(
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Counts by workload, model, status and day."""
+    from flywheel.store import LogFilter, open_store
+
+    cfg = config_from(config)
+    store = open_store(cfg.store_url)
+    stats = store.stats(LogFilter(workload_id=workload))
+    store.close()
+    if as_json:
+        emit_json(stats)
+        return
+    out.print(f"{stats['total']} records in {cfg.store_url}")
+    for name in ("by_workload", "by_model", "by_status", "by_day"):
+        table = Table(name.removeprefix("by_"), "records")
+        for key, count in stats[name].items():
+            table.add_row(str(key), str(count))
+        out.print(table)
 
 
 def main() -> None:

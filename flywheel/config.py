@@ -154,6 +154,16 @@ class RayConfig(_Strict):
     include_dashboard: bool = Field(False, description="Start the Ray dashboard with a local instance.")
 
 
+class StoreConfig(_Strict):
+    """Where inference logs live."""
+
+    url: str | None = Field(
+        None,
+        description="Log store URL: `sqlite:///path/logs.db` (default: <home>/logs.db). "
+        "Elasticsearch/OpenSearch URLs arrive with their backends.",
+    )
+
+
 class FlywheelConfig(_Strict):
     """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
 
@@ -167,6 +177,7 @@ class FlywheelConfig(_Strict):
         description="Where pulled models are read from. Default $FLYWHEEL_MODELS, else <home>/models.",
     )
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="The inference log store.")
     serve: ServeConfig = Field(description="The OpenAI-compatible service.")
 
     @field_validator("home", "models_dir")
@@ -178,6 +189,10 @@ class FlywheelConfig(_Strict):
     def adapters_dir(self) -> Path:
         """Adapters live at `<adapters_dir>/<base model name>/<adapter name>/`."""
         return self.home / "adapters"
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"sqlite:///{self.home / 'logs.db'}"
 
     def model(self, name: str) -> BaseModelConfig:
         return next(m for m in self.serve.models if m.name == name)

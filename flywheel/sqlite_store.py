@@ -1,0 +1,147 @@
+"""`SqliteLogStore`: the embedded default log store — one file, WAL, safe across processes.
+
+Each record is stored whole as JSON beside the columns that filters and ordering use
+(indexed on workload_id + timestamp). Writes are `INSERT OR IGNORE` in one transaction
+per batch, so replaying a batch or re-importing a file never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from flywheel.records import Feedback, LogRecord
+from flywheel.store import LogFilter, Page, Partition
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS logs (
+    id TEXT PRIMARY KEY,
+    ts REAL NOT NULL,
+    workload_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_workload_ts ON logs (workload_id, ts, id);
+CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
+"""
+
+
+def _where(filter: LogFilter) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    for column in ("workload_id", "client_id", "model", "status"):
+        value = getattr(filter, column)
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    if filter.since is not None:
+        clauses.append("ts >= ?")
+        params.append(filter.since)
+    if filter.until is not None:
+        clauses.append("ts < ?")
+        params.append(filter.until)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class SqliteLogStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def write_batch(self, records: Iterable[LogRecord]) -> int:
+        rows = [(r.id, r.timestamp, r.workload_id, r.client_id, r.model, r.status, r.model_dump_json())
+                for r in records]
+        with self._lock:
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._db.total_changes - before
+
+    def get(self, record_id: str) -> LogRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT record FROM logs WHERE id = ?", (record_id,)).fetchone()
+        return LogRecord.model_validate_json(row[0]) if row else None
+
+    def query(self, filter: LogFilter = LogFilter(), order: Literal["asc", "desc"] = "asc",
+              limit: int = 100, cursor: str | None = None) -> Page:
+        where, params = _where(filter)
+        if cursor is not None:
+            ts, _, last_id = cursor.partition("|")
+            where += (" AND " if where else " WHERE ") + f"(ts, id) {'>' if order == 'asc' else '<'} (?, ?)"
+            params += [float(ts), last_id]
+        direction = "ASC" if order == "asc" else "DESC"
+        sql = f"SELECT ts, id, record FROM logs{where} ORDER BY ts {direction}, id {direction} LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, [*params, limit]).fetchall()
+        records = [LogRecord.model_validate_json(row[2]) for row in rows]
+        next_cursor = f"{rows[-1][0]!r}|{rows[-1][1]}" if len(rows) == limit else None
+        return Page(records, next_cursor)
+
+    def count(self, filter: LogFilter = LogFilter()) -> int:
+        where, params = _where(filter)
+        with self._lock:
+            return self._db.execute(f"SELECT COUNT(*) FROM logs{where}", params).fetchone()[0]
+
+    def partitions(self, filter: LogFilter, count: int) -> list[Partition]:
+        """Contiguous rowid ranges of (about) equal width; together they cover the table."""
+        with self._lock:
+            low, high = self._db.execute("SELECT MIN(rowid), MAX(rowid) FROM logs").fetchone()
+        if low is None:
+            return [Partition(filter, 0, 1, (0, 0))]
+        width = -(-(high - low + 1) // count)
+        return [Partition(filter, i, count, (low + i * width, low + (i + 1) * width)) for i in range(count)]
+
+    def scan(self, partition: Partition) -> Iterator[LogRecord]:
+        where, params = _where(partition.filter)
+        where += (" AND " if where else " WHERE ") + "rowid >= ? AND rowid < ?"
+        with self._lock:
+            rows = self._db.execute(f"SELECT record FROM logs{where} ORDER BY rowid",
+                                    [*params, *partition.bounds]).fetchall()
+        for (record,) in rows:
+            yield LogRecord.model_validate_json(record)
+
+    def add_feedback(self, record_id: str, feedback: Feedback) -> bool:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # read-modify-write, safe against other processes
+            try:
+                row = self._db.execute("SELECT record FROM logs WHERE id = ?", (record_id,)).fetchone()
+                if row is None:
+                    self._db.execute("ROLLBACK")
+                    return False
+                record = LogRecord.model_validate_json(row[0])
+                record.feedback.append(feedback)
+                self._db.execute("UPDATE logs SET record = ? WHERE id = ?", (record.model_dump_json(), record_id))
+                self._db.execute("COMMIT")
+                return True
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def stats(self, filter: LogFilter = LogFilter()) -> dict:
+        where, params = _where(filter)
+        groups = {"by_workload": "workload_id", "by_model": "model", "by_status": "status",
+                  "by_day": "date(ts, 'unixepoch')"}
+        with self._lock:
+            result = {"total": self._db.execute(f"SELECT COUNT(*) FROM logs{where}", params).fetchone()[0]}
+            for name, column in groups.items():
+                rows = self._db.execute(f"SELECT {column}, COUNT(*) FROM logs{where} GROUP BY 1 ORDER BY 1", params)
+                result[name] = dict(rows.fetchall())
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,81 @@
+"""The log-store Protocol and `open_store(url)`.
+
+Backends are chosen by URL scheme: `sqlite:///path/logs.db` (the embedded default; see
+`flywheel/sqlite_store.py`). Elasticsearch (`elasticsearch+https://...`) and OpenSearch
+(`opensearch+http://...`) implement the same Protocol ([S2], not yet built).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from flywheel.records import Feedback, LogRecord
+
+
+@dataclass(frozen=True)
+class LogFilter:
+    """Which records: every field that is set must match; times are epoch seconds."""
+
+    workload_id: str | None = None
+    client_id: str | None = None
+    model: str | None = None
+    status: Literal["ok", "error"] | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[LogRecord]
+    cursor: str | None  # pass back to `query` for the next page; None at the end
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A slice of a filtered scan that one reader can fetch independently of the others;
+    `bounds` is the backend's own (a rowid range for SQLite)."""
+
+    filter: LogFilter
+    index: int
+    count: int
+    bounds: tuple = ()
+
+
+class LogStore(Protocol):
+    def write_batch(self, records: Iterable[LogRecord]) -> int:
+        """Store records; ids already present are skipped. Returns how many were new."""
+
+    def get(self, record_id: str) -> LogRecord | None: ...
+
+    def query(self, filter: LogFilter = LogFilter(), order: Literal["asc", "desc"] = "asc",
+              limit: int = 100, cursor: str | None = None) -> Page:
+        """Records in (timestamp, id) order, a page at a time."""
+
+    def count(self, filter: LogFilter = LogFilter()) -> int: ...
+
+    def partitions(self, filter: LogFilter, count: int) -> list[Partition]:
+        """Split a filtered scan into `count` disjoint slices that together cover it."""
+
+    def scan(self, partition: Partition) -> Iterator[LogRecord]: ...
+
+    def add_feedback(self, record_id: str, feedback: Feedback) -> bool:
+        """Attach feedback; False when no record has that id."""
+
+    def stats(self, filter: LogFilter = LogFilter()) -> dict:
+        """`total`, and name -> count maps `by_workload`, `by_model`, `by_status`, `by_day` (UTC)."""
+
+    def close(self) -> None: ...
+
+
+def open_store(url: str) -> LogStore:
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"store url {url!r} has no scheme; expected e.g. sqlite:///path/logs.db")
+    if scheme == "sqlite":
+        from flywheel.sqlite_store import SqliteLogStore
+
+        return SqliteLogStore(Path(rest))
+    raise ValueError(f"store url {url!r}: unsupported scheme {scheme!r} (supported: sqlite)")

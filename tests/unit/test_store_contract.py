@@ -1,0 +1,114 @@
+"""One contract for every log-store backend. SQLite runs here always; the
+Elasticsearch/OpenSearch backends join the `store` fixture when they land."""
+
+import multiprocessing
+
+import pytest
+
+from flywheel.records import Feedback, LogRecord
+from flywheel.store import LogFilter, open_store
+
+
+@pytest.fixture(params=["sqlite"])
+def store(request, tmp_path):
+    opened = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    yield opened
+    opened.close()
+
+
+def make(i: int, workload: str = "support", status: str = "ok", ts: float | None = None) -> LogRecord:
+    return LogRecord(
+        timestamp=1_700_000_000 + (i if ts is None else ts), workload_id=workload, client_id=f"c{i % 3}",
+        model="small" if i % 2 else "small:tuned", request={"messages": [{"role": "user", "content": f"q{i}"}]},
+        response={"choices": [{"message": {"role": "assistant", "content": f"a{i}"}}]}, status=status,
+    )
+
+
+def test_write_get_and_duplicates_are_skipped(store):
+    records = [make(i) for i in range(10)]
+    assert store.write_batch(records) == 10
+    assert store.write_batch(records[:5] + [make(10)]) == 1
+    assert store.count() == 11
+    assert store.get(records[3].id) == records[3]
+    assert store.get("nope") is None
+
+
+def test_filters_and_count(store):
+    store.write_batch([make(i) for i in range(6)] + [make(i, workload="billing", status="error") for i in range(6, 9)])
+    assert store.count(LogFilter(workload_id="support")) == 6
+    assert store.count(LogFilter(status="error")) == 3
+    assert store.count(LogFilter(model="small")) == 4
+    assert store.count(LogFilter(since=1_700_000_002, until=1_700_000_005)) == 3
+
+
+@pytest.mark.parametrize("order", ["asc", "desc"])
+def test_query_pages_through_everything_once_in_order(store, order):
+    records = [make(i, ts=i // 3) for i in range(25)]  # ties on timestamp, broken by id
+    store.write_batch(records)
+    seen, cursor = [], None
+    while True:
+        page = store.query(LogFilter(), order=order, limit=7, cursor=cursor)
+        seen += page.records
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    expected = sorted(records, key=lambda r: (r.timestamp, r.id), reverse=order == "desc")
+    assert [r.id for r in seen] == [r.id for r in expected]
+
+
+def test_partitions_cover_the_filtered_scan_exactly_once(store):
+    store.write_batch([make(i, workload="support" if i % 4 else "other") for i in range(50)])
+    parts = store.partitions(LogFilter(workload_id="support"), 4)
+    assert len(parts) == 4
+    ids = [r.id for part in parts for r in store.scan(part)]
+    assert len(ids) == len(set(ids)) == store.count(LogFilter(workload_id="support"))
+
+
+def test_feedback_is_appended_and_unknown_ids_are_reported(store):
+    record = make(1)
+    store.write_batch([record])
+    assert store.add_feedback(record.id, Feedback(rating=-1, comment="wrong tool"))
+    correction = {"role": "assistant", "content": None,
+                  "tool_calls": [{"type": "function", "function": {"name": "refund", "arguments": "{}"}}]}
+    assert store.add_feedback(record.id, Feedback(rating=1, correction=correction))
+    assert [f.rating for f in store.get(record.id).feedback] == [-1, 1]
+    assert store.get(record.id).feedback[1].correction == correction
+    assert not store.add_feedback("missing", Feedback(rating=1))
+
+
+def test_stats(store):
+    store.write_batch([make(i) for i in range(4)] + [make(9, workload="billing", status="error")])
+    stats = store.stats()
+    assert stats["total"] == 5
+    assert stats["by_workload"] == {"billing": 1, "support": 4}
+    assert stats["by_status"] == {"error": 1, "ok": 4}
+    assert sum(stats["by_model"].values()) == 5 and sum(stats["by_day"].values()) == 5
+
+
+def _writer(path: str, offset: int) -> None:
+    store = open_store(f"sqlite:///{path}")
+    for start in range(0, 400, 40):
+        store.write_batch([make(offset + i) for i in range(start, start + 40)])
+    store.close()
+
+
+def test_two_processes_write_one_sqlite_file(tmp_path):
+    path = str(tmp_path / "shared.db")
+    open_store(f"sqlite:///{path}").close()  # create the schema once
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_writer, args=(path, offset)) for offset in (0, 10_000)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+        assert writer.exitcode == 0
+    store = open_store(f"sqlite:///{path}")
+    assert store.count() == 800
+    store.close()
+
+
+def test_unknown_store_urls_are_refused():
+    with pytest.raises(ValueError, match="unsupported scheme"):
+        open_store("mongodb://x")
+    with pytest.raises(ValueError, match="no scheme"):
+        open_store("logs.db")
