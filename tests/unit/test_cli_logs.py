@@ -8,9 +8,8 @@ from tests.unit.test_records import NVIDIA
 
 
 def flywheel(*args, home):
-    result = subprocess.run([sys.executable, "-m", "flywheel.cli", *args], capture_output=True, text=True,
-                            env={"FLYWHEEL_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=120)
-    return result
+    return subprocess.run([sys.executable, "-m", "flywheel.cli", *args], check=False, capture_output=True,
+                          text=True, env={"FLYWHEEL_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=120)
 
 
 def last_json(result):
