@@ -37,6 +37,7 @@ integration: $(STAMP) models
 	$(PY) -m pytest tests -m integration -q $(PYTEST_ARGS)
 
 bench: $(STAMP) models
+	$(PY) bench/store_ingest.py
 	$(PY) bench/serve_throughput.py
 
 lint: $(STAMP)
