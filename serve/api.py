@@ -17,9 +17,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel.config import ServeConfig
+from flywheel.records import Feedback
+from flywheel.store import LogStore
 from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body
 from serve.routing import Route, RoutingTable, UnknownModel
@@ -45,7 +48,7 @@ def classify_failure(error: BaseException) -> tuple[int, str]:
     return 500, f"internal error while serving the request: {type(error).__name__}"
 
 
-async def read_body(request: Request, limit: int) -> dict:
+async def read_body(request: Request, limit: int, require_model: bool = True) -> dict:
     """The request's JSON object, refusing oversized (413) and malformed (400) bodies."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -62,7 +65,7 @@ async def read_body(request: Request, limit: int) -> dict:
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
     model = body.get("model")
-    if not isinstance(model, str) or not model:
+    if require_model and (not isinstance(model, str) or not model):
         raise ApiError(400, "`model` is required and must be a non-empty string", "model")
     return body
 
@@ -72,9 +75,12 @@ def make_api(
     routing: RoutingTable,
     engines: Mapping[str, ModelEngine],
     classify: Callable[[BaseException], tuple[int, str]] = classify_failure,
+    store: Callable[[], LogStore] | None = None,
 ) -> FastAPI:
+    """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
     timeout = config.request_timeout_s
+    opened: list[LogStore] = []
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -148,6 +154,27 @@ def make_api(
     async def get_model(model: str) -> dict:
         route_of({"model": model})
         return next(row for row in routing.list_models() if row["id"] == model)
+
+    if store is not None:
+
+        @app.post("/v1/feedback")
+        async def feedback(request: Request) -> JSONResponse:
+            """Attach {rating, comment, correction} to the logged inference `log_id`."""
+            body = await read_body(request, config.max_body_bytes, require_model=False)
+            log_id = body.pop("log_id", None)
+            if not isinstance(log_id, str) or not log_id:
+                raise ApiError(400, "`log_id` is required and must be a string", "log_id")
+            try:
+                verdict = Feedback.model_validate(body)
+            except ValidationError as error:
+                first = error.errors()[0]
+                param = ".".join(str(p) for p in first["loc"]) or None
+                raise ApiError(400, f"{param}: {first['msg']}", param) from None
+            if not opened:
+                opened.append(await asyncio.to_thread(store))
+            if not await asyncio.to_thread(opened[0].add_feedback, log_id, verdict):
+                raise ApiError(404, f"no logged inference with id {log_id!r}", "log_id")
+            return JSONResponse({"log_id": log_id, "status": "recorded"})
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -12,6 +12,7 @@ from typing import Any
 
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.models import resolve_model_path
+from flywheel.store import open_store
 from serve.api import classify_failure, make_api
 from serve.engine import Endpoint, VLLMEngine
 from serve.routing import RoutingTable
@@ -76,7 +77,8 @@ class Ingress:
         cfg = FlywheelConfig.model_validate(config)
         routing = RoutingTable([m.name for m in cfg.serve.models], cfg.serve.aliases, cfg.adapters_dir)
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
-        self._api = make_api(cfg.serve, routing, engines, classify_serve_failure)
+        self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
+                             store=lambda: open_store(cfg.store_url))
 
     def __serve_build_asgi_app__(self):
         return self._api

@@ -89,3 +89,19 @@ def test_bad_input_gets_its_status_and_the_service_keeps_answering(service, clie
     assert error["code"] == status and error["message"]
     ok = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0)
     assert ok.choices[0].message.content
+
+
+def test_feedback_over_http_reaches_the_log_store(service):
+    from flywheel.records import LogRecord
+    from flywheel.store import open_store
+
+    store = open_store(f"sqlite:///{service.home / 'logs.db'}")
+    record = LogRecord(workload_id="support", client_id="web", model=MODEL, request={"messages": QUESTION})
+    store.write_batch([record])
+    body = {"log_id": record.id, "rating": 1, "correction": {"role": "assistant", "content": "Paris."}}
+    response = httpx.post(f"{service.base_url}/feedback", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    assert store.get(record.id).feedback[0].correction["content"] == "Paris."
+    missing = httpx.post(f"{service.base_url}/feedback", json={**body, "log_id": "nope"}, timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "log_id"
+    store.close()

@@ -51,7 +51,16 @@ def engine():
 
 
 @pytest.fixture
-def client(tmp_path, engine):
+def log_store(tmp_path):
+    from flywheel.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def client(tmp_path, engine, log_store):
     adapter = tmp_path / "small" / "tuned"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
@@ -62,7 +71,7 @@ def client(tmp_path, engine):
         request_timeout_s=0.5,
     )
     routing = RoutingTable(["small"], config.aliases, tmp_path)
-    return TestClient(make_api(config, routing, {"small": engine}, classify_serve_failure))
+    return TestClient(make_api(config, routing, {"small": engine}, classify_serve_failure, store=lambda: log_store))
 
 
 def assert_openai_error(response, status):
@@ -176,3 +185,30 @@ def test_health_reflects_the_engines(client, engine):
 def test_unknown_paths_and_methods_are_openai_errors(client):
     assert_openai_error(client.get("/v1/nothing"), 404)
     assert_openai_error(client.get("/v1/chat/completions"), 405)
+
+
+def test_feedback_attaches_to_a_logged_inference(client, log_store):
+    from flywheel.records import LogRecord
+
+    record = LogRecord(workload_id="w", client_id="c", model="small", request=CHAT)
+    log_store.write_batch([record])
+    correction = {"role": "assistant", "content": "Your order ships today."}
+    response = client.post("/v1/feedback", json={"log_id": record.id, "rating": -1, "comment": "vague",
+                                                 "correction": correction})
+    assert response.status_code == 200 and response.json()["status"] == "recorded"
+    (feedback,) = log_store.get(record.id).feedback
+    assert (feedback.rating, feedback.comment, feedback.correction) == (-1, "vague", correction)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        ({"rating": 1}, 400, "log_id"),
+        ({"log_id": "01JT6ZBHV8DPVX588PM7SQQQCE", "rating": 1}, 404, "log_id"),
+        ({"log_id": "x", "rating": "great"}, 400, "rating"),
+        ({"log_id": "x", "rating": 99}, 400, "rating"),
+        ({"log_id": "x", "stars": 5}, 400, "stars"),
+    ],
+)
+def test_bad_feedback_gets_openai_errors(client, body, status, param):
+    assert assert_openai_error(client.post("/v1/feedback", json=body), status)["param"] == param
