@@ -109,6 +109,22 @@ class RouteTarget(_Strict):
     adapter: str | None = Field(None, description="Adapter name under that base, or null.")
 
 
+class LoggingConfig(_Strict):
+    """Which inferences the service logs, and how records reach the store."""
+
+    enabled: bool = Field(True, description="Log inferences to the store.")
+    sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of requests logged (random per request).")
+    exclude_workloads: list[str] = Field(default_factory=list, description="Workloads never logged (opt-out).")
+    default_workload: str = Field(
+        "default", description="Workload id when neither the X-Workload-Id header nor body.metadata.workload_id is set."
+    )
+    default_client: str = Field(
+        "anonymous", description="Client id when neither the X-Client-Id header nor body.metadata.client_id is set."
+    )
+    batch_size: int = Field(256, ge=1, description="Records per store write.")
+    flush_interval_s: float = Field(0.2, gt=0, description="Longest a record waits before its batch is written.")
+
+
 class ServeConfig(_Strict):
     """The HTTP service: where it listens, what it serves, what it refuses."""
 
@@ -128,6 +144,7 @@ class ServeConfig(_Strict):
     )
     ingress_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs reserved by the ingress.")
     access_log: bool = Field(True, description="Log one line per request from every replica.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Inference logging.")
 
     @model_validator(mode="after")
     def _routes_point_at_served_models(self) -> ServeConfig:

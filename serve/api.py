@@ -23,8 +23,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from flywheel.config import ServeConfig
 from flywheel.records import Feedback
 from flywheel.store import LogStore
+from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body
+from serve.inference_log import InferenceLog, Pending
 from serve.routing import Route, RoutingTable, UnknownModel
 
 logger = logging.getLogger("ray.serve")
@@ -76,8 +78,10 @@ def make_api(
     engines: Mapping[str, ModelEngine],
     classify: Callable[[BaseException], tuple[int, str]] = classify_failure,
     store: Callable[[], LogStore] | None = None,
+    inference_log: InferenceLog | None = None,
 ) -> FastAPI:
-    """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404."""
+    """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
+    `inference_log` records every routed request (none when None)."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
     timeout = config.request_timeout_s
     opened: list[LogStore] = []
@@ -108,33 +112,54 @@ def make_api(
         route = route_of(body)
         engine = engines[route.base]
         headers = {"X-Flywheel-Model": route.name}
+        pending = inference_log.begin(request.headers, body, route) if inference_log else None
+        if pending:
+            headers["X-Flywheel-Log-Id"] = pending.id
         if body.get("stream") is True:
-            return await forward_stream(engine, endpoint, body, route, headers)
+            return await forward_stream(engine, endpoint, body, route, headers, pending)
         try:
             status, payload = await asyncio.wait_for(engine.respond(endpoint, body, route.adapter), timeout)
         except Exception as error:
+            if pending:
+                inference_log.finish(pending, classify(error)[0], error=classify(error)[1])
             return failure(error)
+        if pending:
+            if status == 200:
+                payload = {**payload, "id": pending.id}
+            inference_log.finish(pending, status, payload)
         return JSONResponse(payload, status_code=status, headers=headers)
 
     async def forward_stream(
-        engine: ModelEngine, endpoint: Endpoint, body: dict, route: Route, headers: dict
+        engine: ModelEngine, endpoint: Endpoint, body: dict, route: Route, headers: dict, pending: Pending | None
     ) -> Response:
         chunks = engine.stream(endpoint, body, route.adapter)
         try:
             status, error = await asyncio.wait_for(anext(chunks), timeout)
         except Exception as failed:
+            if pending:
+                inference_log.finish(pending, classify(failed)[0], error=classify(failed)[1])
             return failure(failed)
         if status != 200:
+            if pending:
+                inference_log.finish(pending, status, error)
             return JSONResponse(error, status_code=status, headers=headers)
+        assembler = StreamAssembler(pending.id, endpoint) if pending else None
 
         async def relay() -> AsyncIterator[Any]:
             try:
                 async for chunk in chunks:
-                    yield chunk
+                    yield assembler.rewrite(chunk) if assembler else chunk
             except Exception as failed:  # the replica went away mid-stream: say so in-band
                 status, message = classify(failed)
+                if assembler:
+                    assembler.error = message
                 yield f"data: {json.dumps(error_body(status, message))}\n\n"
                 yield "data: [DONE]\n\n"
+            finally:
+                if pending:
+                    response = assembler.response()
+                    inference_log.finish(pending, 200 if response else 500, response, error=assembler.error,
+                                         first_token_at=assembler.first_token_at)
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import FlywheelConfig, load_config
+from flywheel.log_writer import LogWriter
 from flywheel.models import resolve_model_path
 from flywheel.store import open_store
 from serve.api import classify_failure, make_api
 from serve.engine import Endpoint, VLLMEngine
+from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
 
 
@@ -77,11 +79,23 @@ class Ingress:
         cfg = FlywheelConfig.model_validate(config)
         routing = RoutingTable([m.name for m in cfg.serve.models], cfg.serve.aliases, cfg.adapters_dir)
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
+        self._writer = None
+        inference_log = None
+        if cfg.serve.logging.enabled:
+            self._writer = LogWriter(lambda: open_store(cfg.store_url), cfg.home / "spool",
+                                     batch_size=cfg.serve.logging.batch_size,
+                                     flush_interval_s=cfg.serve.logging.flush_interval_s)
+            inference_log = InferenceLog(cfg.serve.logging, self._writer.submit)
         self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
-                             store=lambda: open_store(cfg.store_url))
+                             store=lambda: open_store(cfg.store_url), inference_log=inference_log)
 
     def __serve_build_asgi_app__(self):
         return self._api
+
+    def __del__(self) -> None:
+        """Serve calls this on graceful shutdown: write (or spool) every queued record."""
+        if getattr(self, "_writer", None) is not None:
+            self._writer.close()
 
 
 def build_app(config: FlywheelConfig):

@@ -105,3 +105,37 @@ def test_feedback_over_http_reaches_the_log_store(service):
     missing = httpx.post(f"{service.base_url}/feedback", json={**body, "log_id": "nope"}, timeout=30)
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "log_id"
     store.close()
+
+
+def _logged(service, log_id, timeout_s=15):
+    import time
+
+    from flywheel.store import open_store
+
+    store = open_store(f"sqlite:///{service.home / 'logs.db'}")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if (record := store.get(log_id)) is not None:
+                return record
+            time.sleep(0.2)
+    finally:
+        store.close()
+    pytest.fail(f"record {log_id} never reached the store")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_inference_is_logged_off_the_hot_path(service, stream):
+    body = {"model": "support-router", "messages": QUESTION, "max_tokens": 12, "temperature": 0, "stream": stream}
+    headers = {"X-Workload-Id": "capitals", "X-Client-Id": "tests", "Authorization": "Bearer sk-never-logged"}
+    with httpx.stream("POST", f"{service.base_url}/chat/completions", json=body, headers=headers,
+                      timeout=60) as response:
+        text = "".join(response.iter_text())
+        log_id = response.headers["X-Flywheel-Log-Id"]
+    assert response.status_code == 200 and log_id in text  # the completion id is the log id
+    record = _logged(service, log_id)
+    assert (record.workload_id, record.client_id, record.model) == ("capitals", "tests", "support-router")
+    assert (record.base_model, record.adapter, record.status) == (MODEL, None, "ok")
+    assert "Paris" in record.response["choices"][0]["message"]["content"]
+    assert record.latency_ms > 0 and (record.ttft_ms is not None) == stream
+    assert "sk-never-logged" not in record.model_dump_json()

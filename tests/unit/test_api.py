@@ -10,12 +10,19 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from flywheel.config import RouteTarget, ServeConfig
+from flywheel.config import LoggingConfig, RouteTarget, ServeConfig
 from serve.api import make_api
 from serve.app import classify_serve_failure
+from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
 
 CHAT = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def chunk(delta, finish=None):
+    data = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "small",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return f"data: {json.dumps(data)}\n\n"
 
 
 class RecordingEngine:
@@ -35,10 +42,12 @@ class RecordingEngine:
         self.calls.append((endpoint, body, adapter))
         yield self.stream_head
         if self.stream_head[0] == 200:
-            yield 'data: {"choices": []}\n\n'
+            yield chunk({"role": "assistant", "content": "Hel"})
             if self.fail_with:
                 raise self.fail_with
+            yield chunk({"content": "lo"}, finish="stop")
             yield "data: [DONE]\n\n"
+
 
     async def check_health(self):
         if self.fail_with:
@@ -60,7 +69,18 @@ def log_store(tmp_path):
 
 
 @pytest.fixture
-def client(tmp_path, engine, log_store):
+def logged():
+    """Records the service hands to its log sink (LogWriter.submit in production)."""
+    return []
+
+
+@pytest.fixture
+def logging_config():
+    return LoggingConfig(exclude_workloads=["private"])
+
+
+@pytest.fixture
+def client(tmp_path, engine, log_store, logged, logging_config):
     adapter = tmp_path / "small" / "tuned"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
@@ -71,7 +91,8 @@ def client(tmp_path, engine, log_store):
         request_timeout_s=0.5,
     )
     routing = RoutingTable(["small"], config.aliases, tmp_path)
-    return TestClient(make_api(config, routing, {"small": engine}, classify_serve_failure, store=lambda: log_store))
+    return TestClient(make_api(config, routing, {"small": engine}, classify_serve_failure, store=lambda: log_store,
+                               inference_log=InferenceLog(logging_config, logged.append)))
 
 
 def assert_openai_error(response, status):
@@ -150,7 +171,8 @@ def test_stream_is_relayed_as_server_sent_events(client):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in response.iter_lines() if line]
-    assert lines == ['data: {"choices": []}', "data: [DONE]"]
+    contents = [json.loads(line[6:])["choices"][0]["delta"].get("content") for line in lines[:-1]]
+    assert contents == ["Hel", "lo"] and lines[-1] == "data: [DONE]"
 
 
 def test_stream_refused_before_first_token_is_a_plain_error(client, engine):
@@ -212,3 +234,49 @@ def test_feedback_attaches_to_a_logged_inference(client, log_store):
 )
 def test_bad_feedback_gets_openai_errors(client, body, status, param):
     assert assert_openai_error(client.post("/v1/feedback", json=body), status)["param"] == param
+
+
+def test_every_routed_request_is_logged_with_its_id_in_the_response(client, engine, logged):
+    engine.reply = (200, {"id": "chatcmpl-1", "object": "chat.completion", "model": "small:tuned",
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
+                          "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+    response = client.post("/v1/chat/completions", headers={"X-Workload-Id": "support", "X-Client-Id": "web",
+                                                            "Authorization": "Bearer sk-secret"},
+                           json={**CHAT, "model": "router", "api_key": "sk-secret"})
+    (record,) = logged
+    assert response.headers["X-Flywheel-Log-Id"] == response.json()["id"] == record.id
+    assert (record.workload_id, record.client_id, record.model) == ("support", "web", "router")
+    assert (record.base_model, record.adapter, record.status) == ("small", "tuned", "ok")
+    assert record.response["choices"][0]["message"]["content"] == "hi" and record.usage["total_tokens"] == 4
+    assert record.latency_ms >= 0
+    assert "sk-secret" not in record.model_dump_json()
+
+
+def test_streamed_responses_are_assembled_and_carry_the_log_id(client, logged):
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True,
+                                                             "metadata": {"workload_id": "chat-ui"}}) as response:
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line and line != "data: [DONE]"]
+        log_id = response.headers["X-Flywheel-Log-Id"]
+    (record,) = logged
+    assert record.id == log_id and {event["id"] for event in events} == {log_id}
+    assert record.workload_id == "chat-ui" and record.client_id == "anonymous"
+    message = record.response["choices"][0]
+    assert message["message"]["content"] == "Hello" and message["finish_reason"] == "stop"
+    assert record.ttft_ms is not None
+
+
+def test_failures_are_logged_as_errors_and_opted_out_workloads_not_at_all(client, engine, logged):
+    engine.reply = (400, {"error": {"message": "bad max_tokens", "type": "BadRequestError", "param": None,
+                                    "code": 400}})
+    client.post("/v1/chat/completions", json=CHAT)
+    assert logged[-1].status == "error" and "bad max_tokens" in logged[-1].error and logged[-1].response is None
+    response = client.post("/v1/chat/completions", headers={"X-Workload-Id": "private"}, json=CHAT)
+    assert "X-Flywheel-Log-Id" not in response.headers and len(logged) == 1
+    client.post("/v1/chat/completions", json={**CHAT, "model": "ghost"})  # unroutable: nothing to log
+    assert len(logged) == 1
+
+
+@pytest.mark.parametrize("logging_config", [LoggingConfig(sample_rate=0.0)])
+def test_sampling_rate_zero_logs_nothing(client, logged):
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert logged == []
