@@ -39,6 +39,7 @@ integration: $(STAMP) models
 bench: $(STAMP) models
 	$(PY) bench/store_ingest.py
 	$(PY) bench/serve_throughput.py
+	$(PY) bench/logging_overhead.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flywheel serve tests bench jobs

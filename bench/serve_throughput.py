@@ -61,18 +61,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def one_request(client, url: str, model: str, messages: list[dict], max_tokens: int, stream: bool) -> dict:
+def one_request(client, url: str, model: str, messages: list[dict], max_tokens: int, stream: bool,
+                headers: dict | None = None) -> dict:
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0,
             "ignore_eos": True}
     started = time.perf_counter()
     if not stream:
-        response = client.post(f"{url}/v1/chat/completions", json=body)
+        response = client.post(f"{url}/v1/chat/completions", json=body, headers=headers)
         response.raise_for_status()
         return {"latency": time.perf_counter() - started, "ttft": None,
                 "tokens": response.json()["usage"]["completion_tokens"]}
     body.update(stream=True, stream_options={"include_usage": True})
     ttft, tokens = None, 0
-    with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+    with client.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers) as response:
         response.raise_for_status()
         for line in response.iter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
@@ -86,21 +87,22 @@ def one_request(client, url: str, model: str, messages: list[dict], max_tokens: 
 
 
 def load_level(url: str, model: str, concurrency: int, requests: int, max_tokens: int, stream: bool,
-               repeats: int = 1) -> dict:
+               repeats: int = 1, headers: dict | None = None) -> dict:
     """Throughput and latency at `concurrency` clients; the best of `repeats` runs (the
     machine is shared and noisy; best-of-N is applied alike to the offline side)."""
-    runs = [_load_once(url, model, concurrency, requests, max_tokens, stream) for _ in range(repeats)]
+    runs = [_load_once(url, model, concurrency, requests, max_tokens, stream, headers) for _ in range(repeats)]
     return max(runs, key=lambda run: run["tok_s"])
 
 
-def _load_once(url: str, model: str, concurrency: int, requests: int, max_tokens: int, stream: bool) -> dict:
+def _load_once(url: str, model: str, concurrency: int, requests: int, max_tokens: int, stream: bool,
+               headers: dict | None = None) -> dict:
     import httpx
 
     batch = prompts(requests)
     with httpx.Client(timeout=600, limits=httpx.Limits(max_connections=concurrency + 4)) as client:
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            results = list(pool.map(lambda m: one_request(client, url, model, m, max_tokens, stream), batch))
+            results = list(pool.map(lambda m: one_request(client, url, model, m, max_tokens, stream, headers), batch))
         wall = time.perf_counter() - started
     latencies = [r["latency"] for r in results]
     ttfts = [r["ttft"] for r in results if r["ttft"] is not None]
