@@ -176,8 +176,8 @@ class StoreConfig(_Strict):
 
     url: str | None = Field(
         None,
-        description="Log store URL: `sqlite:///path/logs.db` (default: <home>/logs.db). "
-        "Elasticsearch/OpenSearch URLs arrive with their backends.",
+        description="Log store URL: `sqlite:///path/logs.db` (default: <home>/logs.db) or "
+        "`opensearch+http(s)://host:9200/<index>`.",
     )
 
 

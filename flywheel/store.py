@@ -1,8 +1,8 @@
 """The log-store Protocol and `open_store(url)`.
 
-Backends are chosen by URL scheme: `sqlite:///path/logs.db` (the embedded default; see
-`flywheel/sqlite_store.py`). Elasticsearch (`elasticsearch+https://...`) and OpenSearch
-(`opensearch+http://...`) implement the same Protocol ([S2], not yet built).
+Backends are chosen by URL scheme: `sqlite:///path/logs.db` (the embedded default;
+`flywheel/sqlite_store.py`) and `opensearch+http(s)://host:9200/index`
+(`flywheel/search_store.py`). Elasticsearch (`elasticsearch+https://...`) is next.
 """
 
 from __future__ import annotations
@@ -78,4 +78,8 @@ def open_store(url: str) -> LogStore:
         from flywheel.sqlite_store import SqliteLogStore
 
         return SqliteLogStore(Path(rest))
-    raise ValueError(f"store url {url!r}: unsupported scheme {scheme!r} (supported: sqlite)")
+    if scheme in ("opensearch+http", "opensearch+https"):
+        from flywheel.search_store import SearchLogStore
+
+        return SearchLogStore(url)
+    raise ValueError(f"store url {url!r}: unsupported scheme {scheme!r} (supported: sqlite, opensearch+http[s])")

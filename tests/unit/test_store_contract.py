@@ -1,7 +1,8 @@
-"""One contract for every log-store backend. SQLite runs here always; the
-Elasticsearch/OpenSearch backends join the `store` fixture when they land."""
+"""One contract for every log-store backend: SQLite, and OpenSearch against a real
+OpenSearch-compatible server (osmem-server). Elasticsearch joins when its backend lands."""
 
 import multiprocessing
+import uuid
 
 import pytest
 
@@ -9,9 +10,23 @@ from flywheel.records import Feedback, LogRecord
 from flywheel.store import LogFilter, open_store
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="session")
+def search_server():
+    """A real OpenSearch-compatible server (osmem-server, in memory) for the session."""
+    from osmem_server import OsmemServer
+
+    server = OsmemServer.start()
+    yield server.url
+    server.close()
+
+
+@pytest.fixture(params=["sqlite", "opensearch"])
 def store(request, tmp_path):
-    opened = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    if request.param == "sqlite":
+        opened = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    else:
+        url = request.getfixturevalue("search_server").replace("http://", "opensearch+http://")
+        opened = open_store(f"{url.rstrip('/')}/logs-{uuid.uuid4().hex[:12]}")
     yield opened
     opened.close()
 
