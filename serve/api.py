@@ -25,7 +25,7 @@ from flywheel.records import Feedback
 from flywheel.store import LogStore
 from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
-from serve.errors import error_body
+from serve.errors import error_body, validation_error_body
 from serve.inference_log import InferenceLog, Pending
 from serve.routing import Route, RoutingTable, UnknownModel
 
@@ -192,9 +192,7 @@ def make_api(
             try:
                 verdict = Feedback.model_validate(body)
             except ValidationError as error:
-                first = error.errors()[0]
-                param = ".".join(str(p) for p in first["loc"]) or None
-                raise ApiError(400, f"{param}: {first['msg']}", param) from None
+                return JSONResponse(validation_error_body(error), status_code=400)
             if not opened:
                 opened.append(await asyncio.to_thread(store))
             if not await asyncio.to_thread(opened[0].add_feedback, log_id, verdict):

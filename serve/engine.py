@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from flywheel.config import BaseModelConfig
-from serve.errors import error_body
+from serve.errors import error_body, validation_error_body
 
 logger = logging.getLogger("ray.serve")
 
@@ -216,9 +216,7 @@ class VLLMEngine:
                 request = CompletionRequest.model_validate(body)
                 result = await self._state.openai_serving_completion.create_completion(request, None)
         except ValidationError as error:
-            first = error.errors()[0]
-            param = ".".join(str(p) for p in first["loc"]) or None
-            return 400, error_body(400, f"{param}: {first['msg']}" if param else first["msg"], param)
+            return 400, validation_error_body(error)
         except EngineDeadError as error:
             logger.error("vLLM engine is dead: %s", error)
             return 503, error_body(503, "model engine is unavailable; the replica is being replaced")

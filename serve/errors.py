@@ -14,3 +14,10 @@ def error_type(status: int) -> str:
 
 def error_body(status: int, message: str, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": error_type(status), "param": param, "code": status}}
+
+
+def validation_error_body(error) -> dict:
+    """A 400 body for a pydantic `ValidationError`: the first problem, naming its field."""
+    first = error.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    return error_body(400, f"{param}: {first['msg']}" if param else first["msg"], param)
