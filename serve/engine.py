@@ -160,8 +160,11 @@ class VLLMEngine:
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest, UnloadLoRAAdapterRequest
 
         path = self._adapters_dir / self.model.name / adapter
+        name = self.served_name(adapter)
         try:
             mtime = (path / "adapter_config.json").stat().st_mtime
+            if self._adapter_mtimes.get(name) == mtime:  # loaded and unchanged: the per-request path
+                return None
             adapter_config = json.loads((path / "adapter_config.json").read_text())
         except FileNotFoundError:
             return 404, error_body(404, f"adapter {adapter!r} not found for model {self.model.name!r}", "model")
@@ -174,10 +177,9 @@ class VLLMEngine:
                 f"{self.model.lora_target_modules} (set lora_target_modules: null to serve it)",
                 "model",
             )
-        name = self.served_name(adapter)
         models = self._state.openai_serving_models
         async with self._adapter_lock:
-            if self._adapter_mtimes.get(name) == mtime:
+            if self._adapter_mtimes.get(name) == mtime:  # another request loaded it meanwhile
                 return None
             if name in models.lora_requests:
                 await models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
