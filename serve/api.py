@@ -100,8 +100,11 @@ def make_api(
         except UnknownModel as error:
             raise ApiError(404, str(error), "model") from None
 
-    def failure(error: BaseException) -> JSONResponse:
+    def failure(error: BaseException, pending: Pending | None) -> JSONResponse:
+        """The error response for a failed forward, logged as an errored inference too."""
         status, message = classify(error)
+        if pending:
+            inference_log.finish(pending, status, error=message)
         if status >= 500 and status not in (503, 504):
             logger.exception("request failed", exc_info=error)
         headers = {"Retry-After": "1"} if status in (429, 503) else None
@@ -120,9 +123,7 @@ def make_api(
         try:
             status, payload = await asyncio.wait_for(engine.respond(endpoint, body, route.adapter), timeout)
         except Exception as error:
-            if pending:
-                inference_log.finish(pending, classify(error)[0], error=classify(error)[1])
-            return failure(error)
+            return failure(error, pending)
         if pending:
             if status == 200:
                 payload = {**payload, "id": pending.id}
@@ -136,9 +137,7 @@ def make_api(
         try:
             status, error = await asyncio.wait_for(anext(chunks), timeout)
         except Exception as failed:
-            if pending:
-                inference_log.finish(pending, classify(failed)[0], error=classify(failed)[1])
-            return failure(failed)
+            return failure(failed, pending)
         if status != 200:
             if pending:
                 inference_log.finish(pending, status, error)
