@@ -29,9 +29,22 @@ def wait_healthy(url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{url}/health did not answer 200 within {timeout_s:.0f} s")
 
 
+def deploy(config: FlywheelConfig, timeout_s: float) -> str:
+    """Deploy the app on the Ray this process is connected to; its base URL once healthy."""
+    from ray import serve as ray_serve
+
+    from serve import build_app
+
+    ray_serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
+    ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{config.serve.host}:{config.serve.port}"
+    wait_healthy(url, timeout_s)
+    return url
+
+
 @contextmanager
 def running_service(config: FlywheelConfig, startup_timeout_s: float = 300) -> Iterator[str]:
-    """Deploy the app on Ray (started per `config.ray`), yield its base URL, shut down after."""
+    """Start Ray per `config.ray`, deploy, yield the base URL, shut everything down after."""
     for model in config.serve.models:  # a missing model fails here, before Ray starts
         resolve_model_path(model.source, config.models_dir)
 
@@ -39,15 +52,10 @@ def running_service(config: FlywheelConfig, startup_timeout_s: float = 300) -> I
     from ray import serve as ray_serve
 
     from flywheel.ray_runtime import start_ray
-    from serve import build_app
 
-    url = f"http://{config.serve.host}:{config.serve.port}"
     start_ray(config.ray)
     try:
-        ray_serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-        ray_serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
-        wait_healthy(url, startup_timeout_s)
-        yield url
+        yield deploy(config, startup_timeout_s)
     finally:
         try:
             ray_serve.shutdown()

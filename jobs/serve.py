@@ -9,7 +9,7 @@ import argparse
 import json
 
 from flywheel.config import load_config
-from flywheel.service import APP_NAME, wait_healthy
+from flywheel.service import deploy
 
 
 def main() -> None:
@@ -21,15 +21,9 @@ def main() -> None:
     config = load_config(args.config, {"ray.address": args.address})
 
     import ray
-    from ray import serve
-
-    from serve import build_app
 
     ray.init(address=config.ray.address)
-    serve.start(http_options={"host": config.serve.host, "port": config.serve.port})
-    serve.run(build_app(config), name=APP_NAME, route_prefix="/", blocking=False)
-    url = f"http://{config.serve.host}:{config.serve.port}"
-    wait_healthy(url, timeout_s=600)
+    url = deploy(config, timeout_s=600)
     print(json.dumps({"url": url, "openai_base_url": f"{url}/v1", "status": "deployed"}))
 
 
