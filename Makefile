@@ -1,7 +1,7 @@
 # The two commands: `make demo` and `make test`. Everything else is set up on the way.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-EXTRAS  ?= cpu,dev,opensearch
+EXTRAS  ?= cpu,dev,opensearch,es
 STAMP   := $(VENV)/.installed-$(EXTRAS)
 MODEL   ?= smollm2-135m-instruct
 PYTEST_ARGS ?=

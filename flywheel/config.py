@@ -176,8 +176,9 @@ class StoreConfig(_Strict):
 
     url: str | None = Field(
         None,
-        description="Log store URL: `sqlite:///path/logs.db` (default: <home>/logs.db) or "
-        "`opensearch+http(s)://host:9200/<index>`.",
+        description="Log store URL: `sqlite:///path/logs.db` (default: <home>/logs.db), "
+        "`elasticsearch+https://[user:pass@]host:9200/<index>` (API key: $FLYWHEEL_STORE_API_KEY) or "
+        "`opensearch+http(s)://[user:pass@]host:9200/<index>`.",
     )
 
 

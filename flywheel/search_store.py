@@ -1,12 +1,18 @@
-"""`SearchLogStore`: logs in an OpenSearch index (opensearch-py), for clusters.
+"""`SearchLogStore`: logs in an Elasticsearch or OpenSearch index, for clusters.
 
-URL: `opensearch+http://host:9200/<index>` (`https` too; default index `flywheel-logs`).
+URLs: `elasticsearch+https://[user:password@]host:9200/<index>` (the official
+`elasticsearch` client; an API key from `$FLYWHEEL_STORE_API_KEY`) and
+`opensearch+http(s)://[user:password@]host:9200/<index>` (opensearch-py); the index
+defaults to `flywheel-logs`. Both share this logic; `flywheel/search_clients.py` holds
+the calls whose spelling differs between the clients.
+
 Each document keeps the whole record unindexed (`record`, `enabled: false`: request and
 response bodies never explode the mapping) beside the fields filters, sorting and stats
-use. `write_batch` is a bulk `create` keyed on the record id, so a replayed batch or a
-re-import adds nothing; `query` pages with `search_after` on (timestamp, id); partitions
-are slices of a sliced scroll. The Elasticsearch backend ([S2], next) shares this logic
-with the official client.
+use; an index template carries the mapping to rolled-over indices. `write_batch` is a
+bulk `create` keyed on the record id, so a replayed batch or a re-import adds nothing;
+`query` pages with `search_after` on (timestamp, id); `partitions` open one point in
+time and hand out its slices, so parallel readers see one consistent snapshot (the PIT
+expires by itself after `PIT_KEEP_ALIVE` without reads).
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from flywheel.records import Feedback, LogRecord
+from flywheel.search_clients import ElasticsearchClient, OpenSearchClient, SearchClient
 from flywheel.store import LogFilter, Page, Partition
 
 DEFAULT_INDEX = "flywheel-logs"
+PIT_KEEP_ALIVE = "5m"
+SCAN_PAGE = 1_000
 KEYWORDS = ("id", "workload_id", "client_id", "model", "status", "day")
 MAPPING = {
     "dynamic": False,
@@ -49,27 +58,25 @@ def _document(record: LogRecord) -> dict[str, Any]:
 
 
 class SearchLogStore:
-    def __init__(self, url: str, client: Any = None):
-        parts = urlsplit(url.split("+", 1)[1] if "+" in url.split("://")[0] else url)
+    def __init__(self, url: str, client: SearchClient | None = None):
+        """`client` is injected by tests; by default the URL's scheme picks the official client."""
+        self.url = url
+        flavour, _, rest = url.partition("+")
+        parts = urlsplit(rest)
         self.index = parts.path.strip("/") or DEFAULT_INDEX
         if client is None:
-            from opensearchpy import OpenSearch
-
-            client = OpenSearch(hosts=[f"{parts.scheme}://{parts.netloc}"], timeout=60)
+            client = ElasticsearchClient(parts) if flavour == "elasticsearch" else OpenSearchClient(parts)
         self._client = client
-        if not self._client.indices.exists(index=self.index):
-            self._client.indices.create(index=self.index, body={"mappings": MAPPING}, ignore=400)
+        self._client.ensure_index(self.index, MAPPING)
 
     def write_batch(self, records: Iterable[LogRecord]) -> int:
-        lines = []
+        operations: list[dict[str, Any]] = []
         for record in records:
-            lines.append(json.dumps({"create": {"_index": self.index, "_id": record.id}}))
-            lines.append(json.dumps(_document(record)))
-        if not lines:
+            operations += [{"create": {"_index": self.index, "_id": record.id}}, _document(record)]
+        if not operations:
             return 0
-        result = self._client.bulk(body="\n".join(lines) + "\n", refresh="wait_for")
         created = 0
-        for item in result["items"]:
+        for item in self._client.bulk(operations)["items"]:
             status = item["create"]["status"]
             if status in (200, 201):
                 created += 1
@@ -78,8 +85,8 @@ class SearchLogStore:
         return created
 
     def get(self, record_id: str) -> LogRecord | None:
-        found = self._client.get(index=self.index, id=record_id, ignore=404)
-        return LogRecord.model_validate(found["_source"]["record"]) if found.get("found") else None
+        found = self._client.get(self.index, record_id)
+        return LogRecord.model_validate(found["_source"]["record"]) if found else None
 
     def query(self, filter: LogFilter = LogFilter(), order: Literal["asc", "desc"] = "asc",
               limit: int = 100, cursor: str | None = None) -> Page:
@@ -87,45 +94,44 @@ class SearchLogStore:
                                 "sort": [{"timestamp": order}, {"id": order}]}
         if cursor is not None:
             body["search_after"] = json.loads(cursor)
-        hits = self._client.search(index=self.index, body=body)["hits"]["hits"]
+        hits = self._client.search(self.index, body)["hits"]["hits"]
         records = [LogRecord.model_validate(hit["_source"]["record"]) for hit in hits]
         next_cursor = json.dumps(hits[-1]["sort"]) if len(hits) == limit else None
         return Page(records, next_cursor)
 
     def count(self, filter: LogFilter = LogFilter()) -> int:
-        return self._client.count(index=self.index, body={"query": _query(filter)})["count"]
+        return self._client.count(self.index, _query(filter))
 
     def partitions(self, filter: LogFilter, count: int) -> list[Partition]:
-        return [Partition(filter, i, count, (i, count)) for i in range(count)]
+        """Slices of one point in time: together they cover the filtered snapshot once."""
+        pit_id = self._client.open_pit(self.index, PIT_KEEP_ALIVE)
+        return [Partition(filter, i, count, (pit_id, i, count)) for i in range(count)]
 
     def scan(self, partition: Partition) -> Iterator[LogRecord]:
-        slice_id, slices = partition.bounds
-        body: dict[str, Any] = {"query": _query(partition.filter), "size": 1_000, "sort": ["_doc"]}
+        pit_id, slice_id, slices = partition.bounds
+        body: dict[str, Any] = {"query": _query(partition.filter), "size": SCAN_PAGE, "sort": [{"id": "asc"}]}
         if slices > 1:
             body["slice"] = {"id": slice_id, "max": slices}
-        page = self._client.search(index=self.index, body=body, scroll="2m")
-        scroll_id = page.get("_scroll_id")
-        try:
-            while page["hits"]["hits"]:
-                for hit in page["hits"]["hits"]:
-                    yield LogRecord.model_validate(hit["_source"]["record"])
-                page = self._client.scroll(scroll_id=scroll_id, scroll="2m")
-                scroll_id = page.get("_scroll_id", scroll_id)
-        finally:
-            if scroll_id:
-                self._client.clear_scroll(scroll_id=scroll_id, ignore=404)
+        while True:
+            body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
+            page = self._client.search(None, body)
+            hits = page["hits"]["hits"]
+            for hit in hits:
+                yield LogRecord.model_validate(hit["_source"]["record"])
+            if len(hits) < SCAN_PAGE:
+                return
+            pit_id = page.get("pit_id", pit_id)  # the engine may hand back a new id
+            body["search_after"] = hits[-1]["sort"]
 
     def add_feedback(self, record_id: str, feedback: Feedback) -> bool:
         for _ in range(5):  # optimistic concurrency: retry when another writer got there first
-            found = self._client.get(index=self.index, id=record_id, ignore=404)
-            if not found.get("found"):
+            found = self._client.get(self.index, record_id)
+            if found is None:
                 return False
             record = LogRecord.model_validate(found["_source"]["record"])
             record.feedback.append(feedback)
-            result = self._client.index(index=self.index, id=record_id, body=_document(record), refresh="wait_for",
-                                        if_seq_no=found["_seq_no"], if_primary_term=found["_primary_term"],
-                                        ignore=409)
-            if result.get("status") != 409:
+            if self._client.replace_if_unchanged(self.index, record_id, _document(record),
+                                                 found["_seq_no"], found["_primary_term"]):
                 return True
         raise RuntimeError(f"feedback on {record_id}: too many concurrent updates")
 
@@ -133,7 +139,7 @@ class SearchLogStore:
         fields = {"by_workload": "workload_id", "by_model": "model", "by_status": "status", "by_day": "day"}
         body = {"size": 0, "query": _query(filter), "track_total_hits": True,
                 "aggs": {name: {"terms": {"field": field, "size": 10_000}} for name, field in fields.items()}}
-        result = self._client.search(index=self.index, body=body)
+        result = self._client.search(self.index, body)
         stats: dict[str, Any] = {"total": result["hits"]["total"]["value"]}
         for name in fields:
             buckets = result["aggregations"][name]["buckets"]

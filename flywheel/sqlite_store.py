@@ -49,7 +49,8 @@ def _where(filter: LogFilter) -> tuple[str, list[Any]]:
 
 class SqliteLogStore:
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.path = Path(path).resolve()
+        self.url = f"sqlite://{self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
@@ -97,13 +98,15 @@ class SqliteLogStore:
             return self._db.execute(f"SELECT COUNT(*) FROM logs{where}", params).fetchone()[0]
 
     def partitions(self, filter: LogFilter, count: int) -> list[Partition]:
-        """Contiguous rowid ranges of (about) equal width; together they cover the table."""
+        """Contiguous rowid ranges of (about) equal width that cover the table as it is now:
+        rows written later (higher rowids) are not in any partition."""
         with self._lock:
             low, high = self._db.execute("SELECT MIN(rowid), MAX(rowid) FROM logs").fetchone()
         if low is None:
             return [Partition(filter, 0, 1, (0, 0))]
         width = -(-(high - low + 1) // count)
-        return [Partition(filter, i, count, (low + i * width, low + (i + 1) * width)) for i in range(count)]
+        return [Partition(filter, i, count, (low + i * width, min(low + (i + 1) * width, high + 1)))
+                for i in range(count)]
 
     def scan(self, partition: Partition) -> Iterator[LogRecord]:
         where, params = _where(partition.filter)

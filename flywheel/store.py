@@ -1,8 +1,9 @@
 """The log-store Protocol and `open_store(url)`.
 
 Backends are chosen by URL scheme: `sqlite:///path/logs.db` (the embedded default;
-`flywheel/sqlite_store.py`) and `opensearch+http(s)://host:9200/index`
-(`flywheel/search_store.py`). Elasticsearch (`elasticsearch+https://...`) is next.
+`flywheel/sqlite_store.py`), `elasticsearch+https://host:9200/index` and
+`opensearch+http(s)://host:9200/index` (`flywheel/search_store.py`). `read_logs`
+(`flywheel/log_dataset.py`) turns any of them into a Ray Dataset.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class Partition:
 
 
 class LogStore(Protocol):
+    url: str  # reopens this store elsewhere (Ray Data read tasks)
+
     def write_batch(self, records: Iterable[LogRecord]) -> int:
         """Store records; ids already present are skipped. Returns how many were new."""
 
@@ -70,6 +73,9 @@ class LogStore(Protocol):
     def close(self) -> None: ...
 
 
+SEARCH_SCHEMES = ("elasticsearch+http", "elasticsearch+https", "opensearch+http", "opensearch+https")
+
+
 def open_store(url: str) -> LogStore:
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -78,8 +84,9 @@ def open_store(url: str) -> LogStore:
         from flywheel.sqlite_store import SqliteLogStore
 
         return SqliteLogStore(Path(rest))
-    if scheme in ("opensearch+http", "opensearch+https"):
+    if scheme in SEARCH_SCHEMES:
         from flywheel.search_store import SearchLogStore
 
         return SearchLogStore(url)
-    raise ValueError(f"store url {url!r}: unsupported scheme {scheme!r} (supported: sqlite, opensearch+http[s])")
+    raise ValueError(f"store url {url!r}: unsupported scheme {scheme!r} "
+                     f"(supported: sqlite, {', '.join(SEARCH_SCHEMES)})")
