@@ -1,10 +1,11 @@
 """Log-store ingest and read-back speed (S2 target: >= 50,000 records/s into SQLite).
 
 Writes N realistic tool-calling records (~1.6 KB JSON each) with `write_batch` in
-batches, then reads them back page by page (`query`) and by partitions (`scan`).
-OpenSearch and Ray Data `read_logs` columns join when those land.
+batches into SQLite and into OpenSearch (osmem-server, in memory, on this machine), then
+reads them back page by page (`query`), by partitions (`scan`), and through Ray Data
+(`read_logs`, one read task per partition).
 
-    python bench/store_ingest.py [--records 50000] [--batch 1000]
+    python bench/store_ingest.py [--records 50000] [--batch 1000] [--partitions 2]
 """
 
 from __future__ import annotations
@@ -45,48 +46,78 @@ def record(i: int) -> LogRecord:
     )
 
 
+def measure(store, records: list[LogRecord], batch: int, partitions: int) -> dict[str, float]:
+    """Seconds for: all records through `write_batch`; paged `query`; `partitions` + `scan`;
+    and `read_logs` (Ray Data, `partitions` read tasks) to a materialized dataset."""
+    from flywheel.log_dataset import read_logs
+
+    seconds = {}
+    started = time.perf_counter()
+    for start in range(0, len(records), batch):
+        store.write_batch(records[start:start + batch])
+    seconds["write_batch"] = time.perf_counter() - started
+
+    started, read, cursor = time.perf_counter(), 0, None
+    while True:
+        page = store.query(LogFilter(), limit=batch, cursor=cursor)
+        read += len(page.records)
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    seconds["query (pages)"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    scanned = sum(1 for part in store.partitions(LogFilter(), partitions) for _ in store.scan(part))
+    seconds["partitions + scan"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    dataset = read_logs(store, parallelism=partitions).materialize()
+    seconds["read_logs (Ray Data)"] = time.perf_counter() - started
+    assert read == scanned == dataset.count() == len(records), (read, scanned, dataset.count())
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1_000)
-    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--partitions", type=int, default=2, help="read tasks / scan slices (2 cores here)")
     args = parser.parse_args()
 
-    records = [record(i) for i in range(args.records)]
-    size = sum(len(r.model_dump_json()) for r in records[:1000]) / 1000
-    with tempfile.TemporaryDirectory() as tmp:
-        store = open_store(f"sqlite:///{tmp}/logs.db")
-        started = time.perf_counter()
-        for start in range(0, len(records), args.batch):
-            store.write_batch(records[start:start + args.batch])
-        write_s = time.perf_counter() - started
-
-        started, read, cursor = time.perf_counter(), 0, None
-        while True:
-            page = store.query(LogFilter(), limit=args.batch, cursor=cursor)
-            read += len(page.records)
-            if page.cursor is None:
-                break
-            cursor = page.cursor
-        query_s = time.perf_counter() - started
-
-        started = time.perf_counter()
-        scanned = sum(1 for part in store.partitions(LogFilter(), args.partitions) for _ in store.scan(part))
-        scan_s = time.perf_counter() - started
-        store.close()
-    assert read == scanned == args.records, (read, scanned)
-
+    import ray
+    from osmem_server import OsmemServer
     from rich.console import Console
     from rich.table import Table
 
+    from flywheel.config import RayConfig
+    from flywheel.ray_runtime import start_ray
+
+    start_ray(RayConfig(num_cpus=args.partitions))
+    ray.data.range(args.partitions, override_num_blocks=args.partitions).materialize()  # start Ray Data's workers
+    records = [record(i) for i in range(args.records)]
+    size = sum(len(r.model_dump_json()) for r in records[:1000]) / 1000
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/logs.db")
+        results["sqlite"] = measure(store, records, args.batch, args.partitions)
+        store.close()
+    server = OsmemServer.start()
+    try:
+        store = open_store(f"{server.url.replace('http://', 'opensearch+http://').rstrip('/')}/bench")
+        results["opensearch (osmem)"] = measure(store, records, args.batch, args.partitions)
+        store.close()
+    finally:
+        server.close()
+
     table = Table("backend", "operation", "records", "records/s", "MB/s")
-    for name, seconds in (("write_batch", write_s), ("query (pages)", query_s), ("partitions + scan", scan_s)):
-        table.add_row("sqlite", name, str(args.records), f"{args.records / seconds:,.0f}",
-                      f"{args.records * size / seconds / 1e6:.1f}")
+    for backend, seconds in results.items():
+        for operation, elapsed in seconds.items():
+            table.add_row(backend, operation, str(args.records), f"{args.records / elapsed:,.0f}",
+                          f"{args.records * size / elapsed / 1e6:.1f}")
     Console().print(table)
     print(json.dumps({"benchmark": "store_ingest", "records": args.records, "record_bytes": round(size),
-                      "sqlite_write_rps": args.records / write_s, "sqlite_query_rps": args.records / query_s,
-                      "sqlite_scan_rps": args.records / scan_s}))
+                      "records_per_s": {backend: {op: round(args.records / elapsed) for op, elapsed in seconds.items()}
+                                        for backend, seconds in results.items()}}))
 
 
 if __name__ == "__main__":

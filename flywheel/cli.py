@@ -114,9 +114,12 @@ def serve_command(
     with service_or_fail(cfg) as url:
         for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
             signal.signal(sig, lambda *_: stop.set())
+        import ray
+
         models = [m.name for m in cfg.serve.models] + list(cfg.serve.aliases)
-        if as_json:
-            emit_json({"url": url, "openai_base_url": f"{url}/v1", "models": models, "status": "ready"})
+        if as_json:  # ray_address: jobs and notebooks join this cluster with ray.init(address=...)
+            emit_json({"url": url, "openai_base_url": f"{url}/v1", "models": models, "store_url": cfg.store_url,
+                       "ray_address": ray.get_runtime_context().gcs_address, "status": "ready"})
         else:
             out.print(f"Flywheel is serving at [bold]{url}/v1[/bold] (models: {', '.join(models)}). "
                       "Ctrl-C stops it.")

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient, OpenSearchClient, SearchClient
-from flywheel.store import LogFilter, Page, Partition
+from flywheel.store import SCAN_FIELDS, LogFilter, Page, Partition
 
 DEFAULT_INDEX = "flywheel-logs"
 PIT_KEEP_ALIVE = "5m"
@@ -107,7 +107,7 @@ class SearchLogStore:
         pit_id = self._client.open_pit(self.index, PIT_KEEP_ALIVE)
         return [Partition(filter, i, count, (pit_id, i, count)) for i in range(count)]
 
-    def scan(self, partition: Partition) -> Iterator[LogRecord]:
+    def scan(self, partition: Partition) -> Iterator[tuple]:
         pit_id, slice_id, slices = partition.bounds
         body: dict[str, Any] = {"query": _query(partition.filter), "size": SCAN_PAGE, "sort": [{"id": "asc"}]}
         if slices > 1:
@@ -117,7 +117,8 @@ class SearchLogStore:
             page = self._client.search(None, body)
             hits = page["hits"]["hits"]
             for hit in hits:
-                yield LogRecord.model_validate(hit["_source"]["record"])
+                source = hit["_source"]
+                yield (*(source[field] for field in SCAN_FIELDS[:-1]), json.dumps(source["record"]))
             if len(hits) < SCAN_PAGE:
                 return
             pit_id = page.get("pit_id", pit_id)  # the engine may hand back a new id

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flywheel.records import Feedback, LogRecord
-from flywheel.store import LogFilter, Page, Partition
+from flywheel.store import SCAN_FIELDS, LogFilter, Page, Partition
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS logs (
 CREATE INDEX IF NOT EXISTS logs_workload_ts ON logs (workload_id, ts, id);
 CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
 """
+
+
+SCAN_COLUMNS = [{"timestamp": "ts"}.get(field, field) for field in SCAN_FIELDS]
 
 
 def _where(filter: LogFilter) -> tuple[str, list[Any]]:
@@ -48,12 +51,12 @@ def _where(filter: LogFilter) -> tuple[str, list[Any]]:
 
 
 class SqliteLogStore:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, busy_timeout_s: float = 60):
         self.path = Path(path).resolve()
-        self.url = f"sqlite://{self.path}"
+        self.url = f"sqlite://{self.path}" + (f"?timeout={busy_timeout_s:g}" if busy_timeout_s != 60 else "")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
@@ -108,14 +111,13 @@ class SqliteLogStore:
         return [Partition(filter, i, count, (low + i * width, min(low + (i + 1) * width, high + 1)))
                 for i in range(count)]
 
-    def scan(self, partition: Partition) -> Iterator[LogRecord]:
+    def scan(self, partition: Partition) -> Iterator[tuple]:
         where, params = _where(partition.filter)
         where += (" AND " if where else " WHERE ") + "rowid >= ? AND rowid < ?"
         with self._lock:
-            rows = self._db.execute(f"SELECT record FROM logs{where} ORDER BY rowid",
+            rows = self._db.execute(f"SELECT {', '.join(SCAN_COLUMNS)} FROM logs{where} ORDER BY rowid",
                                     [*params, *partition.bounds]).fetchall()
-        for (record,) in rows:
-            yield LogRecord.model_validate_json(record)
+        yield from rows
 
     def add_feedback(self, record_id: str, feedback: Feedback) -> bool:
         with self._lock:

