@@ -26,6 +26,8 @@ models_app = typer.Typer(help="Fetch and list models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 logs_app = typer.Typer(help="Import, export and count logged inferences.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")
+workload_app = typer.Typer(help="Sample workloads (realistic generated logs).", no_args_is_help=True)
+app.add_typer(workload_app, name="workload")
 
 out = Console()
 err = Console(stderr=True)
@@ -273,3 +275,73 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@workload_app.command("generate")
+def workload_generate(
+    name: str = typer.Argument(..., help="Sample workload: support-tools."),
+    n: int = typer.Option(2000, "--n", min=1, help="Records to generate."),
+    seed: int = typer.Option(0, "--seed", help="Same seed, same file."),
+    out_file: Path = typer.Option(..., "--out", help="JSONL file to write (NVIDIA blueprint record shape)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write production-like logs of a sample workload, ready for `flywheel logs import`."""
+    from flywheel.workloads import WORKLOADS
+
+    if name not in WORKLOADS:
+        fail(f"unknown workload {name!r}; known: {', '.join(sorted(WORKLOADS))}")
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with out_file.open("w", encoding="utf-8") as handle:
+        for record in WORKLOADS[name](n, seed):
+            handle.write(json.dumps(record) + "\n")
+    result = {"workload": name, "records": n, "seed": seed, "path": str(out_file)}
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"wrote {n} {name} records to {out_file}")
+
+
+@app.command("curate")
+def curate_command(
+    workload: str = typer.Option(..., "--workload", help="Workload id to curate."),
+    since: float | None = typer.Option(None, "--since", help="Only records at or after this epoch second."),
+    until: float | None = typer.Option(None, "--until", help="Only records before this epoch second."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Curate a workload's logs into a versioned dataset (Ray Data)."""
+    from flywheel.curation import CurationError, curate_workload
+    from flywheel.ray_runtime import start_ray
+    from flywheel.store import open_store
+
+    cfg = config_from(config)
+    try:
+        store = open_store(cfg.store_url)
+    except Exception as error:
+        fail(f"cannot open the log store {cfg.store_url}: {error}")
+    try:
+        with err.status("starting Ray") as status:
+            start_ray(cfg.ray)
+            version = curate_workload(cfg, store, workload, since, until,
+                                      progress=lambda text: status.update(f"curating {workload}: {text}"))
+    except CurationError as error:
+        fail(str(error))
+    finally:
+        store.close()
+    for message in version.messages:
+        err.print(f"[yellow]note:[/yellow] {message}", highlight=False, soft_wrap=True)
+    if as_json:
+        emit_json(version.model_dump(mode="json"))
+        return
+    manifest = version.manifest()
+    table = Table("step", "records", title=f"dataset {version.dataset_id}")
+    for step, count in version.counts.items():
+        table.add_row(step, f"{count:,}")
+    out.print(table)
+    labels = Table("label", *manifest["labels"], title="labels per split")
+    for label in sorted({name for split in manifest["labels"].values() for name in split}):
+        labels.add_row(label, *(str(split.get(label, 0)) for split in manifest["labels"].values()))
+    out.print(labels)
+    redacted = ", ".join(f"{kind} {n}" for kind, n in manifest["pii"].items()) or "none found"
+    out.print(f"PII redacted: {redacted}; prefix pruned: {'yes' if manifest['prefix'] else 'no'}")
+    out.print(f"written to {version.path} (content hash {version.content_hash[:16]})")

@@ -182,6 +182,58 @@ class StoreConfig(_Strict):
     )
 
 
+class PiiConfig(_Strict):
+    """Personal data redaction before anything is written (flywheel/pii.py)."""
+
+    enabled: bool = Field(True, description="Redact emails, phones, card numbers, IBANs and IPs.")
+    custom_patterns: dict[str, str] = Field(
+        default_factory=dict, description="More to redact: placeholder name -> regex (`customer_id: 'CUST-\\d{6}'`).")
+
+    @field_validator("custom_patterns")
+    @classmethod
+    def _compiles(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for name, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"pattern {name!r} is not a valid regex: {error}") from None
+        return patterns
+
+
+class IclConfig(_Strict):
+    """In-context-learning examples written with each dataset (for the `icl` candidate)."""
+
+    per_label: int = Field(1, ge=0, description="Uniform set: examples per label, drawn from train.")
+    token_budget: int = Field(1200, ge=0, description="Most tokens (estimated) of examples put in one prompt.")
+    semantic: bool = Field(True, description="Also pick nearest train examples per eval record (MiniLM embeddings).")
+    neighbors: int = Field(3, ge=1, description="Semantic examples per eval record, nearest first.")
+    pool_size: int = Field(2000, ge=1, description="Train records embedded as semantic candidates (seeded sample).")
+
+
+class CurateConfig(_Strict):
+    """From logged inferences to a training dataset (flywheel/curation.py)."""
+
+    teacher_models: list[str] = Field(
+        default_factory=list,
+        description="Models whose answers are ground truth (the `model` field of records); empty: every model.")
+    window_days: float | None = Field(None, gt=0, description="Only records from the last N days; null: all.")
+    min_tokens: int = Field(1, ge=0, description="Drop examples shorter than this (estimated tokens, chars / 4).")
+    max_tokens: int = Field(4096, ge=1, description="Drop examples longer than this (estimated tokens, chars / 4).")
+    min_score: int = Field(5, ge=0, le=10, description="A 0-10 feedback score below this is negative "
+                           "(like a thumbs down, -1); 1 is a thumbs up.")
+    near_duplicate_threshold: float | None = Field(
+        None, gt=0, le=1, description="Also drop near-duplicates (MinHash Jaccard of user turns >= this); null: off.")
+    eval_size: int = Field(200, ge=1, description="Records held out for evaluation (stratified by label).")
+    val_ratio: float = Field(0.1, ge=0, lt=1, description="Share of the remaining records used for validation.")
+    seed: int = Field(42, description="Seed for splits and sampling: same inputs + seed = same dataset.")
+    min_records: int = Field(20, ge=2, description="Fewer usable records than this: no dataset, a clear message.")
+    prefix_pruning: bool | None = Field(
+        None, description="Drop the system prompt + tools shared by the workload from train/val examples "
+        "(recorded once in the manifest); null: on for tool-calling workloads.")
+    pii: PiiConfig = Field(default_factory=PiiConfig, description="Redaction.")
+    icl: IclConfig = Field(default_factory=IclConfig, description="In-context examples.")
+
+
 class FlywheelConfig(_Strict):
     """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
 
@@ -197,6 +249,7 @@ class FlywheelConfig(_Strict):
     ray: RayConfig = Field(default_factory=RayConfig, description="Ray connection.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="The inference log store.")
     serve: ServeConfig = Field(description="The OpenAI-compatible service.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Dataset curation.")
 
     @field_validator("home", "models_dir")
     @classmethod
@@ -207,6 +260,11 @@ class FlywheelConfig(_Strict):
     def adapters_dir(self) -> Path:
         """Adapters live at `<adapters_dir>/<base model name>/<adapter name>/`."""
         return self.home / "adapters"
+
+    @property
+    def datasets_dir(self) -> Path:
+        """Datasets live at `<datasets_dir>/<workload>/<dataset id>/`."""
+        return self.home / "datasets"
 
     @property
     def store_url(self) -> str:

@@ -8,7 +8,9 @@ file twice stores each record once.
 Accepted input shapes (see ../shared/FORMATS.md):
 - OpenAI request/response records, including NVIDIA's Data Flywheel Blueprint documents
   (`request`, `response`, `workload_id`, `client_id`, `timestamp`; tool-call `arguments`
-  as a JSON object or a JSON string — stored as the OpenAI string form);
+  as a JSON object or a JSON string — stored as the OpenAI string form), and our own
+  export (also `status`/`error`, where an errored record may have no response, and
+  `feedback`);
 - chat records (`messages`, optional `tools`; the last assistant message is the response).
 """
 
@@ -119,8 +121,13 @@ def record_from_json(obj: Any, workload_id: str | None = None, client_id: str | 
         if not isinstance(request, dict):
             raise ValueError("`request` must be an object")
         _messages(request.get("messages"))
+        status = obj.get("status", "ok")
+        if status not in ("ok", "error"):
+            raise ValueError("`status` must be `ok` or `error`")
         response = obj.get("response")
-        if not isinstance(response, dict) or not isinstance(response.get("choices"), list) or not response["choices"]:
+        if status == "error" and response is None:
+            response = {"choices": []}  # a failed request: logged, never trained on
+        elif not isinstance(response, dict) or not isinstance(response.get("choices"), list) or not response["choices"]:
             raise ValueError("`response` must be an OpenAI completion with `choices`")
         choices = []
         for choice in response["choices"]:
@@ -146,8 +153,12 @@ def record_from_json(obj: Any, workload_id: str | None = None, client_id: str | 
         response = _chat_response(canonical_tool_calls(last), model, timestamp)
         workload = workload_id or obj.get("workload_id") or "default"
         client = client_id or obj.get("client_id") or "import"
+        status = "ok"
     else:
         raise ValueError("expected `request`/`response` (OpenAI or NVIDIA blueprint) or `messages` (chat)")
+    feedback = obj.get("feedback") or []
+    if not isinstance(feedback, list):
+        raise ValueError("`feedback` must be a list of {rating, comment, correction} objects")
     return LogRecord(
         id=content_id(stamped or 0, workload, client, request, response["choices"]),
         timestamp=timestamp,
@@ -155,7 +166,10 @@ def record_from_json(obj: Any, workload_id: str | None = None, client_id: str | 
         client_id=str(client),
         model=str(model),
         request=request,
-        response=response,
+        response=response if response["choices"] else None,
         usage=response.get("usage"),
+        status=status,
+        error=obj.get("error") if status == "error" else None,
+        feedback=[Feedback.model_validate(item) for item in feedback],
         tags={"source": "import"},
     )

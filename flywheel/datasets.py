@@ -1,0 +1,97 @@
+"""Versioned dataset folders: `<datasets_dir>/<workload>/<dataset id>/` with train / val /
+eval / icl as JSONL and Parquet (columns `id`, `label`, `source`, `messages` and `tools`
+as OpenAI chat JSON text, `icl_ids` on eval) and `manifest.json`.
+
+The content hash covers the JSONL bytes of every split (rows sorted by id, keys sorted)
+and the pruned prefix, so the same inputs and seed give the same hash, and the dataset
+id is derived from it: curating again with nothing new returns the same version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+import pyarrow.parquet
+from pydantic import BaseModel, Field
+
+SPLITS = ("train", "val", "eval", "icl")
+
+
+class DatasetVersion(BaseModel):
+    """What `curate_workload` returns and `flywheel curate --json` prints."""
+
+    dataset_id: str = Field(description="`<workload>-<first 10 hex of content_hash>`.")
+    workload_id: str
+    path: Path
+    content_hash: str = Field(description="sha256 over the splits' JSONL and the pruned prefix.")
+    counts: dict[str, int] = Field(description="Records left after every step, then rows per split.")
+    messages: list[str] = Field(default_factory=list, description="Things the user should know.")
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        with open(self.path / f"{split}.jsonl", encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows).encode()
+
+
+def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str, Any]]],
+                  manifest: dict[str, Any], counts: dict[str, int], messages: list[str]) -> DatasetVersion:
+    """Write the folder atomically (temp dir + rename); an identical version is kept as is."""
+    encoded = {name: _jsonl(sorted(splits[name], key=lambda row: row["id"])) for name in SPLITS}
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        digest.update(name.encode() + b"\x00" + encoded[name])
+    digest.update(json.dumps(manifest.get("prefix"), sort_keys=True).encode())
+    content_hash = digest.hexdigest()
+    dataset_id = f"{workload_id}-{content_hash[:10]}"
+    path = root / workload_id / dataset_id
+    version = DatasetVersion(dataset_id=dataset_id, workload_id=workload_id, path=path,
+                             content_hash=content_hash, counts=counts, messages=messages)
+    if (path / "manifest.json").is_file():
+        return version
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dataset_id}-", dir=path.parent))
+    try:
+        for name in SPLITS:
+            (staging / f"{name}.jsonl").write_bytes(encoded[name])
+            rows = [{**row, "messages": json.dumps(row["messages"]), "tools": json.dumps(row["tools"])}
+                    for row in sorted(splits[name], key=lambda row: row["id"])]
+            schema = _parquet_schema(name)
+            pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows, schema=schema), staging / f"{name}.parquet")
+        full = {"dataset_id": dataset_id, "workload_id": workload_id, "content_hash": content_hash,
+                "counts": counts, "messages": messages, **manifest}
+        (staging / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return version
+
+
+def _parquet_schema(split: str) -> pyarrow.Schema:
+    fields = [("id", pyarrow.string()), ("label", pyarrow.string()), ("source", pyarrow.string()),
+              ("messages", pyarrow.string()), ("tools", pyarrow.string())]
+    if split == "eval":
+        fields.append(("icl_ids", pyarrow.list_(pyarrow.string())))
+    return pyarrow.schema(fields)
+
+
+def load_dataset(root: Path, dataset_id: str) -> DatasetVersion:
+    """A written version by id (searched under every workload)."""
+    for manifest in root.glob(f"*/{dataset_id}/manifest.json"):
+        data = json.loads(manifest.read_text())
+        return DatasetVersion(dataset_id=dataset_id, workload_id=data["workload_id"], path=manifest.parent,
+                              content_hash=data["content_hash"], counts=data["counts"],
+                              messages=data.get("messages", []))
+    raise FileNotFoundError(f"no dataset {dataset_id!r} under {root}")

@@ -1,0 +1,174 @@
+"""One logged inference -> one chat training example, or the reason it cannot be one.
+
+`prepare_batch` is the per-record half of curation: it runs inside Ray Data's
+`map_batches` on every worker (or directly, in tests), so it is a plain function of an
+Arrow batch. For each record it applies the teacher filter, feedback (a correction
+replaces the answer; negative feedback drops it), format validation, empty-answer and
+length checks, PII redaction of every message and tool-call argument, and computes what
+the global steps on the driver need: the label, the dedup key, and the prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow
+
+from flywheel.pii import Redactor
+
+NO_TOOL = "no_tool"
+ROLES = {"system", "user", "assistant", "tool"}
+# Why a record is not an example, in the order the checks run (the manifest's steps).
+REASONS = ("not_teacher", "negative_feedback", "invalid_format", "empty_answer", "too_short", "too_long")
+OUTPUT = pyarrow.schema([
+    ("id", pyarrow.string()), ("timestamp", pyarrow.float64()), ("reason", pyarrow.string()),
+    ("label", pyarrow.string()), ("key", pyarrow.string()), ("text", pyarrow.string()),
+    ("messages", pyarrow.string()), ("tools", pyarrow.string()), ("prefix", pyarrow.string()),
+    ("source", pyarrow.string()), ("tokens", pyarrow.int64()), ("pii", pyarrow.string()),
+])
+SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class ExampleRules:
+    """What `prepare_batch` needs from the config (picklable, for Ray workers)."""
+
+    teacher_models: tuple[str, ...] = ()
+    min_tokens: int = 1
+    max_tokens: int = 4096
+    min_score: int = 5
+    redact: bool = True
+    custom_patterns: dict[str, str] = field(default_factory=dict)
+
+
+class Rejected(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def estimate_tokens(text: str) -> int:
+    """~4 characters per token: cheap, tokenizer-free and the same on every machine."""
+    return len(text) // 4
+
+
+def normalize(text: str) -> str:
+    return SPACES.sub(" ", text).strip().lower()
+
+
+def is_negative(rating: int | None, min_score: int) -> bool:
+    """Thumbs down (-1), or a 0-10 score below `min_score`; 1 is a thumbs up."""
+    return rating == -1 or (rating is not None and rating != 1 and 0 <= rating < min_score)
+
+
+def _answer(record: dict[str, Any], min_score: int) -> tuple[dict[str, Any], str]:
+    """The assistant message to learn from and where it came from."""
+    feedback = record.get("feedback") or []
+    corrections = [item["correction"] for item in feedback if item.get("correction")]
+    if corrections:
+        return corrections[-1], "correction"
+    if any(is_negative(item.get("rating"), min_score) for item in feedback):
+        raise Rejected("negative_feedback")
+    try:
+        return record["response"]["choices"][0]["message"], "teacher"
+    except (KeyError, IndexError, TypeError):
+        raise Rejected("invalid_format") from None
+
+
+def _clean_message(message: Any) -> dict[str, Any]:
+    """A valid OpenAI chat message, reduced to the fields training uses."""
+    if not isinstance(message, dict) or message.get("role") not in ROLES:
+        raise Rejected("invalid_format")
+    content = message.get("content")
+    if isinstance(content, list):  # content parts: keep the text
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    if content is not None and not isinstance(content, str):
+        raise Rejected("invalid_format")
+    cleaned: dict[str, Any] = {"role": message["role"], "content": content or ""}
+    calls = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise Rejected("invalid_format")
+        arguments = function.get("arguments", "{}")
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except json.JSONDecodeError:
+            raise Rejected("invalid_format") from None
+        if not isinstance(parsed, dict):
+            raise Rejected("invalid_format")
+        calls.append({"type": "function", "function": {"name": function["name"], "arguments": json.dumps(parsed)}})
+    if calls:
+        cleaned["tool_calls"] = calls
+    if message["role"] == "tool" and message.get("tool_call_id"):
+        cleaned["tool_call_id"] = message["tool_call_id"]
+    return cleaned
+
+
+def _redact(messages: list[dict[str, Any]], redactor: Redactor, counts: Counter) -> list[dict[str, Any]]:
+    for message in messages:
+        message["content"] = redactor.redact(message["content"], counts)
+        for call in message.get("tool_calls", []):
+            call["function"]["arguments"] = redactor.redact(call["function"]["arguments"], counts)
+    return messages
+
+
+def to_example(record: dict[str, Any], rules: ExampleRules, redactor: Redactor | None) -> dict[str, Any]:
+    """The example's columns (see `OUTPUT`), or `Rejected` with the reason."""
+    if rules.teacher_models and record.get("model") not in rules.teacher_models:
+        raise Rejected("not_teacher")
+    answer, source = _answer(record, rules.min_score)
+    request = record.get("request") or {}
+    if not isinstance(request.get("messages"), list) or not request["messages"]:
+        raise Rejected("invalid_format")
+    messages = [_clean_message(message) for message in request["messages"]] + [_clean_message(answer)]
+    if messages[-1]["role"] != "assistant":
+        raise Rejected("invalid_format")
+    if not messages[-1]["content"].strip() and not messages[-1].get("tool_calls"):
+        raise Rejected("empty_answer")
+    tools = request.get("tools") or []
+    if not isinstance(tools, list):
+        raise Rejected("invalid_format")
+    counts: Counter = Counter()
+    if redactor is not None:
+        messages = _redact(messages, redactor, counts)
+    tools_json = json.dumps(tools, sort_keys=True) if tools else ""
+    messages_json = json.dumps(messages, ensure_ascii=False)
+    tokens = estimate_tokens(messages_json) + estimate_tokens(tools_json)
+    if tokens < rules.min_tokens:
+        raise Rejected("too_short")
+    if tokens > rules.max_tokens:
+        raise Rejected("too_long")
+    calls = messages[-1].get("tool_calls")
+    text = normalize(" \n ".join(m["content"] for m in messages[:-1] if m["role"] == "user"))
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    return {
+        "label": calls[0]["function"]["name"] if calls else NO_TOOL,
+        "key": hashlib.sha256(f"{text}\x00{tools_json}".encode()).hexdigest()[:32],
+        "text": text, "messages": messages_json, "tools": tools_json,
+        "prefix": hashlib.sha256(f"{system}\x00{tools_json}".encode()).hexdigest()[:16] if system or tools else "",
+        "source": source, "tokens": tokens, "pii": json.dumps(dict(sorted(counts.items()))) if counts else "",
+    }
+
+
+def prepare_batch(batch: pyarrow.Table, rules: ExampleRules) -> pyarrow.Table:
+    """A batch of `read_logs` rows -> one `OUTPUT` row each; `reason` is empty for examples."""
+    redactor = Redactor(rules.custom_patterns) if rules.redact else None
+    empty = {"label": "", "key": "", "text": "", "messages": "", "tools": "", "prefix": "", "source": "",
+             "tokens": 0, "pii": ""}
+    rows = []
+    for row_id, timestamp, record in zip(batch["id"].to_pylist(), batch["timestamp"].to_pylist(),
+                                         batch["record"].to_pylist(), strict=True):
+        try:
+            row = {"reason": "", **to_example(json.loads(record), rules, redactor)}
+        except Rejected as rejected:
+            row = {"reason": rejected.reason, **empty}
+        except (json.JSONDecodeError, AttributeError, TypeError):
+            row = {"reason": "invalid_format", **empty}
+        rows.append({"id": row_id, "timestamp": timestamp, **row})
+    return pyarrow.Table.from_pylist(rows, schema=OUTPUT)
