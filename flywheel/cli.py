@@ -269,14 +269,6 @@ def logs_stats(
         out.print(table)
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
-
-
 @workload_app.command("generate")
 def workload_generate(
     name: str = typer.Argument(..., help="Sample workload: support-tools."),
@@ -345,3 +337,11 @@ def curate_command(
     redacted = ", ".join(f"{kind} {n}" for kind, n in manifest["pii"].items()) or "none found"
     out.print(f"PII redacted: {redacted}; prefix pruned: {'yes' if manifest['prefix'] else 'no'}")
     out.print(f"written to {version.path} (content hash {version.content_hash[:16]})")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
