@@ -38,7 +38,8 @@ def _public_url(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
-def _read_examples(store: LogStore, filter: LogFilter, rules: ExampleRules) -> list[dict[str, Any]]:
+def prepare_on_ray(store: LogStore, filter: LogFilter, rules: ExampleRules) -> list[dict[str, Any]]:
+    """The per-record half on Ray Data: `read_logs` partitions -> `prepare_batch` on workers."""
     import pyarrow
     import ray
 
@@ -50,6 +51,22 @@ def _read_examples(store: LogStore, filter: LogFilter, rules: ExampleRules) -> l
     return pyarrow.concat_tables(tables).to_pylist() if tables else []
 
 
+def prepare_in_process(store: LogStore, filter: LogFilter, rules: ExampleRules) -> list[dict[str, Any]]:
+    """The same half in this one process, without Ray (the baseline bench/curate_scale.py
+    compares against, and a way to curate where no Ray is running)."""
+    import pyarrow
+
+    from flywheel.store import SCAN_FIELDS
+
+    rows = [row for partition in store.partitions(filter, 1) for row in store.scan(partition)]
+    prepared = []
+    for start in range(0, len(rows), 10_000):
+        columns = list(zip(*rows[start:start + 10_000], strict=True))
+        batch = pyarrow.table(dict(zip(SCAN_FIELDS, columns, strict=True)))
+        prepared += prepare_batch(batch, rules).to_pylist()
+    return prepared
+
+
 def _example(row: dict[str, Any], pruned: bool) -> dict[str, Any]:
     messages, tools = json.loads(row["messages"]), json.loads(row["tools"]) if row["tools"] else []
     if pruned:
@@ -59,10 +76,12 @@ def _example(row: dict[str, Any], pruned: bool) -> dict[str, Any]:
 
 
 def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, since: float | None = None,
-                    until: float | None = None, progress: Progress = lambda _: None) -> DatasetVersion:
+                    until: float | None = None, progress: Progress = lambda _: None,
+                    prepare: Callable[[LogStore, LogFilter, ExampleRules], list[dict[str, Any]]] = prepare_on_ray,
+                    ) -> DatasetVersion:
     """Curate `workload_id`'s records (optionally only those in [since, until)) per
     `config.curate` into a dataset under `config.datasets_dir`; `CurationError` when
-    there is nothing usable."""
+    there is nothing usable. `prepare` runs the per-record half (Ray Data by default)."""
     settings = config.curate
     if since is None and settings.window_days is not None:
         since = time.time() - settings.window_days * 86_400
@@ -73,11 +92,11 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
     ok = replace(window, status="ok")
     counts["ok"] = store.count(ok)
 
-    progress(f"preparing {counts['ok']:,} records on Ray Data")
+    progress(f"preparing {counts['ok']:,} records")
     rules = ExampleRules(teacher_models=tuple(settings.teacher_models), min_tokens=settings.min_tokens,
                          max_tokens=settings.max_tokens, min_score=settings.min_score,
                          redact=settings.pii.enabled, custom_patterns=dict(settings.pii.custom_patterns))
-    rows = _read_examples(store, ok, rules)
+    rows = prepare(store, ok, rules)
     dropped = Counter(row["reason"] for row in rows if row["reason"])
     remaining = counts["ok"]
     for reason in REASONS:
