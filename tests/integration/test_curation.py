@@ -1,6 +1,6 @@
 """Generate -> import -> curate through Ray Data from SQLite, on the service's Ray cluster:
 the CLI end to end (`flywheel workload generate`, `flywheel logs import`, `flywheel
-curate --json`), determinism, PII and the clear messages for unusable workloads."""
+curate --json`) and `jobs/curate.py`, determinism, PII and the clear messages for unusable workloads."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def test_generate_import_curate_end_to_end(curation_home):
 
     again = _cli(curation_home, "curate", "--workload", "support-tools")  # same inputs + seed, same version
     assert again["content_hash"] == first["content_hash"] and again["dataset_id"] == first["dataset_id"]
+    job = subprocess.run([sys.executable, str(REPO / "jobs" / "curate.py"), "--config",
+                          str(curation_home / "config.yaml"), "--workload", "support-tools"], check=False,
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert json.loads(job.stdout.strip().splitlines()[-1])["dataset_id"] == first["dataset_id"]  # the Ray job entry
 
 
 def test_unusable_workloads_get_clear_messages(curation_home):
