@@ -10,16 +10,20 @@ the logs. Status and time window are pushed down into the store's filter.
 from __future__ import annotations
 
 import json
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import pyarrow
+import pyarrow.compute
+
 import flywheel
 from flywheel.config import FlywheelConfig
 from flywheel.datasets import DatasetVersion, write_dataset
-from flywheel.examples import REASONS, ExampleRules, estimate_tokens, prepare_batch
+from flywheel.examples import OUTPUT, REASONS, ExampleRules, prepare_batch
 from flywheel.icl import nearest_examples, uniform_examples
 from flywheel.splits import near_duplicates, newest_per_key, stratified_split
 from flywheel.store import LogFilter, LogStore
@@ -38,9 +42,8 @@ def _public_url(url: str) -> str:
     return f"{scheme}{sep}{rest.rpartition('@')[2]}" if "@" in rest else url
 
 
-def prepare_on_ray(store: LogStore, filter: LogFilter, rules: ExampleRules) -> list[dict[str, Any]]:
+def prepare_on_ray(store: LogStore, filter: LogFilter, rules: ExampleRules) -> pyarrow.Table:
     """The per-record half on Ray Data: `read_logs` partitions -> `prepare_batch` on workers."""
-    import pyarrow
     import ray
 
     from flywheel.log_dataset import read_logs
@@ -48,36 +51,37 @@ def prepare_on_ray(store: LogStore, filter: LogFilter, rules: ExampleRules) -> l
     dataset = read_logs(store, filter).map_batches(prepare_batch, fn_kwargs={"rules": rules},
                                                    batch_format="pyarrow", batch_size=1_000)
     tables = ray.get(dataset.to_arrow_refs())
-    return pyarrow.concat_tables(tables).to_pylist() if tables else []
+    return pyarrow.concat_tables(tables) if tables else OUTPUT.empty_table()
 
 
-def prepare_in_process(store: LogStore, filter: LogFilter, rules: ExampleRules) -> list[dict[str, Any]]:
+def prepare_in_process(store: LogStore, filter: LogFilter, rules: ExampleRules) -> pyarrow.Table:
     """The same half in this one process, without Ray (the baseline bench/curate_scale.py
     compares against, and a way to curate where no Ray is running)."""
-    import pyarrow
-
     from flywheel.store import SCAN_FIELDS
 
     rows = [row for partition in store.partitions(filter, 1) for row in store.scan(partition)]
-    prepared = []
-    for start in range(0, len(rows), 10_000):
-        columns = list(zip(*rows[start:start + 10_000], strict=True))
-        batch = pyarrow.table(dict(zip(SCAN_FIELDS, columns, strict=True)))
-        prepared += prepare_batch(batch, rules).to_pylist()
-    return prepared
+    tables = [prepare_batch(pyarrow.table(dict(zip(SCAN_FIELDS, zip(*rows[start:start + 10_000], strict=True),
+                                                   strict=True))), rules)
+              for start in range(0, len(rows), 10_000)]
+    return pyarrow.concat_tables(tables) if tables else OUTPUT.empty_table()
 
 
-def _example(row: dict[str, Any], pruned: bool) -> dict[str, Any]:
-    messages, tools = json.loads(row["messages"]), json.loads(row["tools"]) if row["tools"] else []
-    if pruned:
-        messages = [message for message in messages if message["role"] != "system"]
-        tools = []
-    return {"id": row["id"], "label": row["label"], "source": row["source"], "messages": messages, "tools": tools}
+def _examples(table: pyarrow.Table, pruned_prefix: str | None, prune_all: bool = False) -> list[dict[str, Any]]:
+    """Dataset rows with `messages` and `tools` as JSON text; rows whose prefix is
+    `pruned_prefix` (every row with `prune_all`) lose their system message and tools."""
+    examples = []
+    for row in table.select(["id", "label", "source", "system", "turns", "tools", "prefix"]).to_pylist():
+        pruned = prune_all or (pruned_prefix is not None and row["prefix"] == pruned_prefix)
+        # `turns` always holds at least the answer, so splicing the system message in is safe
+        messages = row["turns"] if pruned or not row["system"] else f"[{row['system']},{row['turns'][1:]}"
+        examples.append({"id": row["id"], "label": row["label"], "source": row["source"], "messages": messages,
+                         "tools": "[]" if pruned or not row["tools"] else row["tools"]})
+    return examples
 
 
 def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, since: float | None = None,
                     until: float | None = None, progress: Progress = lambda _: None,
-                    prepare: Callable[[LogStore, LogFilter, ExampleRules], list[dict[str, Any]]] = prepare_on_ray,
+                    prepare: Callable[[LogStore, LogFilter, ExampleRules], pyarrow.Table] = prepare_on_ray,
                     ) -> DatasetVersion:
     """Curate `workload_id`'s records (optionally only those in [since, until)) per
     `config.curate` into a dataset under `config.datasets_dir`; `CurationError` when
@@ -96,66 +100,64 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
     rules = ExampleRules(teacher_models=tuple(settings.teacher_models), min_tokens=settings.min_tokens,
                          max_tokens=settings.max_tokens, min_score=settings.min_score,
                          redact=settings.pii.enabled, custom_patterns=dict(settings.pii.custom_patterns))
-    rows = prepare(store, ok, rules)
-    dropped = Counter(row["reason"] for row in rows if row["reason"])
+    prepared = prepare(store, ok, rules)
+    dropped = Counter(prepared["reason"].to_pylist())
     remaining = counts["ok"]
     for reason in REASONS:
         remaining -= dropped[reason]
         counts[f"after_{reason}"] = remaining
-    rows = [row for row in rows if not row["reason"]]
+    table = prepared.filter(pyarrow.compute.equal(prepared["reason"], ""))
     pii = Counter()
-    for row in rows:
-        pii.update(json.loads(row["pii"]) if row["pii"] else {})
+    for found in table["pii"].to_pylist():
+        if found:
+            pii.update(json.loads(found))
 
     progress("deduplicating")
-    rows = [rows[i] for i in newest_per_key([r["key"] for r in rows], [r["timestamp"] for r in rows],
-                                            [r["id"] for r in rows])]
-    counts["after_dedup"] = len(rows)
+    ids, timestamps = table["id"].to_pylist(), table["timestamp"].to_pylist()
+    table = table.take(newest_per_key(table["key"].to_pylist(), timestamps, ids))
+    counts["after_dedup"] = table.num_rows
     if settings.near_duplicate_threshold is not None:
-        rows = [rows[i] for i in near_duplicates([r["text"] for r in rows], [r["timestamp"] for r in rows],
-                                                 [r["id"] for r in rows], settings.near_duplicate_threshold)]
-        counts["after_near_dedup"] = len(rows)
-    if len(rows) < settings.min_records:
+        table = table.take(near_duplicates(table["text"].to_pylist(), table["timestamp"].to_pylist(),
+                                           table["id"].to_pylist(), settings.near_duplicate_threshold))
+        counts["after_near_dedup"] = table.num_rows
+    if table.num_rows < settings.min_records:
         steps = ", ".join(f"{name} {value}" for name, value in counts.items())
-        raise CurationError(f"workload {workload_id!r} has {len(rows)} usable record(s) after curation; "
+        raise CurationError(f"workload {workload_id!r} has {table.num_rows} usable record(s) after curation; "
                             f"at least {settings.min_records} are needed (curate.min_records). Steps: {steps}")
 
     progress("splitting")
-    split = stratified_split([r["id"] for r in rows], [r["label"] for r in rows], settings.eval_size,
-                             settings.val_ratio, settings.seed)
-    tool_calling = sum(1 for r in rows if r["tools"]) >= len(rows) / 2
-    prefix_counts = Counter(r["prefix"] for r in rows if r["prefix"])
+    ids, labels = table["id"].to_pylist(), table["label"].to_pylist()
+    split = stratified_split(ids, labels, settings.eval_size, settings.val_ratio, settings.seed)
+    tool_calling = pyarrow.compute.sum(pyarrow.compute.not_equal(table["tools"], "")).as_py() >= table.num_rows / 2
+    prefix_counts = Counter(prefix for prefix in table["prefix"].to_pylist() if prefix)
     top_prefix, top_count = prefix_counts.most_common(1)[0] if prefix_counts else ("", 0)
     prune = settings.prefix_pruning if settings.prefix_pruning is not None else tool_calling
-    prune = prune and top_count >= PRUNE_MIN_SHARE * len(rows)
     prefix = None
-    if prune:
-        holder = _example(next(r for r in rows if r["prefix"] == top_prefix), pruned=False)
-        system = holder["messages"][0]["content"] if holder["messages"][0]["role"] == "system" else ""
-        prefix = {"hash": top_prefix, "system": system, "tools": holder["tools"], "share": top_count / len(rows)}
+    if prune and top_count >= PRUNE_MIN_SHARE * table.num_rows:
+        holder = table.filter(pyarrow.compute.equal(table["prefix"], top_prefix)).slice(0, 1).to_pylist()[0]
+        prefix = {"hash": top_prefix, "system": json.loads(holder["system"])["content"] if holder["system"] else "",
+                  "tools": json.loads(holder["tools"]) if holder["tools"] else [], "share": top_count / table.num_rows}
+    pruned_prefix = prefix["hash"] if prefix else None
+    train, val, evals = table.take(split.train), table.take(split.val), table.take(split.eval)
+    splits = {"train": _examples(train, pruned_prefix), "val": _examples(val, pruned_prefix),
+              "eval": _examples(evals, None)}
 
-    def examples(indices: list[int], prunable: bool) -> list[dict[str, Any]]:
-        return [_example(rows[i], prunable and prune and rows[i]["prefix"] == top_prefix) for i in indices]
-
-    splits = {"train": examples(split.train, True), "val": examples(split.val, True),
-              "eval": examples(split.eval, False)}
     progress("choosing in-context examples")
-    train_rows = [rows[i] for i in split.train]
-    turn_tokens = [_turn_tokens(row) for row in train_rows]
-    uniform = uniform_examples([r["label"] for r in train_rows], turn_tokens, settings.icl.per_label,
+    train_tokens = train["turn_tokens"].to_pylist()
+    uniform = uniform_examples(train["label"].to_pylist(), train_tokens, settings.icl.per_label,
                                settings.icl.token_budget, settings.seed)
-    splits["icl"] = [_example(train_rows[i], pruned=True) for i in uniform]
+    # shown as turns inside another prompt: no system prompt, no tools
+    splits["icl"] = _examples(train.take(uniform), None, prune_all=True)
     for example in splits["eval"]:
         example["icl_ids"] = []
-    if settings.icl.semantic and splits["eval"] and train_rows:
-        import random
-
-        pool = sorted(random.Random(settings.seed).sample(range(len(train_rows)),
-                                                          min(settings.icl.pool_size, len(train_rows))))
-        nearest = nearest_examples([rows[i]["text"] for i in split.eval], [train_rows[i]["text"] for i in pool],
-                                   [turn_tokens[i] for i in pool], settings.icl.neighbors, settings.icl.token_budget)
+    if settings.icl.semantic and splits["eval"] and train.num_rows:
+        pool = sorted(random.Random(settings.seed).sample(range(train.num_rows),
+                                                          min(settings.icl.pool_size, train.num_rows)))
+        train_texts, train_ids = train["text"].to_pylist(), train["id"].to_pylist()
+        nearest = nearest_examples(evals["text"].to_pylist(), [train_texts[i] for i in pool],
+                                   [train_tokens[i] for i in pool], settings.icl.neighbors, settings.icl.token_budget)
         for example, picks in zip(splits["eval"], nearest, strict=True):
-            example["icl_ids"] = [train_rows[pool[i]]["id"] for i in picks]
+            example["icl_ids"] = [train_ids[pool[i]] for i in picks]
 
     counts.update({split_name: len(items) for split_name, items in splits.items()})
     manifest = {
@@ -173,9 +175,3 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
     }
     progress("writing")
     return write_dataset(config.datasets_dir, workload_id, splits, manifest, counts, split.messages)
-
-
-def _turn_tokens(row: dict[str, Any]) -> int:
-    """Tokens an example costs as an in-context turn: its conversation without system prompt."""
-    messages = [m for m in json.loads(row["messages"]) if m["role"] != "system"]
-    return estimate_tokens(json.dumps(messages))

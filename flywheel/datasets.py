@@ -2,8 +2,8 @@
 eval / icl as JSONL and Parquet (columns `id`, `label`, `source`, `messages` and `tools`
 as OpenAI chat JSON text, `icl_ids` on eval) and `manifest.json`.
 
-The content hash covers the JSONL bytes of every split (rows sorted by id, keys sorted)
-and the pruned prefix, so the same inputs and seed give the same hash, and the dataset
+The content hash covers the JSONL bytes of every split (rows sorted by id) and the
+pruned prefix, so the same inputs and seed give the same hash, and the dataset
 id is derived from it: curating again with nothing new returns the same version.
 """
 
@@ -42,12 +42,20 @@ class DatasetVersion(BaseModel):
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows).encode()
+    """One chat example per line; `messages` and `tools` are spliced in as the JSON text they
+    already are (re-encoding a million examples would cost more than curating them)."""
+    lines = []
+    for row in rows:
+        head = json.dumps({"id": row["id"], "label": row["label"], "source": row["source"]}, ensure_ascii=False)
+        tail = f', "icl_ids": {json.dumps(row["icl_ids"])}' if "icl_ids" in row else ""
+        lines.append(f'{head[:-1]}, "messages": {row["messages"]}, "tools": {row["tools"]}{tail}}}\n')
+    return "".join(lines).encode()
 
 
 def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str, Any]]],
                   manifest: dict[str, Any], counts: dict[str, int], messages: list[str]) -> DatasetVersion:
-    """Write the folder atomically (temp dir + rename); an identical version is kept as is."""
+    """Write the folder atomically (temp dir + rename); an identical version is kept as is.
+    Rows: `id`, `label`, `source`, `messages` and `tools` as JSON text, `icl_ids` on eval."""
     encoded = {name: _jsonl(sorted(splits[name], key=lambda row: row["id"])) for name in SPLITS}
     digest = hashlib.sha256()
     for name in SPLITS:
@@ -65,10 +73,9 @@ def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str,
     try:
         for name in SPLITS:
             (staging / f"{name}.jsonl").write_bytes(encoded[name])
-            rows = [{**row, "messages": json.dumps(row["messages"]), "tools": json.dumps(row["tools"])}
-                    for row in sorted(splits[name], key=lambda row: row["id"])]
-            schema = _parquet_schema(name)
-            pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows, schema=schema), staging / f"{name}.parquet")
+            rows = sorted(splits[name], key=lambda row: row["id"])
+            table = pyarrow.Table.from_pylist(rows, schema=_parquet_schema(name))
+            pyarrow.parquet.write_table(table, staging / f"{name}.parquet")
         full = {"dataset_id": dataset_id, "workload_id": workload_id, "content_hash": content_hash,
                 "counts": counts, "messages": messages, **manifest}
         (staging / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")

@@ -118,7 +118,8 @@ class SearchLogStore:
             hits = page["hits"]["hits"]
             for hit in hits:
                 source = hit["_source"]
-                yield (*(source[field] for field in SCAN_FIELDS[:-1]), json.dumps(source["record"]))
+                yield (*(source[field] for field in SCAN_FIELDS[:-1]),
+                       json.dumps(source["record"], separators=(",", ":"), ensure_ascii=False))  # as SQLite holds it
             if len(hits) < SCAN_PAGE:
                 return
             pit_id = page.get("pit_id", pit_id)  # the engine may hand back a new id

@@ -81,9 +81,9 @@ def test_prepare_redacts_pii_everywhere_and_keys_ignore_spacing_and_case():
         _record(user="where is ord-123456?", response={"choices": [{"message": {"role": "assistant",
                                                                                  "content": "Hi!"}}]}),
     ])
-    assert "anna@example.com" not in rows[0]["messages"] and "<EMAIL>" in rows[0]["messages"]
-    assert "ORD-123456" in rows[0]["messages"]
-    messages = json.loads(rows[0]["messages"])
+    assert "anna@example.com" not in rows[0]["turns"] and "<EMAIL>" in rows[0]["turns"]
+    assert "ORD-123456" in rows[0]["turns"] and json.loads(rows[0]["system"])["content"] == "Be brief."
+    messages = json.loads(rows[0]["turns"])
     assert json.loads(messages[-1]["tool_calls"][0]["function"]["arguments"])["email"] == "<EMAIL>"
     assert json.loads(rows[0]["pii"]) == {"EMAIL": 2, "PHONE": 1}
     assert rows[1]["key"] == rows[2]["key"] and rows[2]["label"] == NO_TOOL
@@ -117,8 +117,8 @@ def test_uniform_icl_covers_labels_within_the_budget():
 
 
 def test_dataset_versions_are_content_addressed(tmp_path):
-    example = {"id": "x", "label": "a", "source": "teacher", "tools": [],
-               "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    example = {"id": "x", "label": "a", "source": "teacher", "tools": "[]", "messages": json.dumps(messages)}
     splits = {"train": [example], "val": [], "eval": [{**example, "id": "y", "icl_ids": ["x"]}], "icl": []}
     first = write_dataset(tmp_path, "w", splits, {"prefix": None}, {"train": 1}, [])
     again = write_dataset(tmp_path, "w", {**splits, "train": [dict(example)]}, {"prefix": None}, {"train": 1}, [])
@@ -126,8 +126,9 @@ def test_dataset_versions_are_content_addressed(tmp_path):
     other = write_dataset(tmp_path, "w", {**splits, "train": []}, {"prefix": None}, {"train": 0}, [])
     assert other.dataset_id != first.dataset_id
     loaded = load_dataset(tmp_path, first.dataset_id)
-    assert loaded.rows("train") == [example] and loaded.rows("eval")[0]["icl_ids"] == ["x"]
+    assert loaded.rows("train") == [{**example, "messages": messages, "tools": []}]
+    assert loaded.rows("eval")[0]["icl_ids"] == ["x"]
     table = pyarrow.parquet.read_table(first.path / "eval.parquet")
-    assert json.loads(table["messages"][0].as_py()) == example["messages"]
+    assert json.loads(table["messages"][0].as_py()) == messages
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path, "nope")
