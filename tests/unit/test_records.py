@@ -74,6 +74,10 @@ def test_overrides_and_chat_records():
         ({"messages": [{"role": "user", "content": "no answer"}]}, "assistant"),
         ({**NVIDIA, "response": {"choices": [{"message": {"role": "assistant", "tool_calls": [
             {"function": {"arguments": "{}"}}]}}]}}, "function name"),
+        ({**NVIDIA, "status": "maybe"}, "status"),
+        ({**NVIDIA, "response": None}, "choices"),  # only an errored record may lack its response
+        ({**NVIDIA, "feedback": {"rating": 1}}, "feedback"),
+        ({**NVIDIA, "feedback": [{"rating": 11}]}, "rating"),
     ],
 )
 def test_bad_records_say_why(obj, reason):
@@ -84,3 +88,14 @@ def test_bad_records_say_why(obj, reason):
 def test_canonical_tool_calls_leaves_plain_messages_alone():
     message = {"role": "assistant", "content": "hello"}
     assert canonical_tool_calls(message) is message
+
+
+def test_exported_records_keep_status_error_and_feedback():
+    """`flywheel logs export` -> `import` keeps what curation needs: failures and feedback."""
+    failed = record_from_json({**NVIDIA, "response": None, "status": "error", "error": "upstream timeout"})
+    assert (failed.status, failed.error, failed.response) == ("error", "upstream timeout", None)
+    correction = {"role": "assistant", "content": "Paid on May 2."}
+    rated = record_from_json({**NVIDIA, "feedback": [{"rating": -1, "correction": correction}]})
+    assert rated.feedback[0].rating == -1 and rated.feedback[0].correction == correction
+    again = record_from_json(json.loads(rated.model_dump_json()))
+    assert again.id == rated.id and again.feedback == rated.feedback
