@@ -66,16 +66,18 @@ def prepare_in_process(store: LogStore, filter: LogFilter, rules: ExampleRules) 
     return pyarrow.concat_tables(tables) if tables else OUTPUT.empty_table()
 
 
-def _examples(table: pyarrow.Table, pruned_prefix: str | None, prune_all: bool = False) -> list[dict[str, Any]]:
-    """Dataset rows with `messages` and `tools` as JSON text; rows whose prefix is
-    `pruned_prefix` (every row with `prune_all`) lose their system message and tools."""
+def _examples(table: pyarrow.Table, tools: dict[str, str], pruned_prefix: str | None,
+              prune_all: bool = False) -> list[dict[str, Any]]:
+    """Dataset rows with `messages` and `tools` as JSON text (`tools`: hash -> schemas);
+    rows whose prefix is `pruned_prefix` (every row with `prune_all`) lose their system
+    message and tools."""
     examples = []
-    for row in table.select(["id", "label", "source", "system", "turns", "tools", "prefix"]).to_pylist():
+    for row in table.select(["id", "label", "source", "system", "turns", "tools_hash", "prefix"]).to_pylist():
         pruned = prune_all or (pruned_prefix is not None and row["prefix"] == pruned_prefix)
         # `turns` always holds at least the answer, so splicing the system message in is safe
         messages = row["turns"] if pruned or not row["system"] else f"[{row['system']},{row['turns'][1:]}"
         examples.append({"id": row["id"], "label": row["label"], "source": row["source"], "messages": messages,
-                         "tools": "[]" if pruned or not row["tools"] else row["tools"]})
+                         "tools": "[]" if pruned or not row["tools_hash"] else tools[row["tools_hash"]]})
     return examples
 
 
@@ -107,6 +109,9 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
         remaining -= dropped[reason]
         counts[f"after_{reason}"] = remaining
     table = prepared.filter(pyarrow.compute.equal(prepared["reason"], ""))
+    tools = {digest: text for digest, text in zip(table["tools_hash"].to_pylist(), table["tools"].to_pylist(),
+                                                  strict=True) if text}
+    table = table.drop_columns(["tools"])
     pii = Counter()
     for found in table["pii"].to_pylist():
         if found:
@@ -128,7 +133,8 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
     progress("splitting")
     ids, labels = table["id"].to_pylist(), table["label"].to_pylist()
     split = stratified_split(ids, labels, settings.eval_size, settings.val_ratio, settings.seed)
-    tool_calling = pyarrow.compute.sum(pyarrow.compute.not_equal(table["tools"], "")).as_py() >= table.num_rows / 2
+    tool_calling = pyarrow.compute.sum(pyarrow.compute.not_equal(table["tools_hash"], "")).as_py() \
+        >= table.num_rows / 2
     prefix_counts = Counter(prefix for prefix in table["prefix"].to_pylist() if prefix)
     top_prefix, top_count = prefix_counts.most_common(1)[0] if prefix_counts else ("", 0)
     prune = settings.prefix_pruning if settings.prefix_pruning is not None else tool_calling
@@ -136,18 +142,19 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
     if prune and top_count >= PRUNE_MIN_SHARE * table.num_rows:
         holder = table.filter(pyarrow.compute.equal(table["prefix"], top_prefix)).slice(0, 1).to_pylist()[0]
         prefix = {"hash": top_prefix, "system": json.loads(holder["system"])["content"] if holder["system"] else "",
-                  "tools": json.loads(holder["tools"]) if holder["tools"] else [], "share": top_count / table.num_rows}
+                  "tools": json.loads(tools[holder["tools_hash"]]) if holder["tools_hash"] else [],
+                  "share": top_count / table.num_rows}
     pruned_prefix = prefix["hash"] if prefix else None
     train, val, evals = table.take(split.train), table.take(split.val), table.take(split.eval)
-    splits = {"train": _examples(train, pruned_prefix), "val": _examples(val, pruned_prefix),
-              "eval": _examples(evals, None)}
+    splits = {"train": _examples(train, tools, pruned_prefix), "val": _examples(val, tools, pruned_prefix),
+              "eval": _examples(evals, tools, None)}
 
     progress("choosing in-context examples")
     train_tokens = train["turn_tokens"].to_pylist()
     uniform = uniform_examples(train["label"].to_pylist(), train_tokens, settings.icl.per_label,
                                settings.icl.token_budget, settings.seed)
     # shown as turns inside another prompt: no system prompt, no tools
-    splits["icl"] = _examples(train.take(uniform), None, prune_all=True)
+    splits["icl"] = _examples(train.take(uniform), tools, None, prune_all=True)
     for example in splits["eval"]:
         example["icl_ids"] = []
     if settings.icl.semantic and splits["eval"] and train.num_rows:

@@ -31,9 +31,12 @@ ROLES = {"system", "user", "assistant", "tool"}
 REASONS = ("not_teacher", "negative_feedback", "invalid_format", "empty_answer", "too_short", "too_long")
 OUTPUT = pyarrow.schema([
     ("id", pyarrow.string()), ("timestamp", pyarrow.float64()), ("reason", pyarrow.string()),
-    ("label", pyarrow.string()), ("key", pyarrow.string()), ("text", pyarrow.string()),
-    # The example as JSON text: the system message (or ""), the other turns, the tools (or "").
-    ("system", pyarrow.string()), ("turns", pyarrow.string()), ("tools", pyarrow.string()),
+    ("label", pyarrow.string()), ("key", pyarrow.string()), ("text", pyarrow.large_string()),
+    # The example as JSON text: the system message (or ""), the other turns. Tool schemas are
+    # the same in most records and ~4 KB each, so a row carries their hash (or ""), and the
+    # text only on the first row of its batch with that hash (else "").
+    ("system", pyarrow.large_string()), ("turns", pyarrow.large_string()), ("tools_hash", pyarrow.string()),
+    ("tools", pyarrow.large_string()),
     ("prefix", pyarrow.string()), ("source", pyarrow.string()), ("tokens", pyarrow.int64()),
     ("turn_tokens", pyarrow.int64()), ("pii", pyarrow.string()),
 ])
@@ -176,6 +179,7 @@ def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) 
         "label": calls[0]["function"]["name"] if calls else NO_TOOL,
         "key": hashlib.sha256(f"{text}\x00{tools_json}".encode()).hexdigest()[:32],
         "text": text, "system": system_json, "turns": turns_json, "tools": tools_json,
+        "tools_hash": hashlib.sha256(tools_json.encode()).hexdigest()[:16] if tools_json else "",
         "prefix": hashlib.sha256(f"{system_json}\x00{tools_json}".encode()).hexdigest()[:16]
         if system_json or tools_json else "",
         "source": source, "tokens": tokens, "turn_tokens": estimate_tokens(turns_json),
@@ -186,13 +190,16 @@ def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) 
 def prepare_batch(batch: pyarrow.Table, rules: ExampleRules) -> pyarrow.Table:
     """A batch of `read_logs` rows -> one `OUTPUT` row each; `reason` is empty for examples."""
     redactor = Redactor(rules.custom_patterns) if rules.redact else None
-    empty = {"label": "", "key": "", "text": "", "system": "", "turns": "", "tools": "", "prefix": "",
-             "source": "", "tokens": 0, "turn_tokens": 0, "pii": ""}
-    rows = []
+    empty = {"label": "", "key": "", "text": "", "system": "", "turns": "", "tools_hash": "", "tools": "",
+             "prefix": "", "source": "", "tokens": 0, "turn_tokens": 0, "pii": ""}
+    rows, tools_seen = [], set()
     for row_id, timestamp, record in zip(batch["id"].to_pylist(), batch["timestamp"].to_pylist(),
                                          batch["record"].to_pylist(), strict=True):
         try:
             row = {"reason": "", **to_example(_DECODE(record), rules, redactor)}
+            if row["tools_hash"] in tools_seen:
+                row["tools"] = ""
+            tools_seen.add(row["tools_hash"])
         except Rejected as rejected:
             row = {"reason": rejected.reason, **empty}
         except (msgspec.DecodeError, AttributeError, TypeError):

@@ -27,6 +27,7 @@ from flywheel.store import SCAN_FIELDS, LogFilter, LogStore, Partition, open_sto
 SCHEMA = pyarrow.schema([(field, pyarrow.float64() if field == "timestamp" else pyarrow.string())
                          for field in SCAN_FIELDS])
 ROWS_PER_PARTITION = 20_000  # default split: one read task per this many records
+MAX_PARTITIONS = 256
 ROWS_PER_BLOCK = 5_000
 BYTES_PER_ROW = 2_000  # a typical tool-calling record, for Ray's memory planning
 
@@ -35,16 +36,15 @@ def read_logs(store: LogStore | str, filter: LogFilter = LogFilter(),
               parallelism: int | None = None) -> ray.data.Dataset:
     """The filtered records of `store` (a store or its URL) as a lazy Dataset with the columns
     of `SCHEMA`. `parallelism`: read tasks (default: one per 20k records, at most
-    the cluster's CPUs)."""
+    256)."""
     url = store if isinstance(store, str) else store.url
     opened = open_store(url)
     try:
         count = opened.count(filter)
     finally:
         opened.close()
-    if parallelism is None:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        parallelism = max(1, min(cpus, math.ceil(count / ROWS_PER_PARTITION)))
+    if parallelism is None:  # many small tasks: the work downstream starts early and balances
+        parallelism = max(1, min(MAX_PARTITIONS, math.ceil(count / ROWS_PER_PARTITION)))
     return ray.data.read_datasource(LogStoreDatasource(url, filter, count), override_num_blocks=parallelism)
 
 
