@@ -234,6 +234,36 @@ class CurateConfig(_Strict):
     icl: IclConfig = Field(default_factory=IclConfig, description="In-context examples.")
 
 
+class TrainConfig(_Strict):
+    """LoRA fine-tuning on Ray Train (flywheel/training.py, loop in flywheel/sft.py)."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP: gloo on CPU, NCCL on GPU).")
+    use_gpu: bool = Field(False, description="One GPU per worker.")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs each worker reserves.")
+    max_failures: int = Field(2, ge=0, description="Restarts from the last checkpoint after a worker dies.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (at most the served max_lora_rank).")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description="Modules that get LoRA, or `all-linear`; must be served (serve.models[].lora_target_modules).")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps with linear warm-up, then cosine decay.")
+    epochs: int = Field(2, ge=1, description="Passes over the train split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (null: epochs decide).")
+    batch_size: int = Field(8, ge=1, description="Examples per worker per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    max_seq_len: int = Field(1024, ge=16, description="Longer examples are dropped (and counted).")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="`bf16` autocast, `fp32`, or `auto` (bf16 where the device supports it).")
+    early_stopping_patience: int | None = Field(
+        2, ge=1, description="Stop after this many epochs without a better val loss; null: never.")
+    checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
+    seed: int = Field(0, description="Seed for init, shuffling and dropout.")
+
+
 class FlywheelConfig(_Strict):
     """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
 
@@ -250,6 +280,7 @@ class FlywheelConfig(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig, description="The inference log store.")
     serve: ServeConfig = Field(description="The OpenAI-compatible service.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="Dataset curation.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="LoRA fine-tuning.")
 
     @field_validator("home", "models_dir")
     @classmethod
@@ -265,6 +296,11 @@ class FlywheelConfig(_Strict):
     def datasets_dir(self) -> Path:
         """Datasets live at `<datasets_dir>/<workload>/<dataset id>/`."""
         return self.home / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Ray Train storage (checkpoints) and per-run files: `<runs_dir>/<run name>/`."""
+        return self.home / "runs"
 
     @property
     def store_url(self) -> str:

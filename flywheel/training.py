@@ -1,0 +1,162 @@
+"""`train_lora` / `train_candidates`: LoRA fine-tuning on Ray Train, one `TorchTrainer`
+per candidate (base model x hyperparameters), concurrently when the cluster has room.
+
+Each trainer runs `flywheel.sft.run_sft` on every worker (DDP: gloo on CPU, NCCL on GPU),
+keeps checkpoints under `<runs_dir>/<adapter id>/`, and restarts from the latest one when
+a worker dies (`train.max_failures`). Rank 0 writes the adapter straight into the
+service's adapter folder, where it is servable as `<base>:<adapter id>` with no
+conversion, and the `AdapterVersion` is recorded beside it. Live progress: rank 0 appends
+each step's metrics to `progress.jsonl` in the run folder; `progress` gets them here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flywheel.adapters import AdapterVersion
+from flywheel.config import FlywheelConfig, TrainConfig
+from flywheel.datasets import DatasetVersion
+from flywheel.models import resolve_model_path
+from flywheel.sft import run_sft
+
+Progress = Callable[[str, dict[str, Any]], None]  # (adapter id, step metrics)
+
+
+@dataclass
+class Candidate:
+    base_model: str | None = None  # default: the first model in serve.models
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
+
+
+class RaySession:
+    """`flywheel.sft.Session` for a Ray Train worker."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.world_rank, self.world_size = context.get_world_rank(), context.get_world_size()
+
+    def prepare_model(self, model: Any) -> Any:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint))
+                         if checkpoint is not None else None)
+
+    def latest_checkpoint(self) -> Path | None:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return Path(checkpoint.to_directory()) if checkpoint is not None else None
+
+
+def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """What each Ray Train worker runs. Its pid goes to `<run>/workers/rank-N.pid`, so an
+    operator (or a test) can see which processes are training."""
+    session = RaySession()
+    workers = Path(cfg["run_dir"]) / "workers"
+    workers.mkdir(parents=True, exist_ok=True)
+    (workers / f"rank-{session.world_rank}.pid").write_text(str(os.getpid()))
+    run_sft(cfg, session)
+
+
+def _resolved(config: FlywheelConfig, candidate: Candidate) -> tuple[str, TrainConfig]:
+    base = candidate.base_model or config.serve.models[0].name
+    if base not in {model.name for model in config.serve.models}:
+        raise ValueError(f"unknown base model {base!r}; serve.models has "
+                         f"{', '.join(model.name for model in config.serve.models)}")
+    settings = TrainConfig.model_validate({**config.train.model_dump(), **candidate.overrides})
+    served = config.model(base)
+    if settings.lora_r > served.max_lora_rank:
+        raise ValueError(f"train.lora_r {settings.lora_r} exceeds {base}'s served max_lora_rank "
+                         f"{served.max_lora_rank}: the adapter could not be served")
+    return base, settings
+
+
+def _follow(paths: dict[str, Path], progress: Progress, stop: threading.Event) -> None:
+    offsets = dict.fromkeys(paths, 0)
+    while not stop.wait(0.5):
+        for adapter_id, path in paths.items():
+            if not path.is_file():
+                continue
+            with path.open() as handle:
+                handle.seek(offsets[adapter_id])
+                for line in handle:
+                    if line.endswith("\n"):
+                        progress(adapter_id, json.loads(line))
+                        offsets[adapter_id] += len(line.encode())
+
+
+def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[Candidate],
+                     progress: Progress | None = None) -> list[AdapterVersion]:
+    """Train every candidate (concurrently; Ray queues what does not fit) and register the
+    adapters, in the order given."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from serve.engine import chat_template_path
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    plans = []
+    for index, candidate in enumerate(candidates):
+        base, settings = _resolved(config, candidate)
+        served = config.model(base)
+        hyperparameters = settings.model_dump(mode="json")
+        digest = hashlib.sha256(json.dumps([base, hyperparameters], sort_keys=True).encode()).hexdigest()[:6]
+        adapter_id = f"{dataset.workload_id}-{stamp}-{index}{digest}"
+        run_dir = config.runs_dir / adapter_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+        loop = {**hyperparameters, "model_path": str(resolve_model_path(served.source, config.models_dir)),
+                "dataset_path": str(dataset.path), "output_dir": str(config.adapters_dir / base / adapter_id),
+                "progress_file": str(run_dir / "progress.jsonl"), "run_dir": str(run_dir),
+                "chat_template": Path(chat_template_path(served.chat_template or "chatml_tools")).read_text()}
+        trainer = TorchTrainer(
+            train_loop_per_worker, train_loop_config=loop,
+            scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
+                                         resources_per_worker={"CPU": settings.cpus_per_worker}),
+            run_config=RunConfig(name=adapter_id, storage_path=str(config.runs_dir / "ray-train"),
+                                 failure_config=FailureConfig(max_failures=settings.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)))
+        plans.append((adapter_id, base, hyperparameters, Path(loop["output_dir"]), run_dir, trainer))
+
+    stop = threading.Event()
+    follower = None
+    if progress is not None:
+        follower = threading.Thread(target=_follow, args=({plan[0]: plan[4] / "progress.jsonl" for plan in plans},
+                                                          progress, stop), daemon=True)
+        follower.start()
+    try:
+        with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+            results = list(pool.map(lambda plan: plan[5].fit(), plans))
+    finally:
+        stop.set()
+        if follower is not None:
+            follower.join()
+    versions = []
+    for (adapter_id, base, hyperparameters, output_dir, _, _), result in zip(plans, results, strict=True):
+        version = AdapterVersion(adapter_id=adapter_id, base_model=base, dataset_id=dataset.dataset_id,
+                                 dataset_hash=dataset.content_hash, hyperparameters=hyperparameters,
+                                 metrics=dict(result.metrics or {}), path=output_dir)
+        version.save()
+        versions.append(version)
+    return versions
+
+
+def train_lora(config: FlywheelConfig, dataset: DatasetVersion, base_model: str | None = None,
+               overrides: dict[str, Any] | None = None, progress: Progress | None = None) -> AdapterVersion:
+    """One candidate: `train_candidates` with a single entry."""
+    return train_candidates(config, dataset, [Candidate(base_model, overrides or {})], progress)[0]
