@@ -339,6 +339,53 @@ def curate_command(
     out.print(f"written to {version.path} (content hash {version.content_hash[:16]})")
 
 
+@app.command("train")
+def train_command(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset id (from `flywheel curate`)."),
+    base: str | None = typer.Option(None, "--base", help="Base model (default: the first in serve.models)."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Override train.max_steps."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Override train.epochs."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Fine-tune a LoRA adapter on Ray Train; it is servable as `<base>:<adapter id>` right away."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from flywheel.datasets import load_dataset
+    from flywheel.ray_runtime import start_ray
+    from flywheel.training import train_lora
+
+    cfg = config_from(config)
+    try:
+        version = load_dataset(cfg.datasets_dir, dataset)
+    except FileNotFoundError as error:
+        fail(str(error))
+    overrides = {key: value for key, value in (("max_steps", max_steps), ("epochs", epochs)) if value is not None}
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                  TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("starting Ray Train", total=None, status="")
+
+        def show(adapter_id: str, step: dict) -> None:
+            bar.update(task, description=f"training {adapter_id}", total=step["total_steps"], completed=step["step"],
+                       status=f"loss {step['loss']:.3f}  {step['tokens_per_s']:.0f} tok/s")
+
+        try:
+            start_ray(cfg.ray)
+            adapter = train_lora(cfg, version, base, overrides, progress=show)
+        except ValueError as error:
+            fail(str(error))
+        except Exception as error:  # a failed run: one line, the details are in the run folder
+            fail(f"training failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    result = {"adapter_id": adapter.adapter_id, "base_model": adapter.base_model, "path": str(adapter.path),
+              "metrics": adapter.metrics, "model": f"{adapter.base_model}:{adapter.adapter_id}"}
+    if as_json:
+        emit_json(result)
+    else:
+        out.print(f"adapter {adapter.adapter_id} ({adapter.base_model}) at {adapter.path}; serve it as "
+                  f"[bold]{result['model']}[/bold]. Final loss {adapter.metrics.get('loss', float('nan')):.3f}, "
+                  f"val loss {adapter.metrics.get('val_loss') or float('nan'):.3f}")
+
+
 def main() -> None:
     app()
 
