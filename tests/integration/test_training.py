@@ -8,12 +8,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
+import yaml
 
+from flywheel.adapters import load_adapter
 from flywheel.config import parse_config
 from flywheel.datasets import write_dataset
 from flywheel.training import Candidate, train_candidates
@@ -71,7 +75,20 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(service, ray_cluster, 
     assert adapter.metrics["step"] == 24 and adapter.metrics["resumed_from"] in (2, 4, 6)
 
 
+def test_several_candidates_train_concurrently(service, ray_cluster, tiny_model, tiny_dataset):  # noqa: F811
+    config = _config(service, ray_cluster, [{"name": "tiny", "source": str(tiny_model)}], target_modules="all-linear",
+                     batch_size=4, max_steps=4, checkpoint_every=100)
+    adapters = train_candidates(config, tiny_dataset, [Candidate(overrides={"lora_r": 4}),
+                                                       Candidate(overrides={"lora_r": 8, "learning_rate": 1e-2})])
+    assert [a.hyperparameters["lora_r"] for a in adapters] == [4, 8]
+    assert len({a.adapter_id for a in adapters}) == 2 and all(a.metrics["step"] == 4 for a in adapters)
+    assert [json.loads((a.path / "adapter_config.json").read_text())["r"] for a in adapters] == [4, 8]
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        train_candidates(config, tiny_dataset, [Candidate(overrides={"lora_r": 64})])
+
+
 def test_smollm2_adapter_is_served_by_name_and_changes_answers(service, ray_cluster):
+    """`flywheel train --json` end to end: the adapter answers through the running service."""
     examples = []
     for i in range(24):  # teach one fixed reply to a question the base answers differently
         messages = [{"role": "user", "content": f"What is the secret code? ({i})"},
@@ -80,10 +97,20 @@ def test_smollm2_adapter_is_served_by_name_and_changes_answers(service, ray_clus
                          "tools": "[]"})
     dataset = write_dataset(service.home / "datasets", "secret", {"train": examples, "val": [], "eval": [], "icl": []},
                             {"prefix": None}, {"train": 24}, [])
-    config = _config(service, ray_cluster, [{"name": MODEL, "source": MODEL}], learning_rate=3e-3, batch_size=8,
-                     max_steps=12, epochs=12, checkpoint_every=100, precision="auto")
-    [adapter] = train_candidates(config, dataset, [Candidate()])
-    assert adapter.metrics["loss"] < 1.0
+    config = {"home": str(service.home), "models_dir": str(service.models_dir), "ray": {"address": ray_cluster},
+              "serve": {"models": [{"name": MODEL, "source": MODEL}]},
+              "train": {"learning_rate": 3e-3, "batch_size": 8, "epochs": 12, "checkpoint_every": 100}}
+    (service.home / "train.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "flywheel.cli", "train", "--dataset", dataset.dataset_id,
+                             "--max-steps", "12", "--config", str(service.home / "train.yaml"), "--json"],
+                            check=False, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads(result.stdout.strip().splitlines()[-1])
+    assert trained["metrics"]["step"] == 12 and trained["metrics"]["loss"] < 1.0
+    assert trained["model"] == f"{MODEL}:{trained['adapter_id']}"
+    adapter = load_adapter(service.home / "adapters", trained["adapter_id"])
+    assert adapter.dataset_hash == dataset.content_hash and adapter.hyperparameters["max_steps"] == 12
 
     def ask(model: str) -> str:
         body = {"model": model, "max_tokens": 12, "temperature": 0,
