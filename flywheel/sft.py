@@ -162,6 +162,8 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
         raise ValueError(f"{len(train)} training examples fit max_seq_len {cfg['max_seq_len']}; need >= {world}")
 
     device, autocast = _device_and_autocast(cfg["precision"])
+    if device.type == "cpu":  # one intra-op thread per reserved CPU: workers on a node must not oversubscribe it
+        torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
     model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(
         r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],

@@ -1,0 +1,83 @@
+"""Training throughput: the plain SFT loop vs Ray Train (S4 target: Ray Train overhead <= 10%).
+
+Same data (a curated support-tools dataset, prefix-pruned), same model (SmolLM2-135M),
+same steps, one run: (a) `run_sft` in this process, (b) Ray Train with 1 worker, (c) Ray
+Train with 2 workers (DDP over gloo). Tokens/s is measured inside the loop (steady
+state); wall seconds include model loading and, for Ray Train, starting the workers.
+
+    python bench/train_throughput.py [--steps 6] [--batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from flywheel.config import RayConfig, load_config
+from flywheel.curation import curate_workload, prepare_in_process
+from flywheel.models import pull_model
+from flywheel.ray_runtime import start_ray
+from flywheel.records import record_from_json
+from flywheel.sft import LocalSession, run_sft
+from flywheel.store import open_store
+from flywheel.training import Candidate, train_candidates
+from flywheel.workloads.support_tools import TEACHER, generate
+from serve.engine import chat_template_path
+
+CPUS = 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=8, help="examples per step, split across workers")
+    args = parser.parse_args()
+
+    from rich.console import Console
+    from rich.table import Table
+
+    home = Path(tempfile.mkdtemp(prefix="flywheel-train-bench-"))
+    model = "smollm2-135m-instruct"
+    config = load_config(REPO / "configs" / "local.yaml", {
+        "home": str(home), "curate.teacher_models": [TEACHER], "curate.icl.semantic": False,
+        "train.max_steps": args.steps, "train.checkpoint_every": 10_000, "train.early_stopping_patience": None})
+    model_path = pull_model(model, config.models_dir)
+    store = open_store(config.store_url)
+    store.write_batch([record_from_json(item) for item in generate(2_000, seed=0)])
+    dataset = curate_workload(config, store, "support-tools", prepare=prepare_in_process)
+    store.close()
+
+    results = {}
+    started = time.perf_counter()
+    loop = {**config.train.model_dump(), "batch_size": args.batch, "cpus_per_worker": CPUS,
+            "model_path": str(model_path), "dataset_path": str(dataset.path), "output_dir": str(home / "plain"),
+            "progress_file": None, "chat_template": Path(chat_template_path("chatml_tools")).read_text()}
+    metrics = run_sft(loop, LocalSession(home / "plain-checkpoints"))
+    results["(a) plain loop, 1 process"] = (metrics["tokens_per_s"], time.perf_counter() - started)
+
+    start_ray(RayConfig(num_cpus=CPUS))
+    for name, workers in (("(b) Ray Train, 1 worker", 1), ("(c) Ray Train, 2 workers", 2)):
+        overrides = {"num_workers": workers, "cpus_per_worker": CPUS // workers, "batch_size": args.batch // workers}
+        started = time.perf_counter()
+        [adapter] = train_candidates(config, dataset, [Candidate(model, overrides)])
+        results[name] = (adapter.metrics["tokens_per_s"], time.perf_counter() - started)
+
+    plain = results["(a) plain loop, 1 process"][0]
+    table = Table("run", "tokens/s (in loop)", "vs (a)", "wall s (incl. start)")
+    for name, (tokens_per_s, wall) in results.items():
+        table.add_row(name, f"{tokens_per_s:,.0f}", f"{tokens_per_s / plain:.2f}x", f"{wall:.0f}")
+    Console().print(table)
+    print(json.dumps({"benchmark": "train_throughput", "steps": args.steps, "batch": args.batch,
+                      "ray_train_overhead": 1 - results["(b) Ray Train, 1 worker"][0] / plain,
+                      "results": {name: {"tokens_per_s": t, "wall_s": w} for name, (t, w) in results.items()}}))
+
+
+if __name__ == "__main__":
+    main()
