@@ -386,6 +386,70 @@ def train_command(
                   f"val loss {adapter.metrics.get('val_loss') or float('nan'):.3f}")
 
 
+@app.command("evaluate")
+def evaluate_command(
+    dataset: str = typer.Option(..., "--dataset", help="Dataset id (from `flywheel curate`)."),
+    candidates: str = typer.Option("base,icl", "--candidates",
+                                   help="Comma-separated: base, icl, teacher, adapter ids (from `flywheel train`)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N eval rows."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score candidates on a dataset's eval split through the running service; write a report."""
+    from flywheel.datasets import load_dataset
+    from flywheel.evaluation import evaluate
+    from flywheel.ray_runtime import start_ray
+
+    cfg = config_from(config)
+    names = [name.strip() for name in candidates.split(",") if name.strip()]
+    if not names:
+        fail("--candidates names nothing to evaluate")
+    try:
+        version = load_dataset(cfg.datasets_dir, dataset)
+        with err.status("starting Ray") as status:
+            start_ray(cfg.ray)
+            report = evaluate(cfg, version, names, limit, progress=lambda text: status.update(f"evaluating: {text}"))
+    except (FileNotFoundError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        emit_json(report.summary())
+    else:
+        _print_report(report)
+
+
+@app.command("report")
+def report_command(
+    run_id: str = typer.Argument(..., help="Evaluation run id (from `flywheel evaluate`)."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Print an evaluation report and the path of its chart."""
+    from flywheel.evaluation import load_report
+
+    cfg = config_from(config)
+    try:
+        report = load_report(cfg.reports_dir, run_id)
+    except FileNotFoundError as error:
+        fail(str(error))
+    if as_json:
+        emit_json(report.summary())
+    else:
+        _print_report(report)
+
+
+def _print_report(report) -> None:
+    metrics = list(next(iter(report.candidates.values())))
+    table = Table("candidate", *metrics, title=f"{report.run_id} on {report.dataset_id} (95% intervals)")
+    for name, by_metric in report.candidates.items():
+        table.add_row(name, *(f"{by_metric[m]['mean']:.2f} [{by_metric[m]['low']:.2f}, {by_metric[m]['high']:.2f}]"
+                              if m in by_metric else "" for m in metrics))
+    out.print(table)
+    for name, difference in report.differences.items():
+        out.print(f"{name} vs {report.incumbent} on {report.primary_metric}: {difference['mean']:+.3f} "
+                  f"[{difference['low']:+.3f}, {difference['high']:+.3f}]")
+    out.print(f"report: {report.path / 'report.md'}\nchart: {report.chart}")
+
+
 def main() -> None:
     app()
 

@@ -264,6 +264,27 @@ class TrainConfig(_Strict):
     seed: int = Field(0, description="Seed for init, shuffling and dropout.")
 
 
+class JudgeConfig(_Strict):
+    """An optional LLM judge behind any OpenAI-compatible endpoint (flywheel/judge.py)."""
+
+    base_url: str | None = Field(None, description="e.g. `https://api.openai.com/v1`; null: no LLM judge.")
+    model: str = Field("", description="The judge model's name at that endpoint.")
+    api_key_env: str = Field("FLYWHEEL_JUDGE_API_KEY", description="Environment variable holding its API key.")
+
+
+class EvaluateConfig(_Strict):
+    """Scoring candidates on a dataset's eval split (flywheel/evaluation.py)."""
+
+    service_url: str | None = Field(None, description="The running service that answers for candidates; "
+                                    "null: http://<serve.host>:<serve.port>.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight per candidate.")
+    max_tokens: int = Field(256, ge=1, description="Most tokens a candidate may answer with.")
+    incumbent: str = Field("base", description="What candidates are compared with (paired difference).")
+    bootstrap_samples: int = Field(2000, ge=100, description="Resamples for the 95% intervals.")
+    seed: int = Field(0, description="Seed for bootstrap and the judge's A/B order.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge.")
+
+
 class FlywheelConfig(_Strict):
     """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
 
@@ -281,6 +302,7 @@ class FlywheelConfig(_Strict):
     serve: ServeConfig = Field(description="The OpenAI-compatible service.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="Dataset curation.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="LoRA fine-tuning.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
 
     @field_validator("home", "models_dir")
     @classmethod
@@ -301,6 +323,15 @@ class FlywheelConfig(_Strict):
     def runs_dir(self) -> Path:
         """Ray Train storage (checkpoints) and per-run files: `<runs_dir>/<run name>/`."""
         return self.home / "runs"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Evaluation reports: `<reports_dir>/<run id>/` (report.json, report.md, chart.png)."""
+        return self.home / "reports"
+
+    @property
+    def service_url(self) -> str:
+        return (self.evaluate.service_url or f"http://{self.serve.host}:{self.serve.port}").rstrip("/")
 
     @property
     def store_url(self) -> str:

@@ -66,6 +66,10 @@ def prepare_in_process(store: LogStore, filter: LogFilter, rules: ExampleRules) 
     return pyarrow.concat_tables(tables) if tables else OUTPUT.empty_table()
 
 
+def _take(table: pyarrow.Table, indices: list[int]) -> pyarrow.Table:
+    return table.take(pyarrow.array(indices, type=pyarrow.int64()))  # typed: an empty list must work too
+
+
 def _examples(table: pyarrow.Table, tools: dict[str, str], pruned_prefix: str | None,
               prune_all: bool = False) -> list[dict[str, Any]]:
     """Dataset rows with `messages` and `tools` as JSON text (`tools`: hash -> schemas);
@@ -119,10 +123,10 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
 
     progress("deduplicating")
     ids, timestamps = table["id"].to_pylist(), table["timestamp"].to_pylist()
-    table = table.take(newest_per_key(table["key"].to_pylist(), timestamps, ids))
+    table = _take(table, newest_per_key(table["key"].to_pylist(), timestamps, ids))
     counts["after_dedup"] = table.num_rows
     if settings.near_duplicate_threshold is not None:
-        table = table.take(near_duplicates(table["text"].to_pylist(), table["timestamp"].to_pylist(),
+        table = _take(table, near_duplicates(table["text"].to_pylist(), table["timestamp"].to_pylist(),
                                            table["id"].to_pylist(), settings.near_duplicate_threshold))
         counts["after_near_dedup"] = table.num_rows
     if table.num_rows < settings.min_records:
@@ -145,7 +149,7 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
                   "tools": json.loads(tools[holder["tools_hash"]]) if holder["tools_hash"] else [],
                   "share": top_count / table.num_rows}
     pruned_prefix = prefix["hash"] if prefix else None
-    train, val, evals = table.take(split.train), table.take(split.val), table.take(split.eval)
+    train, val, evals = _take(table, split.train), _take(table, split.val), _take(table, split.eval)
     splits = {"train": _examples(train, tools, pruned_prefix), "val": _examples(val, tools, pruned_prefix),
               "eval": _examples(evals, tools, None)}
 
@@ -154,7 +158,7 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
     uniform = uniform_examples(train["label"].to_pylist(), train_tokens, settings.icl.per_label,
                                settings.icl.token_budget, settings.seed)
     # shown as turns inside another prompt: no system prompt, no tools
-    splits["icl"] = _examples(train.take(uniform), tools, None, prune_all=True)
+    splits["icl"] = _examples(_take(train, uniform), tools, None, prune_all=True)
     for example in splits["eval"]:
         example["icl_ids"] = []
     if settings.icl.semantic and splits["eval"] and train.num_rows:

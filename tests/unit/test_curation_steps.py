@@ -4,6 +4,7 @@ Ray Data is in tests/integration/test_curation.py)."""
 
 import json
 from collections import Counter
+from pathlib import Path
 
 import pyarrow
 import pytest
@@ -15,6 +16,7 @@ from flywheel.records import Feedback, LogRecord, record_from_json
 from flywheel.splits import near_duplicates, newest_per_key, stratified_split
 from flywheel.workloads.support_tools import OTHER_MODEL, TEACHER, TOOLS, generate
 
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
 TOOL = [{"type": "function", "function": {"name": "get_order_status", "parameters": {"type": "object"}}}]
 
 
@@ -132,3 +134,26 @@ def test_dataset_versions_are_content_addressed(tmp_path):
     assert json.loads(table["messages"][0].as_py()) == messages
     with pytest.raises(FileNotFoundError):
         load_dataset(tmp_path, "nope")
+
+
+def test_whole_pipeline_in_process_including_a_single_label_workload(tmp_path):
+    """`curate_workload` end to end without Ray (the same code Ray Data runs per batch)."""
+    from flywheel.config import load_config
+    from flywheel.curation import curate_workload, prepare_in_process
+    from flywheel.store import open_store
+
+    config = load_config(REPO_CONFIG, {"home": str(tmp_path), "curate.teacher_models": [TEACHER],
+                                       "curate.icl.semantic": False, "curate.eval_size": 30})
+    store = open_store(config.store_url)
+    store.write_batch([record_from_json(item) for item in generate(400, seed=2)])
+    version = curate_workload(config, store, "support-tools", prepare=prepare_in_process)
+    assert version.counts["eval"] == 30 and version.counts["train"] > 250
+    assert version.manifest()["prefix"]["share"] > 0.9 and not version.rows("train")[0]["tools"]
+    one = _record()
+    store.write_batch([LogRecord(**{**one.model_dump(exclude={"id"}), "workload_id": "one", "timestamp": 1e9 + i,
+                                    "request": {"messages": [{"role": "user", "content": f"where is ORD-{i}?"}]}})
+                       for i in range(25)])
+    single = curate_workload(config.model_copy(update={"curate": config.curate.model_copy(update={"val_ratio": 0})}),
+                             store, "one", prepare=prepare_in_process)
+    assert single.counts["val"] == 0 and any("not stratified" in m for m in single.messages)
+    store.close()

@@ -1,0 +1,112 @@
+"""Metrics on hand-made cases (NVIDIA-blueprint-style tool calls included), the judge's
+reply parsing, bootstrap statistics, and the LLM judge's A/B bookkeeping."""
+
+import json
+import random
+
+import httpx
+import pytest
+
+from flywheel.judge import Judge, LLMJudge, parse_rating, parse_verdict
+from flywheel.metrics import normalize, rouge_l, text_scores, token_f1, tool_calls, tool_scores
+from flywheel.stats import interval, paired_difference
+
+
+def call(name, arguments):
+    return {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+REFERENCE = call("request_refund", {"order_id": "ORD-1", "amount": 42.5, "reason": "damaged"})  # blueprint: object
+
+
+@pytest.mark.parametrize(("answer", "name", "both", "valid"), [
+    (call("request_refund", '{"reason": "damaged", "amount": "42.50", "order_id": "ORD-1"}'), 1, 1, 1),
+    (call("request_refund", '{"order_id": "ORD-1", "amount": 40, "reason": "damaged"}'), 1, 0, 1),
+    (call("start_return", '{"order_id": "ORD-1", "reason": "damaged"}'), 0, 0, 1),
+    (call("request_refund", '{"order_id": "ORD-1", "amount": 42.5'), 0, 0, 0),  # invalid JSON: wrong, no crash
+    (call("request_refund", '["ORD-1"]'), 0, 0, 0),
+    ({"role": "assistant", "content": "I have refunded you."}, 0, 0, 0),
+    (None, 0, 0, 0),  # the candidate never answered
+    ({"role": "assistant", "tool_calls": [{"function": "garbage"}]}, 0, 0, 0),
+])
+def test_tool_call_scores(answer, name, both, valid):
+    assert tool_scores(answer, REFERENCE) == {"function_name": name, "function_name_and_args": both,
+                                              "valid_call": valid}
+
+
+def test_text_reference_wants_a_text_answer_and_normalization_is_forgiving():
+    text = {"role": "assistant", "content": "We ship to Canada."}
+    assert tool_scores({"role": "assistant", "content": "Yes!"}, text) == {"function_name": 1,
+                                                                          "function_name_and_args": 1}
+    assert tool_scores(call("get_order_status", "{}"), text)["function_name"] == 0
+    assert normalize({"b": [" x ", "7"], "a": 1}) == {"a": 1.0, "b": ["x", 7.0]}
+    assert tool_calls(call("f", "")) == [("f", {})]
+
+
+def test_text_metrics():
+    assert text_scores({"content": "Paris, France."}, {"content": "paris france"})["exact_match"] == 1
+    assert token_f1("the cat sat", "the cat sat down") == pytest.approx(2 * 1 * 0.75 / 1.75)
+    assert rouge_l("a b c d", "a c d") == pytest.approx(2 * 0.75 * 1 / 1.75)
+    assert token_f1("", "") == 1 and rouge_l("x", "") == 0
+
+
+@pytest.mark.parametrize(("reply", "rating"), [
+    ("Correct and complete.\nRATING: 10", 10), ("rating: 7/10", 7), ("Rating - 3", 3), ("8/10", 8), ("9", 9),
+    ("RATING: 12", None), ("no idea", None), ("", None), (None, None), ("Rating: 4\nOn reflection, RATING: 6", 6),
+])
+def test_rating_parsing(reply, rating):
+    assert parse_rating(reply) == rating
+
+
+def test_verdict_parsing():
+    assert parse_verdict("B is better.\nVERDICT: B") == "b"
+    assert parse_verdict("verdict: Tie") == "tie" and parse_verdict("A wins") is None
+
+
+def test_intervals_and_paired_differences():
+    low = interval([0, 1] * 50, seed=1)
+    assert low["mean"] == 0.5 and low["low"] < 0.5 < low["high"] and low["high"] - low["low"] < 0.25
+    assert interval([1.0] * 10) == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 10}
+    better = paired_difference([1] * 40 + [0] * 10, [0] * 40 + [0] * 10, seed=1)
+    assert better["low"] > 0.6
+    with pytest.raises(ValueError):
+        paired_difference([1], [1, 0])
+
+
+def test_llm_judge_maps_shuffled_verdicts_back_and_skips_identical_answers():
+    """A stand-in judge endpoint (an external LLM cannot run here): it always prefers
+    whichever answer mentions 'refund', so the mapping back from A/B can be checked."""
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        prompt = json.loads(request.content)["messages"][1]["content"]
+        calls.append(prompt)
+        if "Answer A" not in prompt:
+            return httpx.Response(200, json={"choices": [{"message": {"content": "Looks right.\nRATING: 9"}}]})
+        first = prompt.split("Answer A:")[1].split("Answer B:")[0]
+        return httpx.Response(200, json={"choices": [{"message": {
+            "content": f"VERDICT: {'A' if 'refund' in first else 'B'}"}}]})
+
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://judge")
+    judge = LLMJudge("http://judge", "judge-model", client=client)
+    rng = random.Random(0)
+    outcomes = [judge.compare("q", "call refund", "call cancel", rng)["winner"] for _ in range(12)]
+    assert set(outcomes) == {"candidate"}  # whatever order it was shown in
+    assert len({judge.compare("q", "x", "y", rng)["order"] for _ in range(12)}) == 2  # the order is shuffled
+    before = len(calls)
+    assert judge.compare("q", "same", " same ", rng) == {"winner": "tie", "explanation": "identical answers",
+                                                         "order": None}
+    assert len(calls) == before
+    assert judge.rate("q", "ref", "ans") == {"rating": 9, "explanation": "Looks right.\nRATING: 9"}
+
+
+def test_judge_scores_items_without_crashing_on_garbage():
+    items = [{"id": "1", "label": "request_refund", "request": {"messages": []}, "reference": REFERENCE,
+              "answer": call("request_refund", "{oops")},
+             {"id": "2", "label": "no_tool", "request": {"messages": []},
+              "reference": {"role": "assistant", "content": "Free returns within 30 days."},
+              "answer": {"role": "assistant", "content": "Returns are free for 30 days."}}]
+    scores = Judge(embeddings=False).score(items)
+    assert scores[0]["function_name"] == 0 and scores[0]["valid_call"] == 0
+    assert scores[1]["function_name"] == 1 and 0 < scores[1]["token_f1"] < 1
