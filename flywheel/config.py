@@ -204,7 +204,7 @@ class IclConfig(_Strict):
     """In-context-learning examples written with each dataset (for the `icl` candidate)."""
 
     per_label: int = Field(1, ge=0, description="Uniform set: examples per label, drawn from train.")
-    token_budget: int = Field(1200, ge=0, description="Most tokens (estimated) of examples put in one prompt.")
+    token_budget: int = Field(600, ge=0, description="Most tokens (estimated) of examples put in one prompt.")
     semantic: bool = Field(True, description="Also pick nearest train examples per eval record (MiniLM embeddings).")
     neighbors: int = Field(3, ge=1, description="Semantic examples per eval record, nearest first.")
     pool_size: int = Field(2000, ge=1, description="Train records embedded as semantic candidates (seeded sample).")

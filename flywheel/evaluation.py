@@ -47,6 +47,7 @@ class EvalReport(BaseModel):
     scores: dict[str, dict[str, list[float | None]]]  # name -> metric -> per item (item order of `item_ids`)
     item_ids: list[str]
     latency_ms: dict[str, float]  # name -> mean per answer
+    failures: dict[str, dict[str, Any]]  # name -> requests that got no answer: count, first error
     path: Path
     chart: Path
 
@@ -56,8 +57,18 @@ class EvalReport(BaseModel):
 
 
 def _icl_turns(row: dict[str, Any], train: dict[str, dict[str, Any]], uniform: list[dict[str, Any]]) -> list[dict]:
+    """The examples as earlier turns; tool calls get the ids the OpenAI API requires."""
     examples = [train[i] for i in row.get("icl_ids") or [] if i in train] or uniform
-    return [message for example in examples for message in example["messages"] if message["role"] != "system"]
+    turns = []
+    for example in examples:
+        for message in example["messages"]:
+            if message["role"] == "system":
+                continue
+            if message.get("tool_calls"):
+                message = {**message, "tool_calls": [{**call, "id": call.get("id") or f"call_{len(turns)}_{k}"}
+                                                     for k, call in enumerate(message["tool_calls"])]}
+            turns.append(message)
+    return turns
 
 
 def _request(row: dict[str, Any], candidate: str, base: str, prefix: dict | None, icl: list[dict], max_tokens: int):
@@ -70,21 +81,27 @@ def _request(row: dict[str, Any], candidate: str, base: str, prefix: dict | None
         model = f"{base}:{candidate}"
         if prefix and messages and messages[0]["role"] == "system" and messages[0]["content"] == prefix["system"] \
                 and tools == prefix["tools"]:
-            messages, tools = messages[1:], []
+            # the student learned the prefix: drop the system prompt, keep the tools for vLLM's
+            # tool-call parser but do not render them (see templates/chatml_tools.jinja)
+            return {"model": model, "messages": messages[1:], "tools": tools, "max_tokens": max_tokens,
+                    "temperature": 0, "chat_template_kwargs": {"render_tools": False}}
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
     if tools:
         body["tools"] = tools
     return body
 
 
-def _answer(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any] | None, float]:
+def _answer(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any] | None, float, str | None]:
+    """(message, latency ms, error): a candidate that cannot answer scores as wrong; it does
+    not stop the evaluation."""
     started = time.monotonic()
     try:
         response = client.post("/v1/chat/completions", json=body, headers={"X-Workload-Id": "flywheel-eval"})
-        message = response.json()["choices"][0]["message"] if response.status_code == 200 else None
-    except Exception:  # a candidate that cannot answer scores as wrong, it does not stop the evaluation
-        message = None
-    return message, (time.monotonic() - started) * 1000
+        if response.status_code != 200:
+            return None, (time.monotonic() - started) * 1000, f"HTTP {response.status_code}: {response.text[:300]}"
+        return response.json()["choices"][0]["message"], (time.monotonic() - started) * 1000, None
+    except Exception as error:
+        return None, (time.monotonic() - started) * 1000, f"{type(error).__name__}: {error}"
 
 
 def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[str], limit: int | None = None,
@@ -105,6 +122,7 @@ def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[s
     references = [row["messages"][-1] for row in rows]
     answers: dict[str, list[dict[str, Any] | None]] = {}
     latency: dict[str, float] = {}
+    failures: dict[str, dict[str, Any]] = {}
     with httpx.Client(base_url=config.service_url, timeout=600) as client:
         for name in candidates:
             if name == "teacher":
@@ -120,8 +138,11 @@ def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[s
                                settings.max_tokens) for row in rows]
             with ThreadPoolExecutor(settings.concurrency) as pool:
                 results = list(pool.map(lambda body: _answer(client, body), bodies))
-            answers[name] = [message for message, _ in results]
-            latency[name] = sum(ms for _, ms in results) / len(results)
+            answers[name] = [message for message, _, _ in results]
+            latency[name] = sum(ms for _, ms, _ in results) / len(results)
+            errors = [error for _, _, error in results if error]
+            if errors:
+                failures[name] = {"count": len(errors), "first": errors[0]}
 
     progress("judging")
     if judge is None:
@@ -133,7 +154,7 @@ def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[s
                           for name in candidates}
     score = judge.score.remote if hasattr(judge.score, "remote") else None
     scored = {name: (ray.get(score(items)) if score else judge.score(items)) for name, items in items_by_candidate.items()}
-    return _report(config, dataset, manifest, rows, candidates, scored, latency)
+    return _report(config, dataset, manifest, rows, candidates, scored, latency, failures)
 
 
 def _prefix_of(config: FlywheelConfig, dataset_id: str) -> dict | None:
@@ -146,7 +167,8 @@ def _prefix_of(config: FlywheelConfig, dataset_id: str) -> dict | None:
 
 
 def _report(config: FlywheelConfig, dataset: DatasetVersion, manifest: dict, rows: list[dict], candidates: list[str],
-            scored: dict[str, list[dict]], latency: dict[str, float]) -> EvalReport:
+            scored: dict[str, list[dict]], latency: dict[str, float],
+            failures: dict[str, dict[str, Any]]) -> EvalReport:
     settings = config.evaluate
     workload_type = manifest.get("workload_type", "generic")
     primary = PRIMARY[workload_type]
@@ -173,7 +195,7 @@ def _report(config: FlywheelConfig, dataset: DatasetVersion, manifest: dict, row
     report = EvalReport(run_id=run_id, dataset_id=dataset.dataset_id, workload_type=workload_type,
                         primary_metric=primary, incumbent=incumbent, candidates=summary, differences=differences,
                         per_label=per_label, scores=scores, item_ids=[row["id"] for row in rows], latency_ms=latency,
-                        path=folder, chart=folder / "chart.png")
+                        failures=failures, path=folder, chart=folder / "chart.png")
     (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n")
     (folder / "report.md").write_text(markdown(report))
     _chart(report)
@@ -197,6 +219,8 @@ def markdown(report: EvalReport) -> str:
               "|---" * (len(report.per_label) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(f"{report.per_label[name].get(label, float('nan')):.2f}"
                                            for name in report.per_label) + " |" for label in labels]
+    lines += [f"- {name}: {failure['count']} request(s) got no answer, e.g. {failure['first']}"
+              for name, failure in report.failures.items()]
     lines += ["", f"Chart: {report.chart}", ""]
     return "\n".join(lines)
 

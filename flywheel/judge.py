@@ -99,7 +99,8 @@ class Judge:
         self._embeddings = embeddings
 
     def score(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        scores = [{**tool_scores(item["answer"], item["reference"]), **text_scores(item["answer"], item["reference"])}
+        scores = [{**tool_scores(item["answer"], item["reference"]),  # text metrics only where text is due
+                   **(text_scores(item["answer"], item["reference"]) if text_of(item["reference"]) else {})}
                   for item in items]
         texts = [i for i, item in enumerate(items) if text_of(item["reference"])]
         if self._embeddings and texts:

@@ -49,6 +49,7 @@ def test_the_adapter_beats_the_base_with_non_overlapping_intervals(service, trai
     report = evaluate(config, dataset, ["base", "icl", adapter.adapter_id, "teacher"])
     base, tuned = report.candidates["base"], report.candidates[adapter.adapter_id]
     assert report.primary_metric == "function_name_and_args" and report.incumbent == "base"
+    assert not report.failures.get("base") and not report.failures.get(adapter.adapter_id), report.failures
     assert tuned["function_name"]["low"] > base["function_name"]["high"], report.candidates
     assert tuned["valid_call"]["mean"] > base["valid_call"]["mean"]
     assert report.differences[adapter.adapter_id]["low"] > 0  # paired, vs the incumbent
