@@ -37,6 +37,16 @@ class Candidate:
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields
 
 
+@dataclass
+class _Plan:
+    adapter_id: str
+    base: str
+    hyperparameters: dict[str, Any]
+    output_dir: Path
+    run_dir: Path
+    trainer: Any
+
+
 class RaySession:
     """`flywheel.sft.Session` for a Ray Train worker."""
 
@@ -131,26 +141,26 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
             run_config=RunConfig(name=adapter_id, storage_path=str(config.runs_dir / "ray-train"),
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))
-        plans.append((adapter_id, base, hyperparameters, Path(loop["output_dir"]), run_dir, trainer))
+        plans.append(_Plan(adapter_id, base, hyperparameters, Path(loop["output_dir"]), run_dir, trainer))
 
     stop = threading.Event()
     follower = None
     if progress is not None:
-        follower = threading.Thread(target=_follow, args=({plan[0]: plan[4] / "progress.jsonl" for plan in plans},
+        follower = threading.Thread(target=_follow, args=({p.adapter_id: p.run_dir / "progress.jsonl" for p in plans},
                                                           progress, stop), daemon=True)
         follower.start()
     try:
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-            results = list(pool.map(lambda plan: plan[5].fit(), plans))
+            results = list(pool.map(lambda plan: plan.trainer.fit(), plans))
     finally:
         stop.set()
         if follower is not None:
             follower.join()
     versions = []
-    for (adapter_id, base, hyperparameters, output_dir, _, _), result in zip(plans, results, strict=True):
-        version = AdapterVersion(adapter_id=adapter_id, base_model=base, dataset_id=dataset.dataset_id,
-                                 dataset_hash=dataset.content_hash, hyperparameters=hyperparameters,
-                                 metrics=dict(result.metrics or {}), path=output_dir)
+    for plan, result in zip(plans, results, strict=True):
+        version = AdapterVersion(adapter_id=plan.adapter_id, base_model=plan.base, dataset_id=dataset.dataset_id,
+                                 dataset_hash=dataset.content_hash, hyperparameters=plan.hyperparameters,
+                                 metrics=dict(result.metrics or {}), path=plan.output_dir)
         version.save()
         versions.append(version)
     return versions
