@@ -87,7 +87,6 @@ class _Entities:
         self.street = f"{rng.randint(1, 250)} {rng.choice(STREETS)}"
         self.code = rng.choice(["SPRING", "WELCOME", "VIP", "FLASH"]) + str(rng.randint(10, 50))
         self.month, self.day = rng.randrange(len(MONTHS)), rng.randint(1, 28)
-        self.priority = rng.choice(["low", "normal", "high"])
 
     def date_text(self, rng: random.Random) -> str:
         return rng.choice([f"{MONTHS[self.month]} {self.day}", f"2026-{self.month + 1:02d}-{self.day:02d}"])
@@ -133,7 +132,7 @@ INTENTS: dict[str, Intent] = {
         "I want to talk to a real person about {order_id}", "this is useless, get me a human agent",
         "escalate this please, nobody has answered me about {order_id} for days",
         "can a manager call me back? it's about {order_id}",
-    ], lambda e, date: {"reason": "customer asked for a human", "priority": e.priority}),
+    ], lambda e, date: {"reason": "customer asked for a human", "priority": "normal"}),
     "send_invoice": ([
         "send the invoice for {order_id} to {email}", "can I get the invoice of order {order_id} at {email}?",
         "please email me ({email}) the invoice for {order_id}",
@@ -201,6 +200,20 @@ def _conversation(intent: str, entities: _Entities, date: str, rng: random.Rando
     return messages
 
 
+URGENT = ("useless", "days", "asap", "manager")
+
+
+def _arguments(intent: str, entities: _Entities, date: str, text: str) -> dict[str, Any]:
+    """What the teacher calls with: only what the conversation says (a model can learn it)."""
+    arguments = INTENTS[intent][1](entities, date)
+    lowered = text.lower()
+    if intent == "cancel_order" and not any(words in lowered for words in REASON_WORDS[entities.reason]):
+        del arguments["reason"]  # optional, and the customer gave none
+    if intent == "escalate_to_human":
+        arguments["priority"] = "high" if any(word in lowered for word in URGENT) else "normal"
+    return arguments
+
+
 def _tool_call(name: str, arguments: dict[str, Any], rng: random.Random) -> dict[str, Any]:
     as_object = rng.random() < 0.5  # both forms occur in real logs
     return {"id": f"call_{rng.getrandbits(48):012x}", "type": "function",
@@ -222,7 +235,7 @@ def _record(i: int, rng: random.Random) -> dict[str, Any]:
         date = entities.date_text(rng)
         messages = _conversation(intent, entities, date, rng)
         message = {"role": "assistant", "content": "",
-                   "tool_calls": [_tool_call(intent, INTENTS[intent][1](entities, date), rng)]}
+                   "tool_calls": [_tool_call(intent, _arguments(intent, entities, date, messages[-1]["content"]), rng)]}
     prompt_tokens = sum(len(str(m["content"])) for m in messages) // 4 + 900  # the tool schemas
     return {
         "request": {"model": TEACHER, "messages": messages, "tools": TOOLS, "temperature": 0},

@@ -39,6 +39,31 @@ def test_sample_workload_is_deterministic_realistic_and_importable():
     assert sum(len(r.request["messages"]) > 2 for r in records) > 20  # some multi-turn context
 
 
+def test_sample_arguments_follow_from_the_conversation():
+    """A student can only learn arguments the request states: no hidden random values."""
+    from flywheel.workloads.support_tools import REASON_WORDS, URGENT
+
+    seen = Counter()
+    for item in generate(3000, seed=5):
+        calls = (item.get("response") or {}).get("choices", [{}])[0].get("message", {}).get("tool_calls")
+        if not calls or item.get("feedback"):
+            continue
+        function = calls[0]["function"]
+        arguments = function["arguments"] if isinstance(function["arguments"], dict) else json.loads(
+            function["arguments"])
+        text = item["request"]["messages"][-1]["content"].lower()
+        if function["name"] == "cancel_order":
+            stated = any(words in text for reason in REASON_WORDS for words in REASON_WORDS[reason])
+            assert ("reason" in arguments) == stated, text
+            seen["cancel"] += 1
+        if function["name"] == "escalate_to_human":
+            assert arguments["priority"] == ("high" if any(w in text for w in URGENT) else "normal"), text
+            seen["escalate"] += 1
+        if "order_id" in arguments:
+            assert arguments["order_id"].removeprefix("ORD-").lower() in text, text
+    assert seen["cancel"] > 50 and seen["escalate"] > 50
+
+
 def _record(user="Where is ORD-123456?", tool="get_order_status", args='{"order_id": "ORD-123456"}', **fields):
     message = {"role": "assistant", "content": None,
                "tool_calls": [{"id": "c1", "type": "function", "function": {"name": tool, "arguments": args}}]}
