@@ -20,11 +20,15 @@ RECORD = "flywheel_adapter.json"
 class AdapterVersion(BaseModel):
     adapter_id: str = Field(description="Served as `<base_model>:<adapter_id>`.")
     base_model: str
+    workload_id: str | None = Field(None, description="The workload its dataset came from.")
     dataset_id: str
     dataset_hash: str
     hyperparameters: dict[str, Any]
     metrics: dict[str, Any]
     path: Path
+    prefix: dict[str, Any] | None = Field(
+        None, description="The shared system prompt + tools its dataset pruned (flywheel/prefix.py): the "
+        "service strips them from requests before they reach this adapter.")
     created_at: float = Field(default_factory=time.time)
 
     def save(self) -> None:

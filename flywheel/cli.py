@@ -450,6 +450,124 @@ def _print_report(report) -> None:
     out.print(f"report: {report.path / 'report.md'}\nchart: {report.chart}")
 
 
+AliasOption = typer.Option(None, "--alias", help="Routing alias; default: the adapter's workload's alias.")
+
+
+def _alias_of(cfg: FlywheelConfig, alias: str | None, adapter: str) -> str:
+    if alias:
+        return alias
+    from flywheel.adapters import load_adapter
+
+    try:
+        workload = load_adapter(cfg.adapters_dir, adapter.rpartition(":")[2]).workload_id
+    except FileNotFoundError as error:
+        fail(str(error))
+    if not workload:
+        fail(f"adapter {adapter!r} does not record its workload: pass --alias")
+    return cfg.gate.alias_for(workload)
+
+
+@app.command("promote")
+def promote_command(
+    adapter: str = typer.Option(..., "--adapter", help="Adapter id (or base:adapter) to answer the alias."),
+    alias: str | None = AliasOption,
+    report: str | None = typer.Option(None, "--report", help="Evaluation run id: promote only if the gate passes "
+                                      "on it (the decision is recorded either way)."),
+    reason: str = typer.Option("", "--reason", help="Why (recorded in the route history)."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Move an alias to an adapter; the running service routes by it from the next request."""
+    from flywheel.evaluation import load_report
+    from flywheel.gate import gate_and_promote
+    from flywheel.routes import RouteError, open_route_book
+
+    cfg = config_from(config)
+    alias = _alias_of(cfg, alias, adapter)
+    book = open_route_book(cfg)
+    try:
+        if report is None:
+            state = book.promote(alias, adapter, reason or "manual promotion (no gate)")
+            result = {"alias": alias, "promoted": True, "route": state.model_dump(mode="json"), "decision": None}
+        else:
+            decision = gate_and_promote(cfg, book, load_report(cfg.reports_dir, report), adapter.rpartition(":")[2],
+                                        alias)
+            state = book.get(alias)
+            result = {"alias": alias, "promoted": decision.promote, "route": state.model_dump(mode="json") if state
+                      else None, "decision": decision.model_dump(mode="json")}
+    except (RouteError, FileNotFoundError) as error:
+        fail(str(error))
+    if as_json:
+        emit_json(result)
+        return
+    for line in (result["decision"] or {}).get("reasons", []):
+        out.print(f"  {line}")
+    if result["promoted"]:
+        out.print(f"[green]{alias}[/green] -> {state.student} (mode {state.mode})")
+    else:
+        out.print(f"[yellow]{alias} unchanged[/yellow]: the gate did not pass {adapter}")
+
+
+@app.command("rollback")
+def rollback_command(
+    alias: str = typer.Option(..., "--alias", help="Routing alias to move back to its previous state."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Undo an alias's last change (promotion or mode); repeat to go further back."""
+    from flywheel.routes import RouteError, open_route_book
+
+    cfg = config_from(config)
+    try:
+        state = open_route_book(cfg).rollback(alias, "manual rollback")
+    except RouteError as error:
+        fail(str(error))
+    if as_json:
+        emit_json({"alias": alias, "route": state.model_dump(mode="json")})
+    else:
+        out.print(f"{alias} -> mode {state.mode}, student {state.student}, teacher {state.teacher}")
+
+
+@app.command("traffic")
+def traffic_command(
+    alias: str = typer.Option(..., "--alias", help="Routing alias."),
+    mode: str = typer.Option(..., "--mode", help="teacher, student, canary (percent to the candidate) or shadow."),
+    percent: float | None = typer.Option(None, "--percent", min=0, max=100, help="Canary share for the candidate."),
+    candidate: str | None = typer.Option(None, "--candidate", help="Adapter under trial (canary, shadow)."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Set how an alias splits its traffic between teacher, student and candidate."""
+    from flywheel.routes import RouteError, open_route_book
+
+    cfg = config_from(config)
+    try:
+        state = open_route_book(cfg).set_mode(alias, mode, percent, candidate, "set from the CLI")
+    except RouteError as error:
+        fail(str(error))
+    if as_json:
+        emit_json({"alias": alias, "route": state.model_dump(mode="json")})
+    else:
+        out.print(f"{alias}: mode {state.mode} (candidate {state.candidate}, {state.percent:g}%)")
+
+
+@app.command("routes")
+def routes_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """The routing table: each alias's teacher, student, candidate and traffic mode."""
+    from flywheel.routes import describe, open_route_book
+
+    table = describe(open_route_book(config_from(config)))
+    if as_json:
+        emit_json(table)
+        return
+    view = Table("alias", "mode", "student", "candidate", "teacher", "changes", title=f"routes v{table['version']}")
+    for alias, state in table["aliases"].items():
+        share = f" {state['percent']:g}%" if state["mode"] == "canary" else ""
+        view.add_row(alias, state["mode"] + share, state["student"] or "-", state["candidate"] or "-",
+                     state["teacher"], str(state["history"]))
+    out.print(view)
+
+
 def main() -> None:
     app()
 

@@ -103,10 +103,13 @@ class BaseModelConfig(_Strict):
 
 
 class RouteTarget(_Strict):
-    """What an alias resolves to: a base model, optionally with an adapter on it."""
+    """An alias's starting point, used until the first promotion moves it (flywheel/routes.py)."""
 
-    base: str = Field(description="Name of a served base model.")
-    adapter: str | None = Field(None, description="Adapter name under that base, or null.")
+    base: str = Field(description="Served base model the alias starts on; with no adapter it is the teacher.")
+    adapter: str | None = Field(None, description="Adapter under `base` answering from the start (mode "
+                                "`student`), or null (mode `teacher`).")
+    teacher: str | None = Field(None, description="Served model answering in `teacher` and `shadow` modes "
+                                "and for requests a student's learned prefix does not fit; null: `base`.")
 
 
 class LoggingConfig(_Strict):
@@ -145,6 +148,14 @@ class ServeConfig(_Strict):
     ingress_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs reserved by the ingress.")
     access_log: bool = Field(True, description="Log one line per request from every replica.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Inference logging.")
+    admin_token: str | None = Field(
+        None, description="Bearer token for the /v1/flywheel admin endpoints; $FLYWHEEL_ADMIN_TOKEN wins "
+        "when set. With neither, those endpoints refuse every call (403).")
+    api_keys: list[str] = Field(
+        default_factory=list, description="Bearer keys accepted on the inference endpoints (plus the "
+        "comma-separated $FLYWHEEL_API_KEYS); empty: no key needed.")
+    shadow_max_in_flight: int = Field(
+        4, ge=0, description="Shadow requests running at once per ingress replica; more are skipped, not queued.")
 
     @model_validator(mode="after")
     def _routes_point_at_served_models(self) -> ServeConfig:
@@ -156,6 +167,8 @@ class ServeConfig(_Strict):
                 raise ValueError(f"aliases.{alias}: must not contain ':' or repeat a model name")
             if target.base not in names:
                 raise ValueError(f"aliases.{alias}.base: {target.base!r} is not one of {names}")
+            if target.teacher is not None and target.teacher.partition(":")[0] not in names:
+                raise ValueError(f"aliases.{alias}.teacher: {target.teacher!r} is not served; models: {names}")
         return self
 
 
@@ -215,7 +228,8 @@ class CurateConfig(_Strict):
 
     teacher_models: list[str] = Field(
         default_factory=list,
-        description="Models whose answers are ground truth (the `model` field of records); empty: every model.")
+        description="Models whose answers are ground truth: the model that answered (`base` or "
+        "`base:adapter`, whatever alias was asked), for imported records their `model`; empty: every model.")
     window_days: float | None = Field(None, gt=0, description="Only records from the last N days; null: all.")
     min_tokens: int = Field(1, ge=0, description="Drop examples shorter than this (estimated tokens, chars / 4).")
     max_tokens: int = Field(4096, ge=1, description="Drop examples longer than this (estimated tokens, chars / 4).")
@@ -285,6 +299,22 @@ class EvaluateConfig(_Strict):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge.")
 
 
+class GateConfig(_Strict):
+    """When a candidate takes over an alias (flywheel/gate.py)."""
+
+    metric: str | None = Field(None, description="Metric the gate reads; null: the report's primary metric "
+                               "(function name + arguments for tool calling, token F1 for text).")
+    min_teacher_ratio: float = Field(0.95, ge=0, description="Candidate score / teacher score must reach this.")
+    max_regression: float = Field(0.02, ge=0, description="Epsilon: the lower bound of the paired 95% interval "
+                                  "(candidate - incumbent) must be >= -epsilon.")
+    min_eval_size: int = Field(50, ge=1, description="Fewest scored eval items a decision may rest on.")
+    aliases: dict[str, str] = Field(default_factory=dict, description="Workload -> the alias its students are "
+                                    "promoted to; a workload not listed uses its own name.")
+
+    def alias_for(self, workload: str) -> str:
+        return self.aliases.get(workload, workload)
+
+
 class FlywheelConfig(_Strict):
     """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
 
@@ -303,6 +333,7 @@ class FlywheelConfig(_Strict):
     curate: CurateConfig = Field(default_factory=CurateConfig, description="Dataset curation.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="LoRA fine-tuning.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="The promotion gate.")
 
     @field_validator("home", "models_dir")
     @classmethod
@@ -328,6 +359,16 @@ class FlywheelConfig(_Strict):
     def reports_dir(self) -> Path:
         """Evaluation reports: `<reports_dir>/<run id>/` (report.json, report.md, chart.png)."""
         return self.home / "reports"
+
+    @property
+    def routes_path(self) -> Path:
+        """The live routing table (aliases, modes, history) every ingress replica reads."""
+        return self.home / "routes.json"
+
+    @property
+    def decisions_dir(self) -> Path:
+        """Gate decisions, promoted or not: `<decisions_dir>/<alias>/<time>-<candidate>.json`."""
+        return self.home / "decisions"
 
     @property
     def service_url(self) -> str:

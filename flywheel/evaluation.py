@@ -4,8 +4,8 @@ interval, each candidate a paired difference against the incumbent and a per-lab
 
 Candidates: `base` (the student as is, with the full prompt and tools), `icl` (the same,
 with the eval record's nearest train examples, or the uniform set, as earlier turns), an
-adapter id (`<base>:<adapter>`; when its dataset pruned the shared prefix, requests that
-carry that prefix are sent without it, as the service does for promoted adapters), and
+adapter id (sent full requests as `<base>:<adapter>`; when its dataset pruned the shared
+prefix, the service strips it, exactly as for live traffic — flywheel/prefix.py), and
 `teacher`, the reference itself (the ceiling, scored like the rest).
 Reports land in `<reports_dir>/<run id>/`: report.json, report.md, chart.png.
 """
@@ -71,7 +71,9 @@ def _icl_turns(row: dict[str, Any], train: dict[str, dict[str, Any]], uniform: l
     return turns
 
 
-def _request(row: dict[str, Any], candidate: str, base: str, prefix: dict | None, icl: list[dict], max_tokens: int):
+def _request(row: dict[str, Any], candidate: str, base: str, icl: list[dict], max_tokens: int) -> dict[str, Any]:
+    """The eval record's request as a client sends it: full prompt and tools (an adapter
+    that learned without the shared prefix gets it stripped by the service)."""
     messages, tools = row["messages"][:-1], row["tools"]
     model = base
     if candidate == "icl":
@@ -79,12 +81,6 @@ def _request(row: dict[str, Any], candidate: str, base: str, prefix: dict | None
         messages = system + icl + messages[len(system):]
     elif candidate not in ("base", "teacher"):
         model = f"{base}:{candidate}"
-        if prefix and messages and messages[0]["role"] == "system" and messages[0]["content"] == prefix["system"] \
-                and tools == prefix["tools"]:
-            # the student learned the prefix: drop the system prompt, keep the tools for vLLM's
-            # tool-call parser but do not render them (see templates/chatml_tools.jinja)
-            return {"model": model, "messages": messages[1:], "tools": tools, "max_tokens": max_tokens,
-                    "temperature": 0, "chat_template_kwargs": {"render_tools": False}}
     body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
     if tools:
         body["tools"] = tools
@@ -128,13 +124,10 @@ def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[s
             if name == "teacher":
                 answers[name] = references  # the ceiling: no request, no latency
                 continue
-            prefix = None
-            if name not in ("base", "icl"):
-                adapter = load_adapter(config.adapters_dir, name)
-                base_dataset = adapter.dataset_id
-                prefix = manifest["prefix"] if base_dataset == dataset.dataset_id else _prefix_of(config, base_dataset)
+            # an adapter answers on its own base model (and a missing one stops here, not 200 requests later)
+            on = load_adapter(config.adapters_dir, name).base_model if name not in ("base", "icl") else base
             progress(f"{name}: answering {len(rows)} requests")
-            bodies = [_request(row, name, base, prefix, _icl_turns(row, train, uniform) if name == "icl" else [],
+            bodies = [_request(row, name, on, _icl_turns(row, train, uniform) if name == "icl" else [],
                                settings.max_tokens) for row in rows]
             with ThreadPoolExecutor(settings.concurrency) as pool:
                 results = list(pool.map(lambda body: _answer(client, body), bodies))
@@ -155,15 +148,6 @@ def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[s
     score = judge.score.remote if hasattr(judge.score, "remote") else None
     scored = {name: (ray.get(score(items)) if score else judge.score(items)) for name, items in items_by_candidate.items()}
     return _report(config, dataset, manifest, rows, candidates, scored, latency, failures)
-
-
-def _prefix_of(config: FlywheelConfig, dataset_id: str) -> dict | None:
-    from flywheel.datasets import load_dataset
-
-    try:
-        return load_dataset(config.datasets_dir, dataset_id).manifest()["prefix"]
-    except FileNotFoundError:
-        return None
 
 
 def _report(config: FlywheelConfig, dataset: DatasetVersion, manifest: dict, rows: list[dict], candidates: list[str],

@@ -136,6 +136,9 @@ class _Record(msgspec.Struct):
     """The fields of a stored `LogRecord` that curation reads; the rest is skipped unparsed."""
 
     model: str = ""
+    base_model: str | None = None
+    adapter: str | None = None
+    tags: dict[str, str] = msgspec.field(default_factory=dict)
     request: _Request = msgspec.field(default_factory=_Request)
     response: Any = None
     feedback: Any = None
@@ -145,10 +148,18 @@ _DECODE = msgspec.json.Decoder(_Record).decode
 _ENCODE = msgspec.json.Encoder().encode
 
 
+def answered_by(record: _Record) -> str:
+    """The model that answered: `base` or `base:adapter` for served traffic (whatever alias
+    the client named), the `model` field for imported records."""
+    if record.base_model is None:
+        return record.model
+    return f"{record.base_model}:{record.adapter}" if record.adapter else record.base_model
+
+
 def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) -> dict[str, Any]:
     """The example's columns (see `OUTPUT`), or `Rejected` with the reason."""
-    if rules.teacher_models and record.model not in rules.teacher_models:
-        raise Rejected("not_teacher")
+    if "shadow_of" in record.tags or (rules.teacher_models and answered_by(record) not in rules.teacher_models):
+        raise Rejected("not_teacher")  # shadow answers are trials, never ground truth
     answer, source = _answer({"response": record.response, "feedback": record.feedback}, rules.min_score)
     if not isinstance(record.request.messages, list) or not record.request.messages:
         raise Rejected("invalid_format")

@@ -157,10 +157,12 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
         if follower is not None:
             follower.join()
     versions = []
+    prefix = dataset.manifest().get("prefix")
     for plan, result in zip(plans, results, strict=True):
-        version = AdapterVersion(adapter_id=plan.adapter_id, base_model=plan.base, dataset_id=dataset.dataset_id,
+        version = AdapterVersion(adapter_id=plan.adapter_id, base_model=plan.base, workload_id=dataset.workload_id,
+                                 dataset_id=dataset.dataset_id,
                                  dataset_hash=dataset.content_hash, hyperparameters=plan.hyperparameters,
-                                 metrics=dict(result.metrics or {}), path=plan.output_dir)
+                                 metrics=dict(result.metrics or {}), path=plan.output_dir, prefix=prefix)
         version.save()
         versions.append(version)
     return versions

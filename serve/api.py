@@ -1,15 +1,17 @@
 """The HTTP surface: OpenAI routes in front of one `ModelEngine` per base model.
 
-This module owns what is ours — body limits, routing a `model` name to a base and
-adapter, health, and turning every failure into OpenAI error JSON — and forwards the
-request body untouched to the engine, where vLLM's OpenAI layer does the rest.
-Engines are injected: Ray Serve handles in production (`serve/app.py`), plain objects
-in unit tests.
+This module owns what is ours — body limits, API keys, routing a `model` name to a base
+and adapter (and, for an alias in shadow mode, a second model answering in the
+background), the admin endpoints that move aliases, health, and turning every failure
+into OpenAI error JSON — and forwards the request body to the engine, where vLLM's
+OpenAI layer does the rest. Engines are injected: Ray Serve handles in production
+(`serve/app.py`), plain objects in unit tests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,16 +24,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel.config import ServeConfig
 from flywheel.records import Feedback
+from flywheel.routes import RouteError, describe
 from flywheel.store import LogStore
 from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body, validation_error_body
 from serve.inference_log import InferenceLog, Pending
-from serve.routing import Route, RoutingTable, UnknownModel
+from serve.routing import Dispatch, RoutingTable, UnknownModel
 
 logger = logging.getLogger("ray.serve")
 
 HEALTH_TIMEOUT_S = 10.0
+ROUTE_CHANGE_FIELDS = {"adapter", "rollback", "mode", "percent", "candidate", "reason"}
 
 
 class ApiError(Exception):
@@ -72,6 +76,11 @@ async def read_body(request: Request, limit: int, require_model: bool = True) ->
     return body
 
 
+def _bearer(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
 def make_api(
     config: ServeConfig,
     routing: RoutingTable,
@@ -81,10 +90,33 @@ def make_api(
     inference_log: InferenceLog | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
-    `inference_log` records every routed request (none when None)."""
+    `inference_log` records every routed request (none when None; no shadow traffic then).
+    `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
+    the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
     timeout = config.request_timeout_s
     opened: list[LogStore] = []
+    shadows: set[asyncio.Task] = set()  # running shadow requests (referenced until done)
+    reserved = [0]  # shadow runs promised to requests still being answered, or running
+
+    def authorized(request: Request) -> None:
+        """Inference endpoints: any configured API key (OpenAI answers 401 for a bad key too)."""
+        if not config.api_keys:
+            return
+        token = _bearer(request)
+        if token is None:
+            raise ApiError(401, "missing API key: send `Authorization: Bearer <key>`")
+        if not any(hmac.compare_digest(token, key) for key in config.api_keys):
+            raise ApiError(401, "invalid API key")
+
+    def admin(request: Request) -> None:
+        if not config.admin_token:
+            raise ApiError(403, "admin endpoints are disabled: set serve.admin_token or $FLYWHEEL_ADMIN_TOKEN")
+        token = _bearer(request)
+        if token is None:
+            raise ApiError(401, "missing admin token: send `Authorization: Bearer <admin token>`")
+        if not hmac.compare_digest(token, config.admin_token):
+            raise ApiError(403, "wrong admin token")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -94,9 +126,9 @@ def make_api(
     async def _api_error(_: Request, error: ApiError) -> JSONResponse:
         return error.response()
 
-    def route_of(body: dict) -> Route:
+    def dispatch_of(body: dict) -> Dispatch:
         try:
-            return routing.resolve(body["model"])
+            return routing.dispatch(body)
         except UnknownModel as error:
             raise ApiError(404, str(error), "model") from None
 
@@ -110,35 +142,82 @@ def make_api(
         headers = {"Retry-After": "1"} if status in (429, 503) else None
         return JSONResponse(error_body(status, message), status_code=status, headers=headers)
 
+    def begin_shadow(request: Request, original: dict, dispatch: Dispatch, primary: Pending | None) -> Pending | None:
+        """Reserve a shadow run for this request (None when there is no room or no log to
+        link it in); the primary's record and the shadow's name each other."""
+        if dispatch.shadow is None or primary is None or reserved[0] >= config.shadow_max_in_flight:
+            return None
+        tags = {**dispatch.tags(), "role": "candidate", "shadow_of": primary.id}
+        pending = inference_log.begin(request.headers, original, dispatch.shadow[0], tags, dispatch.alias, force=True)
+        if pending is not None:
+            primary.tags["shadow"] = pending.id
+            reserved[0] += 1
+        return pending
+
+    def run_shadow(endpoint: Endpoint, dispatch: Dispatch, pending: Pending | None, primary_ok: bool) -> None:
+        if pending is None:
+            return
+        if not primary_ok:  # nothing to compare with
+            reserved[0] -= 1
+            return
+        route, body = dispatch.shadow
+        body = {**body, "stream": False}
+        body.pop("stream_options", None)
+
+        async def answer() -> None:
+            try:
+                status, payload = await asyncio.wait_for(engines[route.base].respond(endpoint, body, route.adapter),
+                                                         timeout)
+            except Exception as error:
+                inference_log.finish(pending, classify(error)[0], error=classify(error)[1])
+                return
+            inference_log.finish(pending, status, {**payload, "id": pending.id} if status == 200 else payload)
+
+        def done(task: asyncio.Task) -> None:
+            shadows.discard(task)
+            reserved[0] -= 1
+
+        task = asyncio.get_running_loop().create_task(answer())
+        shadows.add(task)
+        task.add_done_callback(done)
+
     async def forward(endpoint: Endpoint, request: Request) -> Response:
-        body = await read_body(request, config.max_body_bytes)
-        route = route_of(body)
+        authorized(request)
+        original = await read_body(request, config.max_body_bytes)
+        dispatch = dispatch_of(original)
+        route, body = dispatch.route, dispatch.body
         engine = engines[route.base]
         headers = {"X-Flywheel-Model": route.name}
-        pending = inference_log.begin(request.headers, body, route) if inference_log else None
+        pending = None
+        if inference_log:
+            pending = inference_log.begin(request.headers, original, route, dispatch.tags(), dispatch.alias)
+        shadow = begin_shadow(request, original, dispatch, pending)
         if pending:
             headers["X-Flywheel-Log-Id"] = pending.id
         if body.get("stream") is True:
-            return await forward_stream(engine, endpoint, body, route, headers, pending)
+            return await forward_stream(engine, endpoint, body, dispatch, headers, pending, shadow)
         try:
             status, payload = await asyncio.wait_for(engine.respond(endpoint, body, route.adapter), timeout)
         except Exception as error:
+            run_shadow(endpoint, dispatch, shadow, False)
             return failure(error, pending)
         if pending:
             if status == 200:
                 payload = {**payload, "id": pending.id}
             inference_log.finish(pending, status, payload)
+        run_shadow(endpoint, dispatch, shadow, status == 200)
         return JSONResponse(payload, status_code=status, headers=headers)
 
-    async def forward_stream(
-        engine: ModelEngine, endpoint: Endpoint, body: dict, route: Route, headers: dict, pending: Pending | None
-    ) -> Response:
-        chunks = engine.stream(endpoint, body, route.adapter)
+    async def forward_stream(engine: ModelEngine, endpoint: Endpoint, body: dict, dispatch: Dispatch, headers: dict,
+                             pending: Pending | None, shadow: Pending | None) -> Response:
+        chunks = engine.stream(endpoint, body, dispatch.route.adapter)
         try:
             status, error = await asyncio.wait_for(anext(chunks), timeout)
         except Exception as failed:
+            run_shadow(endpoint, dispatch, shadow, False)
             return failure(failed, pending)
         if status != 200:
+            run_shadow(endpoint, dispatch, shadow, False)
             if pending:
                 inference_log.finish(pending, status, error)
             return JSONResponse(error, status_code=status, headers=headers)
@@ -159,6 +238,7 @@ def make_api(
                     response = assembler.response()
                     inference_log.finish(pending, 200 if response else 500, response, error=assembler.error,
                                          first_token_at=assembler.first_token_at)
+                    run_shadow(endpoint, dispatch, shadow, response is not None)
 
         return StreamingResponse(relay(), media_type="text/event-stream", headers=headers)
 
@@ -171,19 +251,62 @@ def make_api(
         return await forward("completion", request)
 
     @app.get("/v1/models")
-    async def list_models() -> dict:
+    async def list_models(request: Request) -> dict:
+        authorized(request)
         return {"object": "list", "data": routing.list_models()}
 
     @app.get("/v1/models/{model:path}")
-    async def get_model(model: str) -> dict:
-        route_of({"model": model})
+    async def get_model(model: str, request: Request) -> dict:
+        authorized(request)
+        try:
+            routing.resolve(model)
+        except UnknownModel as error:
+            raise ApiError(404, str(error), "model") from None
         return next(row for row in routing.list_models() if row["id"] == model)
+
+    @app.get("/v1/flywheel/routes")
+    async def routes(request: Request) -> dict:
+        admin(request)
+        return await asyncio.to_thread(describe, routing.book)
+
+    @app.post("/v1/flywheel/routes/{alias}")
+    async def change_route(alias: str, request: Request) -> JSONResponse:
+        """`{"adapter": ID}` promotes, `{"rollback": true}` rolls back, `{"mode": M,
+        "percent": P, "candidate": ID}` sets the traffic mode; `reason` is recorded."""
+        admin(request)
+        body = await read_body(request, config.max_body_bytes, require_model=False)
+        if set(body) - ROUTE_CHANGE_FIELDS:
+            raise ApiError(400, f"unknown fields {sorted(set(body) - ROUTE_CHANGE_FIELDS)}; "
+                                f"use {sorted(ROUTE_CHANGE_FIELDS)}")
+        actions = [key for key in ("adapter", "rollback", "mode") if body.get(key) not in (None, False)]
+        if len(actions) != 1:
+            raise ApiError(400, "give exactly one of `adapter` (promote), `rollback: true` or `mode`")
+        for key in ("adapter", "mode", "candidate", "reason"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ApiError(400, f"`{key}` must be a string", key)
+        percent = body.get("percent")
+        if percent is not None and (isinstance(percent, bool) or not isinstance(percent, (int, float))):
+            raise ApiError(400, "`percent` must be a number from 0 to 100", "percent")
+        reason = body.get("reason") or "admin endpoint"
+        book = routing.book
+        try:
+            if actions == ["adapter"]:
+                state = await asyncio.to_thread(book.promote, alias, body["adapter"], reason)
+            elif actions == ["rollback"]:
+                state = await asyncio.to_thread(book.rollback, alias, reason)
+            else:
+                state = await asyncio.to_thread(book.set_mode, alias, body["mode"], percent, body.get("candidate"),
+                                                reason)
+        except RouteError as error:
+            raise ApiError(error.status, str(error)) from None
+        return JSONResponse({"alias": alias, "action": actions[0], "route": state.model_dump(mode="json")})
 
     if store is not None:
 
         @app.post("/v1/feedback")
         async def feedback(request: Request) -> JSONResponse:
             """Attach {rating, comment, correction} to the logged inference `log_id`."""
+            authorized(request)
             body = await read_body(request, config.max_body_bytes, require_model=False)
             log_id = body.pop("log_id", None)
             if not isinstance(log_id, str) or not log_id:

@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import FlywheelConfig, load_config
+from flywheel.config import FlywheelConfig, ServeConfig, load_config
 from flywheel.log_writer import LogWriter
 from flywheel.models import resolve_model_path
+from flywheel.routes import open_route_book
 from flywheel.store import open_store
 from serve.api import classify_failure, make_api
 from serve.engine import Endpoint, VLLMEngine
@@ -77,7 +79,7 @@ class Ingress:
 
     def __init__(self, config: dict, models: dict[str, Any]):
         cfg = FlywheelConfig.model_validate(config)
-        routing = RoutingTable([m.name for m in cfg.serve.models], cfg.serve.aliases, cfg.adapters_dir)
+        routing = RoutingTable([m.name for m in cfg.serve.models], open_route_book(cfg), cfg.adapters_dir)
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
         self._writer = None
         inference_log = None
@@ -98,6 +100,15 @@ class Ingress:
             self._writer.close()
 
 
+def credentials(serve: ServeConfig) -> dict[str, Any]:
+    """The admin token and API keys in force: $FLYWHEEL_ADMIN_TOKEN wins over the config;
+    $FLYWHEEL_API_KEYS (comma-separated) adds keys. Resolved where the app is built, so
+    replicas on any node see the same."""
+    extra = [key.strip() for key in os.environ.get("FLYWHEEL_API_KEYS", "").split(",") if key.strip()]
+    return {"admin_token": os.environ.get("FLYWHEEL_ADMIN_TOKEN") or serve.admin_token,
+            "api_keys": [*serve.api_keys, *extra]}
+
+
 def build_app(config: FlywheelConfig):
     """The Serve application for `config`: `serve.run(build_app(cfg))`.
 
@@ -107,6 +118,7 @@ def build_app(config: FlywheelConfig):
     from ray import serve as ray_serve
 
     payload = config.model_dump(mode="json")
+    payload["serve"].update(credentials(config.serve))
     logging = {"enable_access_log": config.serve.access_log}
     models = {}
     for model in config.serve.models:

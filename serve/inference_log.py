@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ulid import ULID
@@ -35,6 +35,7 @@ class Pending:
     client_id: str
     request: dict[str, Any]
     route: Route
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 class InferenceLog:
@@ -42,14 +43,19 @@ class InferenceLog:
         self.config = config
         self.sink = sink
 
-    def begin(self, headers: Mapping[str, str], body: dict[str, Any], route: Route) -> Pending | None:
+    def begin(self, headers: Mapping[str, str], body: dict[str, Any], route: Route,
+              tags: dict[str, str] | None = None, workload: str | None = None, force: bool = False) -> Pending | None:
+        """`workload` is the default when the request names none (an alias names its
+        workload); `force` skips sampling (a shadow is logged whenever its primary is)."""
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-        workload = headers.get("x-workload-id") or metadata.get("workload_id") or self.config.default_workload
+        workload = (headers.get("x-workload-id") or metadata.get("workload_id") or workload
+                    or self.config.default_workload)
         client = headers.get("x-client-id") or metadata.get("client_id") or self.config.default_client
-        if workload in self.config.exclude_workloads or random.random() >= self.config.sample_rate:
+        if workload in self.config.exclude_workloads or (not force and random.random() >= self.config.sample_rate):
             return None
         request = {key: value for key, value in body.items() if key.lower() not in CREDENTIAL_KEYS}
-        return Pending(str(ULID()), time.time(), time.perf_counter(), str(workload), str(client), request, route)
+        return Pending(str(ULID()), time.time(), time.perf_counter(), str(workload), str(client), request, route,
+                       dict(tags or {}))
 
     def finish(self, pending: Pending, status: int, payload: dict[str, Any] | None = None,
                error: str | None = None, first_token_at: float | None = None) -> None:
@@ -73,6 +79,7 @@ class InferenceLog:
                 ttft_ms=(first_token_at - pending.started) * 1000 if first_token_at else None,
                 status="ok" if ok else "error",
                 error=None if ok else f"HTTP {status}: {error}",
+                tags=pending.tags,
             )
             self.sink(record)
         except Exception:

@@ -1,19 +1,33 @@
-"""Which base model and adapter answer a request's `model` field.
+"""Which base model and adapter answer a request, and what body they get.
 
-A name is a base (`smollm2`), `base:adapter` (`smollm2:support-v3`), or an alias from
-the routing table (`support-router`). Adapters are folders
+A `model` is a base (`smollm2`), `base:adapter` (`smollm2:support-v3`), or an alias
+(`support-tools`) whose live state — teacher, student, candidate, traffic mode — comes
+from the route book (flywheel/routes.py), re-read when it changes, so promotions and
+rollbacks apply from the next request with no restart. Adapters are folders
 `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
-is routable at once, with no restart. The table here is static (config); [S6] makes
-aliases movable at run time.
+is routable at once.
+
+An adapter trained on prefix-pruned data (its `flywheel_adapter.json` records the
+prefix) gets requests with that prefix stripped (flywheel/prefix.py). Through an alias,
+a request that does not carry the prefix goes to the teacher instead.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from flywheel.config import MODEL_NAME, RouteTarget
+from flywheel.adapters import RECORD
+from flywheel.prefix import strip_prefix
+from flywheel.routes import AliasState, RouteBook, adapter_exists
+
+logger = logging.getLogger("ray.serve")
 
 
 class UnknownModel(LookupError):
@@ -31,39 +45,106 @@ class Route:
         return f"{self.base}:{self.adapter}" if self.adapter else self.base
 
 
-class RoutingTable:
-    def __init__(self, bases: list[str], aliases: dict[str, RouteTarget], adapters_dir: Path):
-        self.bases = list(bases)
-        self.aliases = dict(aliases)
-        self.adapters_dir = adapters_dir
+@dataclass(frozen=True)
+class Dispatch:
+    """One request's routing: who answers, with which body, and (shadow mode) who else
+    answers the same request in the background."""
 
-    def adapter_path(self, base: str, adapter: str) -> Path:
-        return self.adapters_dir / base / adapter
+    route: Route
+    body: dict[str, Any]
+    alias: str | None = None
+    mode: str | None = None  # the alias's traffic mode
+    role: str | None = None  # teacher, student or candidate: which of the alias's models answered
+    note: str | None = None  # why the teacher answered instead of a student
+    shadow: tuple[Route, dict[str, Any]] | None = None
+
+    def tags(self) -> dict[str, str]:
+        """What the log record keeps of this routing."""
+        fields = {"alias": self.alias, "mode": self.mode, "role": self.role, "route_note": self.note}
+        return {key: value for key, value in fields.items() if value is not None}
+
+
+class RoutingTable:
+    def __init__(self, bases: list[str], book: RouteBook, adapters_dir: Path,
+                 rng: Callable[[], float] = random.random):
+        self.bases = list(bases)
+        self.book = book
+        self.adapters_dir = adapters_dir
+        self.rng = rng
+        self._prefixes: dict[tuple[str, str], dict | None] = {}
 
     def has_adapter(self, base: str, adapter: str) -> bool:
-        # The name check keeps `base:../../x` from reaching outside the adapters directory.
-        return bool(MODEL_NAME.match(adapter)) and (
-            self.adapter_path(base, adapter) / "adapter_config.json"
-        ).is_file()
+        return adapter_exists(self.adapters_dir, base, adapter)
 
     def resolve(self, model: str) -> Route:
-        if model in self.aliases:
-            target = self.aliases[model]
-            return self._checked(target.base, target.adapter, via=f"alias {model!r}")
-        base, sep, adapter = model.partition(":")
-        return self._checked(base, adapter if sep else None, via=None)
+        """A model name as routes name it; an alias gives what answers most of its traffic."""
+        state = self.book.get(model)
+        if state is None:
+            return self._named(model)
+        return self._named(_primary(state), via=f"alias {model!r}")
 
-    def _checked(self, base: str, adapter: str | None, via: str | None) -> Route:
+    def dispatch(self, body: dict[str, Any]) -> Dispatch:
+        model = body["model"]
+        state = self.book.get(model)
+        if state is None:
+            route = self._named(model)
+            return Dispatch(route, self._fitted(route, body) or body)
+        via = f"alias {model!r}"
+        teacher = self._named(state.teacher, via=via)
+        shadow = None
+        if state.mode == "shadow":
+            candidate = self._usable(state.candidate, via)
+            fitted = self._fitted(candidate, body) if candidate else None
+            shadow = (candidate, fitted) if fitted is not None else None
+        role, pick = "teacher", None
+        if state.mode == "canary" and self.rng() * 100 < state.percent:
+            role, pick = "candidate", state.candidate
+        elif state.mode in ("student", "canary") and state.student:
+            role, pick = "student", state.student
+        note = None
+        if pick is not None:
+            route = self._usable(pick, via)
+            fitted = self._fitted(route, body) if route else None
+            if fitted is not None:
+                return Dispatch(route, fitted, model, state.mode, role)
+            note = f"{role} {pick} unavailable" if route is None else f"request lacks {role} {pick}'s learned prefix"
+        return Dispatch(teacher, body, model, state.mode, "teacher", note, shadow)
+
+    def prefix(self, route: Route) -> dict | None:
+        """The prefix `route`'s adapter learned without (None: it takes full requests)."""
+        if route.adapter is None:
+            return None
+        key = (route.base, route.adapter)
+        if key not in self._prefixes:  # adapters are immutable: read the record once
+            record = self.adapters_dir / route.base / route.adapter / RECORD
+            self._prefixes[key] = json.loads(record.read_text()).get("prefix") if record.is_file() else None
+        return self._prefixes[key]
+
+    def _fitted(self, route: Route, body: dict[str, Any]) -> dict[str, Any] | None:
+        prefix = self.prefix(route)
+        return body if prefix is None else strip_prefix(body, prefix)
+
+    def _usable(self, name: str | None, via: str) -> Route | None:
+        """An alias's student or candidate, or None (logged) when it is gone from disk:
+        the teacher answers rather than the client getting a 404."""
+        try:
+            return self._named(name, via=via) if name else None
+        except UnknownModel as error:
+            logger.warning("%s; the teacher answers instead", error)
+            return None
+
+    def _named(self, model: str, via: str | None = None) -> Route:
         prefix = f"{via} points at " if via else ""
+        base, sep, adapter = model.partition(":")
         if base not in self.bases:
-            served = ", ".join(self.bases + sorted(self.aliases))
+            served = ", ".join(self.bases + sorted(self.book.aliases()))
             raise UnknownModel(f"{prefix}model {base!r} does not exist; served: {served}")
-        if adapter is not None and not self.has_adapter(base, adapter):
+        if sep and not self.has_adapter(base, adapter):
             raise UnknownModel(
                 f"{prefix}adapter {adapter!r} does not exist for model {base!r} "
-                f"(no {self.adapter_path(base, adapter)}/adapter_config.json)"
+                f"(no {self.adapters_dir / base / adapter}/adapter_config.json)"
             )
-        return Route(base, adapter)
+        return Route(base, adapter if sep else None)
 
     def adapters(self, base: str) -> list[str]:
         folder = self.adapters_dir / base
@@ -81,8 +162,13 @@ class RoutingTable:
             for adapter in self.adapters(base):
                 rows.append({"id": f"{base}:{adapter}", "object": "model", "created": created,
                              "owned_by": "flywheel", "root": base, "parent": base})
-        for alias, target in sorted(self.aliases.items()):
-            route = Route(target.base, target.adapter)
+        for alias, state in sorted(self.book.aliases().items()):
+            primary = _primary(state)
             rows.append({"id": alias, "object": "model", "created": created, "owned_by": "flywheel",
-                         "root": target.base, "parent": route.name})
+                         "root": primary.partition(":")[0], "parent": primary})
         return rows
+
+
+def _primary(state: AliasState) -> str:
+    """The model answering most of an alias's traffic."""
+    return state.student if state.mode in ("student", "canary") and state.student else state.teacher

@@ -6,11 +6,13 @@ the same routes against real vLLM replicas are covered in tests/integration.
 
 import asyncio
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from flywheel.config import LoggingConfig, RouteTarget, ServeConfig
+from flywheel.routes import RouteBook, adapter_checker, seed_states
 from serve.api import make_api
 from serve.app import classify_serve_failure
 from serve.inference_log import InferenceLog
@@ -90,7 +92,8 @@ def client(tmp_path, engine, log_store, logged, logging_config):
         max_body_bytes=2_000,
         request_timeout_s=0.5,
     )
-    routing = RoutingTable(["small"], config.aliases, tmp_path)
+    routing = RoutingTable(["small"], RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small",
+                                                adapter_checker(["small"], tmp_path)), tmp_path)
     return TestClient(make_api(config, routing, {"small": engine}, classify_serve_failure, store=lambda: log_store,
                                inference_log=InferenceLog(logging_config, logged.append)))
 
@@ -280,3 +283,109 @@ def test_failures_are_logged_as_errors_and_opted_out_workloads_not_at_all(client
 def test_sampling_rate_zero_logs_nothing(client, logged):
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
     assert logged == []
+
+
+ADMIN = {"Authorization": "Bearer admin-s3cret"}
+
+
+@pytest.fixture
+def secured(tmp_path, engine, logged):
+    """An API with an admin token, an API key, two adapters and a logging sink."""
+    for name in ("tuned", "next"):
+        (tmp_path / "small" / name).mkdir(parents=True)
+        (tmp_path / "small" / name / "adapter_config.json").write_text("{}")
+    config = ServeConfig(models=[{"name": "small", "source": "x"}], admin_token="admin-s3cret", api_keys=["key-1"],
+                         aliases={"router": RouteTarget(base="small")})
+    book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small", adapter_checker(["small"], tmp_path))
+    routing = RoutingTable(["small"], book, tmp_path)
+    return TestClient(make_api(config, routing, {"small": engine}, inference_log=InferenceLog(LoggingConfig(),
+                                                                                               logged.append)))
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/v1/flywheel/routes", None),
+    ("POST", "/v1/flywheel/routes/router", {"adapter": "tuned"}),
+])
+@pytest.mark.parametrize(("headers", "status"), [
+    ({}, 401),
+    ({"Authorization": "Bearer wrong"}, 403),
+    ({"Authorization": "Basic admin-s3cret"}, 401),
+    ({"Authorization": "Bearer key-1"}, 403),  # an inference key is not an admin token
+])
+def test_admin_endpoints_refuse_missing_and_wrong_tokens(secured, method, path, body, headers, status):
+    assert_openai_error(secured.request(method, path, json=body, headers=headers), status)
+    assert secured.get("/v1/flywheel/routes", headers=ADMIN).json()["aliases"]["router"]["mode"] == "teacher"
+
+
+def test_admin_endpoints_are_off_without_a_token(client):
+    assert "FLYWHEEL_ADMIN_TOKEN" in assert_openai_error(client.get("/v1/flywheel/routes", headers=ADMIN),
+                                                         403)["message"]
+
+
+def test_inference_needs_one_of_the_api_keys(secured, engine):
+    assert_openai_error(secured.post("/v1/chat/completions", json=CHAT), 401)
+    assert_openai_error(secured.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer no"}), 401)
+    assert_openai_error(secured.get("/v1/models"), 401)
+    assert engine.calls == []
+    ok = secured.post("/v1/chat/completions", json=CHAT, headers={"Authorization": "Bearer key-1"})
+    assert ok.status_code == 200 and secured.get("/health").status_code == 200
+
+
+def test_promote_mode_and_rollback_over_http_route_the_next_request(secured, engine, logged):
+    key = {"Authorization": "Bearer key-1"}
+
+    def ask():
+        response = secured.post("/v1/chat/completions", json={**CHAT, "model": "router"}, headers=key)
+        return response.headers["X-Flywheel-Model"]
+
+    assert ask() == "small"
+    changed = secured.post("/v1/flywheel/routes/router", json={"adapter": "tuned", "reason": "gate passed"},
+                           headers=ADMIN)
+    assert changed.status_code == 200 and changed.json()["route"]["student"] == "small:tuned"
+    assert ask() == "small:tuned"
+    assert secured.post("/v1/flywheel/routes/router", json={"mode": "canary", "percent": 100, "candidate": "next"},
+                        headers=ADMIN).status_code == 200
+    assert ask() == "small:next"
+    assert secured.post("/v1/flywheel/routes/router", json={"rollback": True}, headers=ADMIN).status_code == 200
+    assert ask() == "small:tuned"
+    assert secured.post("/v1/flywheel/routes/router", json={"rollback": True}, headers=ADMIN).status_code == 200
+    assert ask() == "small"
+    assert_openai_error(secured.post("/v1/flywheel/routes/router", json={"rollback": True}, headers=ADMIN), 409)
+    assert [record.workload_id for record in logged] == ["router"] * 5  # an alias names its workload
+    assert [record.tags["role"] for record in logged] == ["teacher", "student", "candidate", "student", "teacher"]
+
+
+@pytest.mark.parametrize(("body", "status"), [
+    ({}, 400),
+    ({"adapter": "tuned", "rollback": True}, 400),
+    ({"adapter": 7}, 400),
+    ({"mode": "canary", "percent": "half", "candidate": "next"}, 400),
+    ({"mode": "canary", "percent": 101, "candidate": "next"}, 400),
+    ({"mode": "shadow"}, 400),  # no candidate
+    ({"adapter": "ghost"}, 404),
+    ({"adapter": "tuned", "force": True}, 400),
+])
+def test_bad_route_changes_get_openai_errors_and_change_nothing(secured, body, status):
+    assert_openai_error(secured.post("/v1/flywheel/routes/router", json=body, headers=ADMIN), status)
+    assert secured.get("/v1/flywheel/routes", headers=ADMIN).json()["version"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_shadow_mode_answers_with_the_teacher_and_logs_the_candidate_linked(secured, engine, logged, stream):
+    engine.reply = (200, {"id": "x", "object": "chat.completion", "model": "m",
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+    assert secured.post("/v1/flywheel/routes/router", json={"mode": "shadow", "candidate": "next"},
+                        headers=ADMIN).status_code == 200
+    body = {**CHAT, "model": "router", "stream": stream}
+    with secured.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer key-1"}) as reply:
+        assert reply.status_code == 200 and reply.headers["X-Flywheel-Model"] == "small"
+        reply.read()
+    deadline = time.monotonic() + 5
+    while len(logged) < 2 and time.monotonic() < deadline:  # the shadow answers after the client got its reply
+        time.sleep(0.01)
+    assert [adapter for _, _, adapter in engine.calls] == [None, "next"]
+    assert engine.calls[1][1]["stream"] is False
+    primary, shadow = logged
+    assert primary.adapter is None and shadow.adapter == "next"
+    assert primary.tags["shadow"] == shadow.id and shadow.tags["shadow_of"] == primary.id
+    assert shadow.tags["role"] == "candidate" and shadow.request == primary.request

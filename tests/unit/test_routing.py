@@ -1,23 +1,50 @@
+"""Routing a request's `model` to what answers it: names, aliases in each traffic mode,
+and adapters that learned without the workload's shared prefix."""
+
 import json
 
 import pytest
 
+from flywheel.adapters import RECORD
 from flywheel.config import RouteTarget
+from flywheel.routes import RouteBook, adapter_checker, seed_states
 from serve.routing import Route, RoutingTable, UnknownModel
 
+SYSTEM = "You are the support router."
+TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+FULL = {"model": "router", "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "hi"}],
+        "tools": TOOLS}
 
-def make_adapter(root, base, name):
+
+def make_adapter(root, base, name, prefix=None):
     folder = root / base / name
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    if prefix is not None:
+        (folder / RECORD).write_text(json.dumps({"adapter_id": name, "prefix": prefix}))
     return folder
+
+
+class Dice:
+    """A stand-in for random.random: returns the queued values in turn."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def __call__(self):
+        return self.values.pop(0)
+
+
+def make_table(root, aliases, rng=None):
+    book = RouteBook(root / "routes.json", seed_states(aliases), "small", adapter_checker(["small", "big"], root))
+    return RoutingTable(["small", "big"], book, root, **({"rng": rng} if rng else {}))
 
 
 @pytest.fixture
 def table(tmp_path):
     make_adapter(tmp_path, "small", "support-v1")
     aliases = {"router": RouteTarget(base="small", adapter="support-v1"), "plain": RouteTarget(base="small")}
-    return RoutingTable(["small", "big"], aliases, tmp_path)
+    return make_table(tmp_path, aliases)
 
 
 def test_base_adapter_and_alias_resolve(table):
@@ -53,3 +80,60 @@ def test_list_models_names_bases_adapters_and_aliases(table):
     assert rows["small:support-v1"]["parent"] == "small"
     assert rows["router"]["parent"] == "small:support-v1"
     assert all(row["object"] == "model" for row in rows.values())
+
+
+def test_a_promotion_in_the_book_routes_the_next_request(table, tmp_path):
+    make_adapter(tmp_path, "small", "support-v2")
+    other = make_table(tmp_path, {"router": RouteTarget(base="small", adapter="support-v1")})  # another replica
+    other.book.promote("router", "support-v2")
+    assert table.dispatch({**FULL}).route == Route("small", "support-v2")
+    other.book.rollback("router")
+    assert table.dispatch({**FULL}).route == Route("small", "support-v1")
+
+
+def test_modes_pick_teacher_student_or_candidate(tmp_path):
+    make_adapter(tmp_path, "small", "incumbent")
+    make_adapter(tmp_path, "small", "trial")
+    table = make_table(tmp_path, {"router": RouteTarget(base="big", adapter=None)}, rng=Dice(0.05, 0.5, 0.05))
+    book = table.book
+    teacher = table.dispatch(FULL)
+    assert (teacher.route, teacher.role, teacher.mode) == (Route("big"), "teacher", "teacher")
+    book.promote("router", "incumbent")
+    assert table.dispatch(FULL).route == Route("small", "incumbent")
+    book.set_mode("router", "canary", percent=10, candidate="trial")
+    picks = [table.dispatch(FULL) for _ in range(3)]  # dice 0.05 < 10%, 0.5 >= 10%, 0.05 < 10%
+    assert [(d.route.adapter, d.role) for d in picks] == [("trial", "candidate"), ("incumbent", "student"),
+                                                          ("trial", "candidate")]
+    book.set_mode("router", "shadow")
+    shadowed = table.dispatch(FULL)
+    assert shadowed.route == Route("big") and shadowed.shadow[0] == Route("small", "trial")
+    assert shadowed.tags() == {"alias": "router", "mode": "shadow", "role": "teacher"}
+
+
+def test_prefix_learned_by_an_adapter_is_stripped_and_a_foreign_prefix_goes_to_the_teacher(tmp_path):
+    make_adapter(tmp_path, "small", "pruned", prefix={"system": SYSTEM, "tools": TOOLS})
+    table = make_table(tmp_path, {"router": RouteTarget(base="big", adapter=None)})
+    table.book.promote("router", "small:pruned")
+
+    fitted = table.dispatch(FULL)
+    assert fitted.route == Route("small", "pruned")
+    assert fitted.body["messages"] == [{"role": "user", "content": "hi"}]
+    assert fitted.body["tools"] == TOOLS and fitted.body["chat_template_kwargs"] == {"render_tools": False}
+    assert FULL["messages"][0]["role"] == "system"  # the client's body (logged as sent) is untouched
+
+    foreign = {**FULL, "messages": [{"role": "system", "content": "Another app."}, *FULL["messages"][1:]]}
+    answered = table.dispatch(foreign)
+    assert answered.route == Route("big") and answered.body is foreign
+    assert answered.role == "teacher" and "prefix" in answered.note
+
+    direct = table.dispatch({**foreign, "model": "small:pruned"})  # named explicitly: sent as is
+    assert direct.route == Route("small", "pruned") and direct.body["messages"] == foreign["messages"]
+
+
+def test_a_student_missing_from_disk_leaves_the_teacher_answering(tmp_path):
+    folder = make_adapter(tmp_path, "small", "gone-soon")
+    table = make_table(tmp_path, {"router": RouteTarget(base="big", adapter=None)})
+    table.book.promote("router", "gone-soon")
+    (folder / "adapter_config.json").unlink()
+    dispatch = table.dispatch(FULL)
+    assert dispatch.route == Route("big") and "unavailable" in dispatch.note
