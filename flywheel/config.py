@@ -367,7 +367,7 @@ class FlywheelConfig(_Strict):
 
     @property
     def decisions_dir(self) -> Path:
-        """Gate decisions, promoted or not: `<decisions_dir>/<alias>/<time>-<candidate>.json`."""
+        """Gate decisions, promoted or not: `<decisions_dir>/<alias>/<time>-<n>-<candidate>.json`."""
         return self.home / "decisions"
 
     @property

@@ -95,10 +95,16 @@ def record_decision(config: FlywheelConfig, decision: Decision) -> Decision:
     folder = config.decisions_dir / decision.alias
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(decision.decided_at))
-    path = folder / f"{stamp}-{decision.candidate}.json"
-    decision = decision.model_copy(update={"path": path})
-    path.write_text(decision.model_dump_json(indent=2) + "\n")
-    return decision
+    for attempt in range(1000):  # several decisions in one second keep their order and all survive
+        path = folder / f"{stamp}-{attempt:03d}-{decision.candidate}.json"
+        decision = decision.model_copy(update={"path": path})
+        try:
+            with path.open("x") as handle:
+                handle.write(decision.model_dump_json(indent=2) + "\n")
+            return decision
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"more than 1000 decisions for {decision.alias} in one second")
 
 
 def list_decisions(config: FlywheelConfig, alias: str) -> list[dict[str, Any]]:

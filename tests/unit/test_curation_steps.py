@@ -100,6 +100,18 @@ def test_prepare_filters_and_explains_each_drop():
     assert rows[0]["source"] == "teacher" and rows[0]["label"] == "get_order_status"
 
 
+def test_served_traffic_counts_by_the_model_that_answered_not_the_alias_asked():
+    rows = _prepare([
+        _record(model="support-tools", base_model=TEACHER),  # an alias in teacher mode
+        _record(model="support-tools", base_model="small", adapter="v1"),  # the same alias, a student answering
+        _record(model="support-tools", base_model=TEACHER, tags={"shadow_of": "01J"}),  # never ground truth
+    ])
+    assert [row["reason"] for row in rows] == ["", "not_teacher", "not_teacher"]
+    assert [row["reason"] for row in _prepare([_record(base_model="small", adapter="v1"),
+                                               _record(tags={"shadow_of": "01J"})], teacher_models=())] == \
+        ["", "not_teacher"]
+
+
 def test_prepare_redacts_pii_everywhere_and_keys_ignore_spacing_and_case():
     rows = _prepare([
         _record(user="Invoice for ORD-123456 to anna@example.com, call +1 415 555 0132",
