@@ -34,6 +34,7 @@ RAY_CPUS = 8
 # A write blocked by another process's lock fails after 1 s and goes to the spool
 # (tests/integration/test_logging.py provokes that).
 STORE_BUSY_TIMEOUT_S = 1
+ADMIN_TOKEN = "integration-admin-token"
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Service:
 
     def adapter_dir(self, name: str) -> Path:
         return self.home / "adapters" / MODEL / name
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a CLI process needs to act on this service's state."""
+        return {"FLYWHEEL_HOME": str(self.home), "FLYWHEEL_MODELS": str(self.models_dir)}
 
 
 def free_port() -> int:
@@ -72,6 +78,7 @@ def service(tmp_path_factory, models_dir) -> Service:
     config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     config["ray"]["num_cpus"] = RAY_CPUS
     config["store"] = {"url": f"sqlite:///{home / 'logs.db'}?timeout={STORE_BUSY_TIMEOUT_S}"}
+    config["serve"]["admin_token"] = ADMIN_TOKEN
     (home / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_MODELS": str(models_dir)}
     command = [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(home / "config.yaml"),
@@ -100,6 +107,32 @@ def ray_cluster(service) -> Iterator[str]:
     start_ray(RayConfig(address=service.ray_address))
     yield service.ray_address
     ray.shutdown()  # before the service stops: Ray ends a driver whose cluster goes away
+
+
+def run_cli(*args: str, config: Path | None = None, timeout: float = 300, env: dict | None = None) -> dict:
+    """`flywheel ARGS [--config CONFIG] --json` in a subprocess, as a user runs it; the
+    JSON object it prints last. Joining the test cluster needs no auth token."""
+    command = [sys.executable, "-m", "flywheel.cli", *args, *(["--config", str(config)] if config else []), "--json"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled", **(env or {})})
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stderr[-3000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def logged_record(service: Service, log_id: str, timeout_s: float = 15):
+    """The stored record of inference `log_id`, once the service's writer has stored it."""
+    from flywheel.store import open_store
+
+    store = open_store(service.store_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if (record := store.get(log_id)) is not None:
+                return record
+            time.sleep(0.2)
+    finally:
+        store.close()
+    pytest.fail(f"record {log_id} never reached the store")
 
 
 def _read_ready_line(process: subprocess.Popen, log: Path) -> dict:

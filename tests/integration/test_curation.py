@@ -18,7 +18,7 @@ from flywheel.curation import CurationError, curate_workload
 from flywheel.records import record_from_json
 from flywheel.store import open_store
 from flywheel.workloads.support_tools import TEACHER, generate
-from tests.integration.conftest import REPO
+from tests.integration.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.integration
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
@@ -35,23 +35,15 @@ def curation_home(tmp_path_factory, service, ray_cluster):
     return home
 
 
-def _cli(home, *args) -> dict:
-    result = subprocess.run([sys.executable, "-m", "flywheel.cli", *args, "--config", str(home / "config.yaml"),
-                             "--json"], check=False, capture_output=True, text=True, timeout=300, env={
-        **os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_generate_import_curate_end_to_end(curation_home):
     logs = curation_home / "support.jsonl"
     generated = subprocess.run([sys.executable, "-m", "flywheel.cli", "workload", "generate", "support-tools",
                                 "--n", "1500", "--seed", "11", "--out", str(logs), "--json"],
                                check=False, capture_output=True, text=True, timeout=120)
     assert generated.returncode == 0, generated.stderr
-    imported = _cli(curation_home, "logs", "import", str(logs))
+    imported = run_cli("logs", "import", str(logs), config=curation_home / "config.yaml")
     assert imported["imported"] == 1500 and imported["bad"] == 0
-    first = _cli(curation_home, "curate", "--workload", "support-tools")
+    first = run_cli("curate", "--workload", "support-tools", config=curation_home / "config.yaml")
     assert first["dataset_id"].startswith("support-tools-") and len(first["content_hash"]) == 64
     counts = first["counts"]
     assert counts["logged"] == 1500 > counts["ok"] > counts["after_not_teacher"] > counts["after_dedup"]
@@ -73,7 +65,7 @@ def test_generate_import_curate_end_to_end(curation_home):
     assert not EMAIL.search(text) and re.search(r"ORD-\d{6}", text)  # PII gone, order ids intact
     assert set(manifest["labels"]["eval"]) == set(manifest["labels"]["train"])  # stratified
 
-    again = _cli(curation_home, "curate", "--workload", "support-tools")  # same inputs + seed, same version
+    again = run_cli("curate", "--workload", "support-tools", config=curation_home / "config.yaml")  # same version
     assert again["content_hash"] == first["content_hash"] and again["dataset_id"] == first["dataset_id"]
     job = subprocess.run([sys.executable, str(REPO / "jobs" / "curate.py"), "--config",
                           str(curation_home / "config.yaml"), "--workload", "support-tools"], check=False,

@@ -7,9 +7,6 @@ OpenAI-compatible LLM judge once, to show the wiring (SmolLM2's ratings mean lit
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -22,7 +19,7 @@ from flywheel.records import record_from_json
 from flywheel.store import open_store
 from flywheel.training import train_lora
 from flywheel.workloads.support_tools import TEACHER, generate
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -58,11 +55,7 @@ def test_the_adapter_beats_the_base_with_non_overlapping_intervals(service, trai
         (dataset.path / "manifest.json").read_text())["labels"]["eval"])
     for name in ("report.json", "report.md", "chart.png"):
         assert (report.path / name).stat().st_size > 0
-    printed = subprocess.run([sys.executable, "-m", "flywheel.cli", "report", report.run_id, "--config",
-                              str(service.home / "evaluate.yaml"), "--json"], check=False, capture_output=True,
-                             text=True, timeout=120, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert printed.returncode == 0, printed.stderr
-    summary = json.loads(printed.stdout.strip().splitlines()[-1])
+    summary = run_cli("report", report.run_id, config=service.home / "evaluate.yaml", timeout=120)
     assert summary["candidates"][adapter.adapter_id]["function_name"]["mean"] == tuned["function_name"]["mean"]
     assert summary["chart"].endswith("chart.png")
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, logged_record
 
 pytestmark = pytest.mark.integration
 
@@ -107,23 +107,6 @@ def test_feedback_over_http_reaches_the_log_store(service):
     store.close()
 
 
-def _logged(service, log_id, timeout_s=15):
-    import time
-
-    from flywheel.store import open_store
-
-    store = open_store(service.store_url)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            if (record := store.get(log_id)) is not None:
-                return record
-            time.sleep(0.2)
-    finally:
-        store.close()
-    pytest.fail(f"record {log_id} never reached the store")
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_inference_is_logged_off_the_hot_path(service, stream):
     body = {"model": "support-router", "messages": QUESTION, "max_tokens": 12, "temperature": 0, "stream": stream}
@@ -133,7 +116,7 @@ def test_every_inference_is_logged_off_the_hot_path(service, stream):
         text = "".join(response.iter_text())
         log_id = response.headers["X-Flywheel-Log-Id"]
     assert response.status_code == 200 and log_id in text  # the completion id is the log id
-    record = _logged(service, log_id)
+    record = logged_record(service, log_id)
     assert (record.workload_id, record.client_id, record.model) == ("capitals", "tests", "support-router")
     assert (record.base_model, record.adapter, record.status) == (MODEL, None, "ok")
     assert "Paris" in record.response["choices"][0]["message"]["content"]

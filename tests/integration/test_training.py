@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,7 +19,7 @@ from flywheel.adapters import load_adapter
 from flywheel.config import parse_config
 from flywheel.datasets import write_dataset
 from flywheel.training import Candidate, train_candidates
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, run_cli
 from tests.unit.test_sft import conversation, tiny_model  # noqa: F401 - the fixture is reused here
 
 pytestmark = pytest.mark.integration
@@ -101,12 +99,8 @@ def test_smollm2_adapter_is_served_by_name_and_changes_answers(service, ray_clus
               "serve": {"models": [{"name": MODEL, "source": MODEL}]},
               "train": {"learning_rate": 3e-3, "batch_size": 8, "epochs": 12, "checkpoint_every": 100}}
     (service.home / "train.yaml").write_text(yaml.safe_dump(config))
-    result = subprocess.run([sys.executable, "-m", "flywheel.cli", "train", "--dataset", dataset.dataset_id,
-                             "--max-steps", "12", "--config", str(service.home / "train.yaml"), "--json"],
-                            check=False, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    trained = json.loads(result.stdout.strip().splitlines()[-1])
+    trained = run_cli("train", "--dataset", dataset.dataset_id, "--max-steps", "12",
+                      config=service.home / "train.yaml", timeout=600)
     assert trained["metrics"]["step"] == 12 and trained["metrics"]["loss"] < 1.0
     assert trained["model"] == f"{MODEL}:{trained['adapter_id']}"
     adapter = load_adapter(service.home / "adapters", trained["adapter_id"])
