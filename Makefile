@@ -40,6 +40,7 @@ bench: $(STAMP) models
 	$(PY) bench/store_ingest.py
 	$(PY) bench/serve_throughput.py
 	$(PY) bench/logging_overhead.py
+	$(PY) bench/hot_swap.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check flywheel serve tests bench jobs

@@ -20,12 +20,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.serve_throughput import free_port
 from flywheel.config import load_config
 from flywheel.curation import curate_workload
 from flywheel.evaluation import evaluate
 from flywheel.records import record_from_json
-from flywheel.service import running_service
+from flywheel.service import free_port, running_service
 from flywheel.store import open_store
 from flywheel.training import train_lora
 from flywheel.workloads.support_tools import TEACHER, WORKLOAD_ID, generate

@@ -24,8 +24,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.serve_throughput import free_port, load_level
+from bench.serve_throughput import load_level
 from flywheel.config import load_config
+from flywheel.service import free_port
 
 UNLOGGED = "bench-unlogged"
 

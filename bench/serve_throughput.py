@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -30,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from flywheel.config import load_config
+from flywheel.service import free_port
 
 REPEATS = 2  # at the top concurrency and offline: best of 2
 
@@ -53,12 +53,6 @@ def prompts(count: int) -> list[list[dict]]:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def one_request(client, url: str, model: str, messages: list[dict], max_tokens: int, stream: bool,
@@ -116,13 +110,13 @@ def _load_once(url: str, model: str, concurrency: int, requests: int, max_tokens
     }
 
 
-def random_adapter(model_path: Path, out: Path) -> None:
+def random_adapter(model_path: Path, out: Path, seed: int = 0) -> None:
     """A rank-8 LoRA with random (non-zero) weights: same serving cost as a trained one."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32)
     config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
                         task_type="CAUSAL_LM")

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,13 @@ from flywheel.config import FlywheelConfig
 from flywheel.models import resolve_model_path
 
 APP_NAME = "flywheel"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for tests and benchmarks)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, timeout_s: float) -> None:

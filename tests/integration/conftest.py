@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import yaml
 
 from flywheel.config import models_home
 from flywheel.models import pull_model
+from flywheel.service import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
@@ -57,12 +57,6 @@ class Service:
     def env(self) -> dict[str, str]:
         """What a CLI process needs to act on this service's state."""
         return {"FLYWHEEL_HOME": str(self.home), "FLYWHEEL_MODELS": str(self.models_dir)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -107,8 +107,9 @@ def test_promote_promote_rollback_under_load_fails_nothing(service, ray_cluster,
     pids = replica_pids()
     assert len(pids) >= 2  # the ingress and the model
     changes = []
+    assert admin(service, {"mode": "teacher"})["teacher"] == MODEL  # a new alias, answered by the teacher
     with Load(service.base_url) as load:
-        load.first_from(MODEL, 0, 60)  # the teacher answers the new alias before any promotion
+        load.first_from(MODEL, 0, 60)
 
         started = time.monotonic()
         assert admin(service, {"adapter": "swap-alpha", "reason": "test"})["student"] == alpha
