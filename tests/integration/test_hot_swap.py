@@ -145,6 +145,14 @@ def test_promote_promote_rollback_under_load_fails_nothing(service, ray_cluster,
     assert routes["mode"] == "student" and routes["student"] == alpha and routes["history"] >= 2
 
 
+def test_the_live_admin_endpoints_refuse_missing_and_wrong_tokens(service, adapters):
+    url = f"{service.base_url}/flywheel/routes/{ALIAS}"
+    assert httpx.post(url, json={"adapter": "swap-bravo"}, timeout=30).status_code == 401
+    wrong = httpx.post(url, json={"adapter": "swap-bravo"}, headers={"Authorization": "Bearer nope"}, timeout=30)
+    assert wrong.status_code == 403 and wrong.json()["error"]["code"] == 403
+    assert httpx.get(f"{service.base_url}/flywheel/routes", timeout=30).status_code == 401
+
+
 def test_shadow_mode_logs_the_candidate_linked_to_the_teacher_answer(service, adapters):
     admin(service, {"mode": "shadow", "candidate": "swap-bravo"})
     body = {"model": ALIAS, "messages": ASK, "max_tokens": 8, "temperature": 0}
