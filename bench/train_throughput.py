@@ -5,7 +5,7 @@ same steps, one run: (a) `run_sft` in this process, (b) Ray Train with 1 worker,
 Train with 2 workers (DDP over gloo). Tokens/s is measured inside the loop (steady
 state); wall seconds include model loading and, for Ray Train, starting the workers.
 
-    python bench/train_throughput.py [--steps 6] [--batch 8]
+    python bench/train_throughput.py [--steps 8] [--batch 8]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ CPUS = 2
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="examples per step, split across workers")
     args = parser.parse_args()
 

@@ -315,6 +315,29 @@ class GateConfig(_Strict):
         return self.aliases.get(workload, workload)
 
 
+class TurnConfig(_Strict):
+    """One turn of the flywheel (flywheel/turn.py) and what starts one (flywheel/watch.py)."""
+
+    candidates: list[dict[str, Any]] = Field(
+        default_factory=lambda: [{}], min_length=1,
+        description="`train.*` overrides per candidate, trained concurrently; `[{}]`: one candidate, `train` as is.")
+    baselines: list[str] = Field(default_factory=list, description="Also evaluated every turn, for the report: "
+                                 "`base`, `icl` (the gate needs neither).")
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N eval rows; null: all.")
+    min_new_records: int = Field(500, ge=1, description="The watcher starts a turn once this many usable records "
+                                 "(status ok, from a teacher) arrived since the workload's last turn.")
+    interval_s: float | None = Field(None, gt=0, description="Also start a turn this long after the last one "
+                                     "when any new record arrived; null: on records only.")
+    poll_s: float = Field(30.0, gt=0, description="How often the watcher looks.")
+    max_concurrent: int = Field(1, ge=1, description="Turns running at once across workloads (one per workload).")
+    workloads: list[str] = Field(default_factory=list, description="Workloads the watcher turns; empty: every "
+                                 "workload with records from a teacher model.")
+    watch_in_service: bool = Field(False, description="Run the watcher inside the Serve app (a `watcher` "
+                                   "deployment) instead of as `flywheel watch`.")
+    teacher_price_per_mtok: float = Field(10.0, ge=0, description="Teacher price per million tokens (savings metric).")
+    student_price_per_mtok: float = Field(0.2, ge=0, description="Student price per million tokens (savings metric).")
+
+
 class FlywheelConfig(_Strict):
     """Everything the flywheel needs to know; one YAML file, `configs/local.yaml` by default."""
 
@@ -334,6 +357,7 @@ class FlywheelConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig, description="LoRA fine-tuning.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The promotion gate.")
+    turn: TurnConfig = Field(default_factory=TurnConfig, description="Turns of the flywheel and their triggers.")
 
     @field_validator("home", "models_dir")
     @classmethod
@@ -359,6 +383,11 @@ class FlywheelConfig(_Strict):
     def reports_dir(self) -> Path:
         """Evaluation reports: `<reports_dir>/<run id>/` (report.json, report.md, chart.png)."""
         return self.home / "reports"
+
+    @property
+    def turns_dir(self) -> Path:
+        """Run records of the flywheel's turns: `<turns_dir>/<run id>.json`."""
+        return self.home / "turns"
 
     @property
     def routes_path(self) -> Path:

@@ -112,9 +112,10 @@ def _follow(paths: dict[str, Path], progress: Progress, stop: threading.Event) -
 
 
 def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[Candidate],
-                     progress: Progress | None = None) -> list[AdapterVersion]:
+                     progress: Progress | None = None, adapter_ids: list[str] | None = None) -> list[AdapterVersion]:
     """Train every candidate (concurrently; Ray queues what does not fit) and register the
-    adapters, in the order given."""
+    adapters, in the order given. Given `adapter_ids` (one per candidate), a run that
+    stopped part-way resumes from its latest checkpoint: Ray Train finds it by run name."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -127,7 +128,7 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
         served = config.model(base)
         hyperparameters = settings.model_dump(mode="json")
         digest = hashlib.sha256(json.dumps([base, hyperparameters], sort_keys=True).encode()).hexdigest()[:6]
-        adapter_id = f"{dataset.workload_id}-{stamp}-{index}{digest}"
+        adapter_id = adapter_ids[index] if adapter_ids else f"{dataset.workload_id}-{stamp}-{index}{digest}"
         run_dir = config.runs_dir / adapter_id
         run_dir.mkdir(parents=True, exist_ok=True)
         loop = {**hyperparameters, "model_path": str(resolve_model_path(served.source, config.models_dir)),
