@@ -120,8 +120,11 @@ def serve_command(
 
         models = [m.name for m in cfg.serve.models] + list(cfg.serve.aliases)
         if as_json:  # ray_address: jobs and notebooks join this cluster with ray.init(address=...)
+            from flywheel.ray_runtime import metrics_url
+
             emit_json({"url": url, "openai_base_url": f"{url}/v1", "models": models, "store_url": cfg.store_url,
-                       "ray_address": ray.get_runtime_context().gcs_address, "status": "ready"})
+                       "ray_address": ray.get_runtime_context().gcs_address, "metrics_url": metrics_url(),
+                       "status": "ready"})
         else:
             out.print(f"Flywheel is serving at [bold]{url}/v1[/bold] (models: {', '.join(models)}). "
                       "Ctrl-C stops it.")
@@ -566,6 +569,167 @@ def routes_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         view.add_row(alias, state["mode"] + share, state["student"] or "-", state["candidate"] or "-",
                      state["teacher"], str(state["history"]))
     out.print(view)
+
+
+def _print_run(record) -> None:
+    out.print(f"[bold]{record.run_id}[/bold] ({record.workload}): {record.status}"
+              + (f" — {record.error}" if record.error else ""))
+    for name, stage in record.stages.items():
+        took = f"{stage.seconds:.0f} s" if stage.seconds is not None else ""
+        out.print(f"  {name:<9} {stage.status:<10} {took:>7}  {stage.error or stage.progress}")
+    if record.decision:
+        verdict = "promoted" if record.decision["promote"] else "not promoted"
+        out.print(f"  decision: {record.decision['candidate']} {verdict} on {record.decision['alias']}")
+        for reason in record.decision["reasons"]:
+            out.print(f"    {reason}")
+
+
+@app.command("turn")
+def turn_command(
+    workload: str | None = typer.Option(None, "--workload", help="Workload to turn (a new run)."),
+    run_id: str | None = typer.Option(None, "--run-id", help="Resume this run, or give a new run this id."),
+    max_steps: int | None = typer.Option(None, "--max-steps", min=1, help="Training steps per candidate."),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", min=1, help="Evaluate on the first N eval rows."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """One turn: curate -> train -> evaluate -> gate -> promote; resumes a failed run by id.
+    Needs the service running (evaluation goes through it). Exit 1 when the turn fails."""
+    from flywheel.ray_runtime import start_ray
+    from flywheel.turn import run_turn
+    from flywheel.turns import TurnBusy
+
+    if workload is None and run_id is None:
+        fail("give --workload (a new turn) or --run-id (resume one)")
+    cfg = config_from(config)
+    options = {key: value for key, value in {"max_steps": max_steps, "eval_limit": eval_limit}.items() if value}
+    try:
+        with err.status("starting Ray") as status:
+            start_ray(cfg.ray)
+            record = run_turn(cfg, workload, run_id, options,
+                              progress=lambda stage, text: status.update(f"{stage}: {text}"[:150]))
+    except (TurnBusy, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        emit_json(record.summary())
+    else:
+        _print_run(record)
+    if record.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("runs")
+def runs_command(
+    run_id: str | None = typer.Argument(None, help="One run's record (default: list all)."),
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload's runs."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Turns of the flywheel, newest first, or one run's record."""
+    from flywheel.turns import RunBook
+
+    book = RunBook(config_from(config).turns_dir)
+    if run_id is not None:
+        try:
+            record = book.get(run_id)
+        except ValueError as error:
+            fail(str(error))
+        if record is None:
+            fail(f"no run {run_id!r}")
+        emit_json(record.summary()) if as_json else _print_run(record)
+        return
+    records = book.list(workload)
+    if as_json:
+        emit_json({"runs": [record.summary() for record in records]})
+        return
+    table = Table("run", "workload", "status", "stage", "promoted", "created")
+    for record in records:
+        promoted = "" if record.decision is None else ("yes" if record.decision["promote"] else "no")
+        table.add_row(record.run_id, record.workload, record.status, record.stage or "", promoted,
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)))
+    out.print(table)
+
+
+@app.command("cancel")
+def cancel_command(
+    run_id: str = typer.Argument(..., help="Run to cancel (a running one stops before its next stage)."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Cancel a pending or running turn."""
+    from flywheel.turns import RunBook
+
+    try:
+        record = RunBook(config_from(config).turns_dir).cancel(run_id)
+    except (KeyError, ValueError):
+        fail(f"no run {run_id!r}")
+    emit_json(record.summary()) if as_json else out.print(f"{run_id}: {record.status}, cancel requested")
+
+
+@app.command("status")
+def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Where the flywheel stands: each alias's route, each workload's latest turn, records."""
+    from flywheel.routes import describe, open_route_book
+    from flywheel.store import open_store
+    from flywheel.turns import RunBook
+
+    cfg = config_from(config)
+    routes = describe(open_route_book(cfg))["aliases"]
+    latest: dict[str, Any] = {}
+    for record in RunBook(cfg.turns_dir).list():
+        latest.setdefault(record.workload, record)
+    try:
+        store = open_store(cfg.store_url)
+        records = store.stats()["by_workload"]
+        store.close()
+    except Exception as error:
+        fail(f"could not read the log store {cfg.store_url}: {error}")
+    result = {"aliases": routes, "records": records,
+              "latest_runs": {w: {"run_id": r.run_id, "status": r.status, "stage": r.stage,
+                                  "promoted": (r.decision or {}).get("promote")} for w, r in latest.items()}}
+    if as_json:
+        emit_json(result)
+        return
+    for alias, state in routes.items():
+        out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
+                  f"teacher {state['teacher']}")
+    for workload, count in sorted(records.items()):
+        run = result["latest_runs"].get(workload)
+        out.print(f"workload {workload}: {count} records; latest turn "
+                  + (f"{run['run_id']} {run['status']}" if run else "none"))
+
+
+@app.command("watch")
+def watch_command(
+    once: bool = typer.Option(False, "--once", help="Look once, wait for the turns started, and exit."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Start turns by themselves: when enough new records arrived (turn.min_new_records), on a
+    schedule (turn.interval_s), or queued over HTTP. Runs until Ctrl-C unless --once."""
+    from flywheel.ray_runtime import start_ray
+    from flywheel.store import open_store
+    from flywheel.turn import run_turn
+    from flywheel.turns import RunBook
+    from flywheel.watch import Watcher
+
+    cfg = config_from(config)
+    start_ray(cfg.ray)
+    store = open_store(cfg.store_url)
+    watcher = Watcher(cfg, store, run_turn)
+    if once:
+        started = watcher.tick()
+        for thread in list(watcher.threads.values()):
+            thread.join()
+        book = RunBook(cfg.turns_dir)
+        runs = [book.get(run_id).summary() for run_id in started]
+        emit_json({"started": started, "runs": runs}) if as_json else out.print(f"started: {', '.join(started) or 'none'}")
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err.print(f"watching {', '.join(cfg.turn.workloads) or 'every workload'} every {cfg.turn.poll_s:g} s; Ctrl-C stops")
+    watcher.run_forever(stop)
 
 
 def main() -> None:

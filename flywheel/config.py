@@ -320,18 +320,19 @@ class TurnConfig(_Strict):
 
     candidates: list[dict[str, Any]] = Field(
         default_factory=lambda: [{}], min_length=1,
-        description="`train.*` overrides per candidate, trained concurrently; `[{}]`: one candidate, `train` as is.")
+        description="`train.*` overrides per candidate (plus `base_model`), trained concurrently; `[{}]`: one "
+        "candidate, `train` as is.")
     baselines: list[str] = Field(default_factory=list, description="Also evaluated every turn, for the report: "
                                  "`base`, `icl` (the gate needs neither).")
     eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N eval rows; null: all.")
-    min_new_records: int = Field(500, ge=1, description="The watcher starts a turn once this many usable records "
-                                 "(status ok, from a teacher) arrived since the workload's last turn.")
+    min_new_records: int = Field(500, ge=1, description="The watcher starts a turn once this many successful "
+                                 "records arrived since the workload's last turn.")
     interval_s: float | None = Field(None, gt=0, description="Also start a turn this long after the last one "
                                      "when any new record arrived; null: on records only.")
     poll_s: float = Field(30.0, gt=0, description="How often the watcher looks.")
     max_concurrent: int = Field(1, ge=1, description="Turns running at once across workloads (one per workload).")
     workloads: list[str] = Field(default_factory=list, description="Workloads the watcher turns; empty: every "
-                                 "workload with records from a teacher model.")
+                                 "workload with successful records.")
     watch_in_service: bool = Field(False, description="Run the watcher inside the Serve app (a `watcher` "
                                    "deployment) instead of as `flywheel watch`.")
     teacher_price_per_mtok: float = Field(10.0, ge=0, description="Teacher price per million tokens (savings metric).")

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flywheel import telemetry
 from flywheel.records import LogRecord
 from flywheel.store import LogStore
 
@@ -84,10 +85,12 @@ class LogWriter:
         if time.monotonic() >= self._retry_at and self._replay():  # order: older batches first
             try:
                 self._connected().write_batch(batch)
+                telemetry.log_writer_state(0, time.time() - batch[0].timestamp)
                 return
             except Exception as error:
                 self._store_failed(error)
         self._write_spool(batch)
+        telemetry.log_writer_state(self.spooled(), None)
 
     def _connected(self) -> LogStore:
         if self._store is None:

@@ -26,3 +26,11 @@ def start_ray(config: RayConfig) -> None:
         )
     else:
         ray.init(address=config.address)
+
+
+def metrics_url() -> str | None:
+    """The Prometheus endpoint of this node's Ray metrics agent (flywheel/telemetry.py)."""
+    import ray
+
+    node = next((n for n in ray.nodes() if n.get("Alive") and n.get("MetricsExportPort")), None)
+    return f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics" if node else None

@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from flywheel import telemetry
 from flywheel.config import MODEL_NAME, FlywheelConfig, RouteTarget
 
 Mode = Literal["teacher", "student", "canary", "shadow"]
@@ -128,7 +129,13 @@ class RouteBook:
             teacher = state.teacher if state else self.default_teacher
             return AliasState(teacher=teacher, student=student, mode="student", reason=reason or "promoted")
 
-        return self._change(alias, "promote", change)
+        state = self._change(alias, "promote", change)
+        telemetry.promoted(alias, student, self._former_student(alias))
+        return state
+
+    def _former_student(self, alias: str) -> str | None:
+        earlier = self.table().history.get(alias) or []
+        return earlier[-1].student if earlier else None
 
     def set_mode(self, alias: str, mode: str, percent: float | None = None, candidate: str | None = None,
                  reason: str = "") -> AliasState:

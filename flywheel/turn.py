@@ -13,8 +13,8 @@ The evaluate stage asks the running service (`config.service_url`), which must s
 
 from __future__ import annotations
 
-import socket
 import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -141,7 +141,7 @@ def run_turn(config: FlywheelConfig, workload: str | None = None, run_id: str | 
                 telemetry.stage_finished(record.workload, name, stage.seconds)
                 progress(name, f"done in {stage.seconds:.0f} s")
             record.status = "succeeded"
-            telemetry.turn_finished(config, record)
+            telemetry.turn_finished(record)
         except TurnCancelled:
             record.status = "cancelled"
         except Exception as error:

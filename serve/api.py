@@ -26,6 +26,7 @@ from flywheel.config import ServeConfig
 from flywheel.records import Feedback
 from flywheel.routes import RouteError, describe
 from flywheel.store import LogStore
+from flywheel.turns import RunBook, RunRecord
 from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body, validation_error_body
@@ -88,9 +89,11 @@ def make_api(
     classify: Callable[[BaseException], tuple[int, str]] = classify_failure,
     store: Callable[[], LogStore] | None = None,
     inference_log: InferenceLog | None = None,
+    runs: RunBook | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
     `inference_log` records every routed request (none when None; no shadow traffic then).
+    `runs` backs the /v1/flywheel/runs endpoints (absent when None).
     `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
     the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
@@ -300,6 +303,54 @@ def make_api(
         except RouteError as error:
             raise ApiError(error.status, str(error)) from None
         return JSONResponse({"alias": alias, "action": actions[0], "route": state.model_dump(mode="json")})
+
+    if runs is not None:
+
+        def run_of(run_id: str) -> RunRecord:
+            try:
+                record = runs.get(run_id)
+            except ValueError as error:
+                raise ApiError(400, str(error)) from None
+            if record is None:
+                raise ApiError(404, f"no run {run_id!r}")
+            return record
+
+        @app.get("/v1/flywheel/runs")
+        async def list_runs(request: Request, workload: str | None = None) -> dict:
+            admin(request)
+            return {"runs": [record.summary() for record in await asyncio.to_thread(runs.list, workload)]}
+
+        @app.get("/v1/flywheel/runs/{run_id}")
+        async def get_run(run_id: str, request: Request) -> dict:
+            admin(request)
+            return (await asyncio.to_thread(run_of, run_id)).summary()
+
+        @app.post("/v1/flywheel/runs")
+        async def create_run(request: Request) -> JSONResponse:
+            """Queue a turn `{"workload": W, "max_steps"?: N, "eval_limit"?: N}`; the watcher
+            (`flywheel watch`, or `turn.watch_in_service`) starts it."""
+            admin(request)
+            body = await read_body(request, config.max_body_bytes, require_model=False)
+            if set(body) - {"workload", "max_steps", "eval_limit"}:
+                raise ApiError(400, "use only `workload`, `max_steps` and `eval_limit`")
+            if not isinstance(body.get("workload"), str) or not body["workload"]:
+                raise ApiError(400, "`workload` is required and must be a string", "workload")
+            for key in ("max_steps", "eval_limit"):
+                value = body.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ApiError(400, f"`{key}` must be a positive integer", key)
+            options = {key: body[key] for key in ("max_steps", "eval_limit") if body.get(key)}
+            try:
+                record = await asyncio.to_thread(runs.create, body["workload"], options)
+            except ValueError as error:
+                raise ApiError(400, str(error), "workload") from None
+            return JSONResponse(record.summary(), status_code=202)
+
+        @app.post("/v1/flywheel/runs/{run_id}/cancel")
+        async def cancel_run(run_id: str, request: Request) -> dict:
+            admin(request)
+            run_of(run_id)
+            return (await asyncio.to_thread(runs.cancel, run_id)).summary()
 
     if store is not None:
 

@@ -11,11 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flywheel import telemetry
 from flywheel.config import FlywheelConfig, ServeConfig, load_config
 from flywheel.log_writer import LogWriter
 from flywheel.models import resolve_model_path
 from flywheel.routes import open_route_book
 from flywheel.store import open_store
+from flywheel.turns import RunBook
 from serve.api import classify_failure, make_api
 from serve.engine import Endpoint, VLLMEngine
 from serve.inference_log import InferenceLog
@@ -74,10 +76,44 @@ def classify_serve_failure(error: BaseException) -> tuple[int, str]:
     return classify_failure(error)
 
 
+class TurnWatcher:
+    """`turn.watch_in_service`: the watcher (flywheel/watch.py) as a Serve deployment, so
+    the app turns the flywheel by itself; turns run in this replica's threads and use the
+    cluster (Ray Data, Ray Train) from there."""
+
+    def __init__(self, config: dict):
+        import threading
+
+        from flywheel.turn import run_turn
+        from flywheel.watch import Watcher
+
+        cfg = FlywheelConfig.model_validate(config)
+        self._stop = threading.Event()
+
+        def watch() -> None:
+            store = open_store(cfg.store_url)  # opened in the thread that uses it (SQLite)
+            try:
+                Watcher(cfg, store, run_turn).run_forever(self._stop)
+            finally:
+                store.close()
+
+        self._thread = threading.Thread(target=watch, name="flywheel-watcher", daemon=True)
+        self._thread.start()
+
+    def check_health(self) -> None:
+        if not self._thread.is_alive():
+            raise RuntimeError("the watcher thread stopped")
+
+    def __del__(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+
+
 class Ingress:
     """The HTTP ingress: FastAPI built per replica around handles to the model deployments."""
 
-    def __init__(self, config: dict, models: dict[str, Any]):
+    def __init__(self, config: dict, models: dict[str, Any], watcher: Any = None):
+        """`watcher`: the TurnWatcher handle, when one is deployed (bound here so Serve runs it)."""
         cfg = FlywheelConfig.model_validate(config)
         routing = RoutingTable([m.name for m in cfg.serve.models], open_route_book(cfg), cfg.adapters_dir)
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
@@ -87,9 +123,12 @@ class Ingress:
             self._writer = LogWriter(lambda: open_store(cfg.store_url), cfg.home / "spool",
                                      batch_size=cfg.serve.logging.batch_size,
                                      flush_interval_s=cfg.serve.logging.flush_interval_s)
-            inference_log = InferenceLog(cfg.serve.logging, self._writer.submit)
+            prices = (cfg.turn.teacher_price_per_mtok, cfg.turn.student_price_per_mtok)
+            inference_log = InferenceLog(cfg.serve.logging, self._writer.submit,
+                                         lambda workload, tokens: telemetry.student_answered(workload, tokens, *prices))
         self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
-                             store=lambda: open_store(cfg.store_url), inference_log=inference_log)
+                             store=lambda: open_store(cfg.store_url), inference_log=inference_log,
+                             runs=RunBook(cfg.turns_dir))
 
     def __serve_build_asgi_app__(self):
         return self._api
@@ -145,7 +184,12 @@ def build_app(config: FlywheelConfig):
         max_ongoing_requests=sum(m.max_ongoing_requests + m.max_queued_requests for m in config.serve.models),
         logging_config=logging,
     )
-    return ingress.bind(payload, models)
+    watcher = None
+    if config.turn.watch_in_service:
+        watcher = ray_serve.deployment(TurnWatcher).options(
+            name="watcher", num_replicas=1, ray_actor_options={"num_cpus": 0}, logging_config=logging,
+            health_check_period_s=30).bind(payload)
+    return ingress.bind(payload, models, watcher)
 
 
 def app_builder(args: dict[str, str]):

@@ -18,6 +18,7 @@ from typing import Any
 
 from ulid import ULID
 
+from flywheel import telemetry
 from flywheel.config import LoggingConfig
 from flywheel.records import LogRecord
 from serve.routing import Route
@@ -39,9 +40,12 @@ class Pending:
 
 
 class InferenceLog:
-    def __init__(self, config: LoggingConfig, sink: Callable[[LogRecord], None]):
+    def __init__(self, config: LoggingConfig, sink: Callable[[LogRecord], None],
+                 on_student_tokens: Callable[[str, int], None] = lambda workload, tokens: None):
+        """`on_student_tokens(workload, tokens)` counts what adapters answered (savings)."""
         self.config = config
         self.sink = sink
+        self.on_student_tokens = on_student_tokens
 
     def begin(self, headers: Mapping[str, str], body: dict[str, Any], route: Route,
               tags: dict[str, str] | None = None, workload: str | None = None, force: bool = False) -> Pending | None:
@@ -82,5 +86,8 @@ class InferenceLog:
                 tags=pending.tags,
             )
             self.sink(record)
+            telemetry.record_logged(record.workload_id, pending.tags.get("role"))
+            if ok and pending.route.adapter and "shadow_of" not in pending.tags:
+                self.on_student_tokens(record.workload_id, int((record.usage or {}).get("total_tokens", 0)))
         except Exception:
             logger.exception("could not log inference %s", pending.id)

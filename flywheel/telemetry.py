@@ -1,0 +1,98 @@
+"""The flywheel's Ray metrics (`ray.util.metrics`), shown on the Ray dashboard and exported
+to Prometheus from every node's metrics agent (`ray.metrics_export_port`).
+
+Names as Prometheus sees them carry Ray's `ray_` prefix (counters also get `_total`):
+- `flywheel_records_logged{workload, role}` — inferences handed to the log writer
+- `flywheel_log_spool_batches`, `flywheel_store_lag_seconds` — what waits for the store,
+  and how old the newest written batch's first record was when it was written
+- `flywheel_student_tokens{workload}`, `flywheel_estimated_savings_usd{workload}` — tokens
+  students answered, times the teacher/student price difference from `turn.*_price_per_mtok`
+- `flywheel_turns{workload, status}`, `flywheel_stage_seconds{workload, stage}` — turns by
+  status; stage durations (histogram)
+- `flywheel_candidate_score{workload, candidate, metric}` — the latest turn's scores
+- `flywheel_promoted{alias, model}` — 1 for what each alias's student is now, 0 for the former
+
+Every function does nothing outside a Ray process, so library code calls them freely.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_metrics: dict[str, Any] = {}
+STAGE_BOUNDARIES = [1, 10, 60, 300, 900, 3600, 4 * 3600]
+
+
+def _metric(kind: str, name: str, description: str, tags: tuple[str, ...], **extra: Any) -> Any | None:
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    if name not in _metrics:
+        from ray.util import metrics
+
+        _metrics[name] = getattr(metrics, kind)(name, description=description, tag_keys=tags, **extra)
+    return _metrics[name]
+
+
+def record_logged(workload: str, role: str | None) -> None:
+    counter = _metric("Counter", "flywheel_records_logged", "Inferences handed to the log writer.",
+                      ("workload", "role"))
+    if counter is not None:
+        counter.inc(1, tags={"workload": workload, "role": role or "direct"})
+
+
+def student_answered(workload: str, tokens: int, teacher_price_per_mtok: float,
+                     student_price_per_mtok: float) -> None:
+    tokens_counter = _metric("Counter", "flywheel_student_tokens", "Tokens answered by promoted students.",
+                             ("workload",))
+    if tokens_counter is None or tokens <= 0:
+        return
+    tokens_counter.inc(tokens, tags={"workload": workload})
+    saved = tokens * max(0.0, teacher_price_per_mtok - student_price_per_mtok) / 1e6
+    _metric("Counter", "flywheel_estimated_savings_usd", "Student tokens x (teacher - student price).",
+            ("workload",)).inc(saved, tags={"workload": workload})
+
+
+def log_writer_state(spooled_batches: int, lag_s: float | None) -> None:
+    spool = _metric("Gauge", "flywheel_log_spool_batches", "Batches spooled on disk, waiting for the store.", ())
+    if spool is None:
+        return
+    spool.set(spooled_batches)
+    if lag_s is not None:
+        _metric("Gauge", "flywheel_store_lag_seconds", "Age of a batch's first record when it was stored.",
+                ()).set(lag_s)
+
+
+def turn_status(workload: str, status: str) -> None:
+    counter = _metric("Counter", "flywheel_turns", "Turns by status (running counts starts).", ("workload", "status"))
+    if counter is not None:
+        counter.inc(1, tags={"workload": workload, "status": status})
+
+
+def stage_finished(workload: str, stage: str, seconds: float) -> None:
+    histogram = _metric("Histogram", "flywheel_stage_seconds", "Duration of a turn's stages.", ("workload", "stage"),
+                        boundaries=STAGE_BOUNDARIES)
+    if histogram is not None:
+        histogram.observe(seconds, tags={"workload": workload, "stage": stage})
+
+
+def turn_finished(record: Any) -> None:
+    """The latest scores of the turn's candidates."""
+    gauge = _metric("Gauge", "flywheel_candidate_score", "Latest evaluated score per candidate and metric.",
+                    ("workload", "candidate", "metric"))
+    report = record.report
+    if gauge is None or not report:
+        return
+    for candidate, by_metric in report["candidates"].items():
+        for metric, summary in by_metric.items():
+            gauge.set(summary["mean"], tags={"workload": record.workload, "candidate": candidate, "metric": metric})
+
+
+def promoted(alias: str, model: str, former: str | None) -> None:
+    gauge = _metric("Gauge", "flywheel_promoted", "1 for each alias's current student.", ("alias", "model"))
+    if gauge is None:
+        return
+    if former and former != model:
+        gauge.set(0, tags={"alias": alias, "model": former})
+    gauge.set(1, tags={"alias": alias, "model": model})

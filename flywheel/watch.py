@@ -1,0 +1,115 @@
+"""Turning by itself: the watcher starts a turn for a workload when enough new records
+arrived since its last turn (`turn.min_new_records`), or when `turn.interval_s` passed
+and anything new arrived; it also runs turns queued over HTTP (`POST /v1/flywheel/runs`
+creates a pending run). One turn per workload at a time (run-record locks), at most
+`turn.max_concurrent` at once.
+
+`due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
+inputs from the store and the run records and starts what is due, each turn in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.store import LogFilter, LogStore
+from flywheel.turns import RunBook, RunRecord, TurnBusy
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    workload: str
+    new_records: int  # successful records since the last turn started (all of them before any turn)
+    last_turn_at: float | None  # when the workload's last turn was created
+    running: bool  # a turn of the workload is running or pending
+
+
+def due(settings: TurnConfig, views: list[WorkloadView], running_turns: int, now: float) -> list[tuple[str, str]]:
+    """(workload, why) for each turn to start now, most new records first."""
+    room = settings.max_concurrent - running_turns
+    chosen = []
+    for view in sorted(views, key=lambda v: v.new_records, reverse=True):
+        if room <= 0 or view.running or view.new_records == 0:
+            continue
+        if view.new_records >= settings.min_new_records:
+            why = f"{view.new_records} new records (>= {settings.min_new_records})"
+        elif settings.interval_s and view.last_turn_at is not None and now - view.last_turn_at >= settings.interval_s:
+            why = f"{now - view.last_turn_at:.0f} s since the last turn and {view.new_records} new records"
+        else:
+            continue
+        chosen.append((view.workload, why))
+        room -= 1
+    return chosen
+
+
+TurnRunner = Callable[[FlywheelConfig, str | None, str | None, dict], RunRecord]
+
+
+class Watcher:
+    """`run_turn` (injected) for what is due, in background threads."""
+
+    def __init__(self, config: FlywheelConfig, store: LogStore, run_turn: TurnRunner):
+        self.config = config
+        self.store = store
+        self.run_turn = run_turn
+        self.book = RunBook(config.turns_dir)
+        self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
+
+    def views(self) -> list[WorkloadView]:
+        runs = self.book.list()
+        workloads = self.config.turn.workloads or sorted(self.store.stats(LogFilter(status="ok"))["by_workload"])
+        views = []
+        for workload in workloads:
+            mine = [run for run in runs if run.workload == workload]
+            last = mine[0].created_at if mine else None
+            active = any(run.status == "pending" or self.book.running(run.run_id) for run in mine)
+            count = self.store.count(LogFilter(workload_id=workload, status="ok", since=last))
+            views.append(WorkloadView(workload, count, last, active))
+        return views
+
+    def tick(self, now: float | None = None) -> list[str]:
+        """Start what is due; the run ids started."""
+        self.threads = {run_id: thread for run_id, thread in self.threads.items() if thread.is_alive()}
+        started = []
+        pending = [run for run in reversed(self.book.list()) if run.status == "pending" and not run.cancel_requested]
+        for run in pending:  # queued over HTTP: oldest first
+            if len(self.threads) >= self.config.turn.max_concurrent:
+                break
+            if run.run_id not in self.threads:
+                started.append(self._start(run.workload, run.run_id, run.options))
+        for workload, why in due(self.config.turn, self.views(), len(self.threads), now or time.time()):
+            logger.info("starting a turn of %s: %s", workload, why)
+            started.append(self._start(workload, None, {"trigger": why}))
+        return [run_id for run_id in started if run_id]
+
+    def _start(self, workload: str, run_id: str | None, options: dict) -> str | None:
+        if run_id is None:
+            run_id = self.book.create(workload, options).run_id
+
+        def turn() -> None:
+            try:
+                self.run_turn(self.config, workload, run_id, options)
+            except TurnBusy as busy:
+                logger.info("turn %s not started: %s", run_id, busy)
+            except Exception:
+                logger.exception("turn %s crashed", run_id)
+
+        thread = threading.Thread(target=turn, name=f"turn-{run_id}", daemon=True)
+        self.threads[run_id] = thread
+        thread.start()
+        return run_id
+
+    def run_forever(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                logger.exception("watcher tick failed")
+            stop.wait(self.config.turn.poll_s)
