@@ -122,7 +122,7 @@ def run_turn(config: FlywheelConfig, workload: str | None = None, run_id: str | 
                 stage = record.stages[name]
                 if stage.status == "succeeded":
                     continue
-                if book.get(record.run_id).cancel_requested:
+                if book.save(record).cancel_requested:  # saving picks up a cancel written elsewhere
                     raise TurnCancelled
                 record.stage = name
                 stage.status, stage.started_at, stage.error, stage.progress = "running", time.time(), None, ""

@@ -99,12 +99,26 @@ class RunBook:
                       key=lambda r: r.created_at, reverse=True)
 
     def save(self, record: RunRecord) -> RunRecord:
+        """Write `record`, keeping a cancel request another process wrote meanwhile."""
+        with self._writing(record.run_id):
+            on_disk = self.get(record.run_id)
+            record.cancel_requested = record.cancel_requested or bool(on_disk and on_disk.cancel_requested)
+            self._write(record)
+        return record
+
+    def _write(self, record: RunRecord) -> None:
         record.updated_at = time.time()
-        self.folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=self.folder, prefix=".run-", delete=False) as staging:
             staging.write(record.model_dump_json(indent=1))
         os.replace(staging.name, self.path(record.run_id))
-        return record
+
+    @contextmanager
+    def _writing(self, run_id: str) -> Iterator[None]:
+        """Serialises read-modify-writes of one record across processes."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f".{run_id}.write-lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
 
     def create(self, workload: str, options: dict[str, Any] | None = None, run_id: str | None = None) -> RunRecord:
         if not MODEL_NAME.match(workload):
@@ -116,15 +130,17 @@ class RunBook:
 
     def cancel(self, run_id: str) -> RunRecord:
         """Ask a run to stop: a pending one is cancelled now, a running one at its next check."""
-        record = self.get(run_id)
-        if record is None:
-            raise KeyError(run_id)
-        if record.status in ("succeeded", "failed", "cancelled"):
+        with self._writing(run_id):
+            record = self.get(run_id)
+            if record is None:
+                raise KeyError(run_id)
+            if record.status in ("succeeded", "failed", "cancelled"):
+                return record
+            record.cancel_requested = True
+            if record.status == "pending" and not self.running(run_id):
+                record.status = "cancelled"
+            self._write(record)
             return record
-        record.cancel_requested = True
-        if record.status == "pending" and not self.running(run_id):
-            record.status = "cancelled"
-        return self.save(record)
 
     def running(self, run_id: str) -> bool:
         """Whether a process holds the run's lock now."""

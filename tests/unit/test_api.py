@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from flywheel.config import LoggingConfig, RouteTarget, ServeConfig
 from flywheel.routes import RouteBook, adapter_checker, seed_states
+from flywheel.turns import RunBook
 from serve.api import make_api
 from serve.app import classify_serve_failure
 from serve.inference_log import InferenceLog
@@ -298,8 +299,8 @@ def secured(tmp_path, engine, logged):
                          aliases={"router": RouteTarget(base="small")})
     book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small", adapter_checker(["small"], tmp_path))
     routing = RoutingTable(["small"], book, tmp_path)
-    return TestClient(make_api(config, routing, {"small": engine}, inference_log=InferenceLog(LoggingConfig(),
-                                                                                               logged.append)))
+    return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
+                               inference_log=InferenceLog(LoggingConfig(), logged.append)))
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
@@ -389,3 +390,26 @@ def test_shadow_mode_answers_with_the_teacher_and_logs_the_candidate_linked(secu
     assert primary.adapter is None and shadow.adapter == "next"
     assert primary.tags["shadow"] == shadow.id and shadow.tags["shadow_of"] == primary.id
     assert shadow.tags["role"] == "candidate" and shadow.request == primary.request
+
+
+def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):
+    assert_openai_error(secured.post("/v1/flywheel/runs", json={"workload": "support"}), 401)
+    assert_openai_error(secured.get("/v1/flywheel/runs", headers={"Authorization": "Bearer no"}), 403)
+    queued = secured.post("/v1/flywheel/runs", json={"workload": "support", "max_steps": 5}, headers=ADMIN)
+    assert queued.status_code == 202
+    run = queued.json()
+    assert (run["status"], run["workload"], run["options"]) == ("pending", "support", {"max_steps": 5})
+    assert [r["run_id"] for r in secured.get("/v1/flywheel/runs", headers=ADMIN).json()["runs"]] == [run["run_id"]]
+    shown = secured.get(f"/v1/flywheel/runs/{run['run_id']}", headers=ADMIN).json()
+    assert shown["stages"]["curate"]["status"] == "pending" and shown["decision"] is None
+    cancelled = secured.post(f"/v1/flywheel/runs/{run['run_id']}/cancel", headers=ADMIN).json()
+    assert cancelled["status"] == "cancelled" and cancelled["cancel_requested"]
+    assert_openai_error(secured.get("/v1/flywheel/runs/nope", headers=ADMIN), 404)
+    assert_openai_error(secured.post("/v1/flywheel/runs/nope/cancel", headers=ADMIN), 404)
+
+
+@pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},
+                                  {"workload": "w", "max_steps": True}, {"workload": "w", "go": 1}])
+def test_bad_run_requests_get_openai_errors(secured, body):
+    assert_openai_error(secured.post("/v1/flywheel/runs", json=body, headers=ADMIN), 400)
+    assert secured.get("/v1/flywheel/runs", headers=ADMIN).json()["runs"] == []

@@ -1,0 +1,147 @@
+"""Turn orchestration with the stages stubbed (the real stages run in
+tests/integration/test_turn.py): records, resume, cancel, exclusivity, and the watcher's
+trigger logic."""
+
+import threading
+import time
+
+import pytest
+
+from flywheel import turn as turn_module
+from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.records import LogRecord
+from flywheel.store import open_store
+from flywheel.turn import run_turn
+from flywheel.turns import STAGES, RunBook, TurnBusy
+from flywheel.watch import Watcher, WorkloadView, due
+
+
+@pytest.fixture
+def config(tmp_path):
+    return FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {"models": [{"name": "small", "source": "x"}]},
+                                          "turn": {"min_new_records": 10, "max_concurrent": 2}})
+
+
+class Stages:
+    """Stand-ins for the four stages: record calls, fail or block on request."""
+
+    def __init__(self):
+        self.calls, self.fail, self.gate = [], set(), None
+
+    def install(self, monkeypatch):
+        def make(name):
+            def run(config, record, report):
+                self.calls.append(name)
+                report(f"{name} working")
+                if self.gate is not None and name == "train":
+                    self.gate.wait(10)
+                if name in self.fail:
+                    raise RuntimeError(f"{name} broke")
+                return {"curate": {"dataset_id": "d1"}, "train": {"adapters": ["a1"]},
+                        "evaluate": {"report_id": "r1", "report": {"candidates": {}}},
+                        "gate": {"promoted": True, "decision": {"promote": True, "reasons": ["pass"]}}}[name]
+            return run
+
+        monkeypatch.setattr(turn_module, "RUNNERS", {name: make(name) for name in STAGES})
+        return self
+
+
+def test_a_turn_runs_every_stage_and_records_it(config, monkeypatch):
+    stages = Stages().install(monkeypatch)
+    seen = []
+    record = run_turn(config, "support", options={"max_steps": 3}, progress=lambda stage, text: seen.append(stage))
+    assert record.status == "succeeded" and stages.calls == list(STAGES)
+    assert record.stages["curate"].artifacts == {"dataset_id": "d1"} and record.decision["promote"]
+    assert all(stage.seconds is not None and stage.status == "succeeded" for stage in record.stages.values())
+    assert RunBook(config.turns_dir).get(record.run_id).summary() == record.summary()
+    assert record.options == {"max_steps": 3} and set(seen) == set(STAGES)
+
+
+def test_a_failed_turn_resumes_from_its_failed_stage_and_a_done_one_does_not_run_again(config, monkeypatch):
+    stages = Stages().install(monkeypatch)
+    stages.fail = {"evaluate"}
+    failed = run_turn(config, "support", run_id="support-run-1")
+    assert failed.status == "failed" and failed.stage == "evaluate" and "evaluate broke" in failed.error
+    assert failed.stages["evaluate"].status == "failed" and failed.stages["gate"].status == "pending"
+    stages.fail, stages.calls = set(), []
+    resumed = run_turn(config, run_id="support-run-1")
+    assert resumed.status == "succeeded" and stages.calls == ["evaluate", "gate"]
+    again = run_turn(config, run_id="support-run-1")
+    assert again.status == "succeeded" and stages.calls == ["evaluate", "gate"]  # not run twice
+    with pytest.raises(ValueError, match="not 'other'"):
+        run_turn(config, "other", run_id="support-run-1")
+
+
+def test_a_running_turn_holds_its_run_and_workload(config, monkeypatch):
+    stages = Stages().install(monkeypatch)
+    stages.gate = threading.Event()
+    book = RunBook(config.turns_dir)
+    worker = threading.Thread(target=run_turn, args=(config, "support", "support-run-2"))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while "train" not in stages.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert book.running("support-run-2") and book.get("support-run-2").status == "running"
+    assert book.get("support-run-2").stages["train"].progress == "train working"
+    with pytest.raises(TurnBusy, match="is running"):
+        run_turn(config, run_id="support-run-2")
+    with pytest.raises(TurnBusy, match="another turn of workload 'support'"):
+        run_turn(config, "support")
+    book.cancel("support-run-2")  # stops before its next stage
+    stages.gate.set()
+    worker.join(10)
+    record = book.get("support-run-2")
+    assert record.status == "cancelled" and stages.calls == ["curate", "train"] and not book.running("support-run-2")
+
+
+def test_a_pending_run_cancels_at_once_and_bad_names_are_refused(config):
+    book = RunBook(config.turns_dir)
+    assert book.cancel(book.create("support").run_id).status == "cancelled"
+    with pytest.raises(ValueError):
+        book.create("../etc")
+    with pytest.raises(ValueError):
+        book.get("../../x")
+
+
+def view(workload, new, last=None, running=False):
+    return WorkloadView(workload, new, last, running)
+
+
+def test_due_starts_on_enough_records_or_on_schedule_one_per_workload_within_the_limit():
+    settings = TurnConfig(min_new_records=100, interval_s=3600, max_concurrent=2)
+    now = 10_000.0
+    assert due(settings, [view("a", 150), view("b", 99), view("c", 500, running=True)], 0, now) == [
+        ("a", "150 new records (>= 100)")]
+    on_schedule = due(settings, [view("a", 5, last=now - 4000), view("b", 5, last=now - 100), view("c", 0, now - 9e3)],
+                      0, now)
+    assert [workload for workload, _ in on_schedule] == ["a"] and "since the last turn" in on_schedule[0][1]
+    many = [view(name, 1000 + i) for i, name in enumerate("abcd")]
+    assert [w for w, _ in due(settings, many, 0, now)] == ["d", "c"]  # most new records first, limit 2
+    assert due(settings, many, 2, now) == []  # the limit counts turns already running
+    assert due(TurnConfig(min_new_records=100), [view("a", 50, last=0)], 0, now) == []  # no schedule set
+
+
+def test_watcher_starts_due_and_queued_turns_and_counts_records_since_the_last_turn(config, tmp_path):
+    store = open_store(config.store_url)
+    store.write_batch([LogRecord(workload_id=w, client_id="c", model="small", request={}, timestamp=time.time() - 60)
+                       for w in ["support"] * 12 + ["tiny"] * 3])
+    started = []
+
+    def fake_turn(cfg, workload, run_id, options):
+        started.append((workload, run_id, options))
+        book = RunBook(cfg.turns_dir)
+        record = book.get(run_id)
+        record.status = "succeeded"
+        return book.save(record)
+
+    watcher = Watcher(config, store, fake_turn)
+    queued = RunBook(config.turns_dir).create("tiny", {"max_steps": 2})  # POST /v1/flywheel/runs
+    ran = watcher.tick()
+    for thread in watcher.threads.values():
+        thread.join(5)
+    assert [(w, options) for w, _, options in started] == [
+        ("tiny", {"max_steps": 2}), ("support", {"trigger": "12 new records (>= 10)"})]
+    assert ran[0] == queued.run_id
+    assert {v.workload: v.new_records for v in watcher.views()} == {"support": 0, "tiny": 0}  # since their turns
+    assert watcher.tick() == []
+    store.close()
