@@ -45,6 +45,7 @@ class Service:
     process: subprocess.Popen
     store_url: str
     ray_address: str
+    metrics_url: str
 
     @property
     def base_url(self) -> str:
@@ -80,7 +81,8 @@ def service(tmp_path_factory, models_dir) -> Service:
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
     ready = _read_ready_line(process, log)
-    yield Service(ready["url"], home, models_dir, process, ready["store_url"], ready["ray_address"])
+    yield Service(ready["url"], home, models_dir, process, ready["store_url"], ready["ray_address"],
+                  ready["metrics_url"])
     process.send_signal(signal.SIGTERM)
     try:
         assert process.wait(timeout=120) == 0, f"`flywheel serve` exited uncleanly; see {log}"

@@ -1,0 +1,131 @@
+"""Whole turns of the flywheel against the live service, on real data (the sample
+workload imported as teacher history): a turn SIGKILLed during training resumes from its
+Ray Train checkpoint and completes with a recorded gate decision; its metrics reach the
+Ray metrics endpoint; and `ray job submit` runs a turn on a Ray head this test starts
+(and stops, by ending the driver that started it — never `ray stop`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from flywheel.config import load_config
+from flywheel.service import free_port
+from flywheel.turns import RunBook
+from flywheel.workloads.support_tools import TEACHER
+from tests.integration.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.integration
+WORKLOAD = "turn-test"
+
+
+@pytest.fixture(scope="module")
+def turn_config(service, ray_cluster) -> Path:
+    """The service's home and store, this cluster, a small but real turn; 700 teacher records."""
+    config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
+    config.update(home=str(service.home), models_dir=str(service.models_dir), ray={"address": ray_cluster},
+                  store={"url": service.store_url}, evaluate={"service_url": service.url, "concurrency": 8},
+                  curate={"teacher_models": [TEACHER], "eval_size": 40, "icl": {"semantic": False}},
+                  train={"checkpoint_every": 3, "batch_size": 8, "learning_rate": 1e-3},
+                  gate={"min_eval_size": 20}, turn={"eval_limit": 20})
+    path = service.home / "turn.yaml"
+    path.write_text(yaml.safe_dump(config))
+    logs = service.home / "turn-logs.jsonl"
+    run_cli("workload", "generate", "support-tools", "--n", "700", "--seed", "5", "--out", str(logs))
+    assert run_cli("logs", "import", str(logs), "--workload", WORKLOAD, config=path)["imported"] == 700
+    return path
+
+
+def _wait_for(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_a_turn_killed_in_training_resumes_and_completes_with_a_decision(service, turn_config):
+    from flywheel.turn import run_turn
+
+    book, run_id = RunBook(service.home / "turns"), f"{WORKLOAD}-killed"
+    command = [sys.executable, "-m", "flywheel.cli", "turn", "--workload", WORKLOAD, "--run-id", run_id,
+               "--max-steps", "8", "--config", str(turn_config), "--json"]
+    turn = subprocess.Popen(command, env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: (record := book.get(run_id)) and "step 5/8" in record.stages["train"].progress, 600,
+                  "training to pass its step-3 checkpoint")
+    finally:
+        turn.send_signal(signal.SIGKILL)
+        turn.wait(30)
+    killed = book.get(run_id)
+    assert killed.status == "running" and not book.running(run_id)  # stale: its process is gone
+    curated_at = killed.stages["curate"].finished_at
+
+    record = run_turn(load_config(turn_config), run_id=run_id)
+    assert record.status == "succeeded", record.error
+    assert record.stages["curate"].finished_at == curated_at  # not curated again
+    (adapter,) = record.stages["train"].artifacts["adapters"]
+    metrics = record.stages["train"].artifacts["metrics"][adapter]
+    assert metrics["step"] == 8 and metrics["resumed_from"] >= 3  # picked up its checkpoint
+    assert record.report["candidates"][adapter]["function_name_and_args"]["n"] == 20
+    decision = record.decision
+    assert decision["alias"] == WORKLOAD and decision["reasons"] and Path(decision["path"]).is_file()
+    shown = run_cli("runs", run_id, config=turn_config)
+    assert shown["status"] == "succeeded" and shown["decision"]["promote"] == decision["promote"]
+    status = run_cli("status", config=turn_config)
+    assert status["latest_runs"][WORKLOAD]["run_id"] == run_id and status["records"][WORKLOAD] >= 700
+
+    def exported() -> str | None:
+        text = httpx.get(service.metrics_url, timeout=30).text
+        wanted = ("ray_flywheel_turns_total", f'workload="{WORKLOAD}"', "ray_flywheel_stage_seconds",
+                  "ray_flywheel_records_logged_total", "ray_flywheel_candidate_score")
+        return text if all(name in text for name in wanted) else None
+
+    text = _wait_for(exported, 60, "the turn's metrics on the Ray metrics endpoint")
+    assert any('status="succeeded"' in line and WORKLOAD in line for line in text.splitlines()
+               if line.startswith("ray_flywheel_turns_total"))
+
+
+HEAD = """
+import sys, tempfile, ray
+ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port={port},
+         num_cpus=4, _temp_dir=tempfile.mkdtemp(prefix="flywheel-job-head-", dir="/tmp"))
+print("ready", flush=True)
+sys.stdin.read()  # until the test closes our stdin; exiting stops the cluster this driver started
+"""
+
+
+def test_ray_job_submit_runs_a_turn_on_a_fresh_head(service, turn_config, tmp_path):
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    head = subprocess.Popen([sys.executable, "-c", HEAD.format(port=port)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+    try:
+        assert head.stdout.readline().strip() == "ready"
+        config = yaml.safe_load(turn_config.read_text())
+        config["ray"] = {"address": "auto"}  # the job's driver joins the head it was submitted to
+        job_config = tmp_path / "job.yaml"
+        job_config.write_text(yaml.safe_dump(config))
+        job = subprocess.run(
+            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port}",
+             "--working-dir", str(REPO), "--", "python", "jobs/flywheel_turn.py", "--config", str(job_config),
+             "--workload", WORKLOAD, "--max-steps", "2", "--eval-limit", "20"],
+            capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
+        record = json.loads(next(line for line in reversed(job.stdout.splitlines()) if line.startswith("{")))
+        assert record["status"] == "succeeded" and record["decision"]["reasons"]
+        assert RunBook(service.home / "turns").get(record["run_id"]).status == "succeeded"
+    finally:
+        head.stdin.close()
+        head.wait(120)
