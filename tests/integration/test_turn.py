@@ -2,7 +2,7 @@
 workload imported as teacher history): a turn SIGKILLed during training resumes from its
 Ray Train checkpoint and completes with a recorded gate decision; its metrics reach the
 Ray metrics endpoint; and `ray job submit` runs a turn on a Ray head this test starts
-(and stops, by ending the driver that started it — never `ray stop`)."""
+and stops (its own processes only — never `ray stop`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
@@ -97,35 +100,59 @@ def test_a_turn_killed_in_training_resumes_and_completes_with_a_decision(service
                if line.startswith("ray_flywheel_turns_total"))
 
 
-HEAD = """
-import sys, tempfile, ray
-ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port={port},
-         num_cpus=4, _temp_dir=tempfile.mkdtemp(prefix="flywheel-job-head-", dir="/tmp"))
-print("ready", flush=True)
-sys.stdin.read()  # until the test closes our stdin; exiting stops the cluster this driver started
-"""
+@contextmanager
+def private_head(env: dict) -> Iterator[str]:
+    """`ray start --head --block` on free ports and its own temp dir; the dashboard URL. Stopped
+    by ending that process and its descendants (its own cluster only: never `ray stop`).
+    The ports are explicit because the service's cluster already holds Ray's defaults."""
+    import psutil
+
+    ports = [free_port() for _ in range(4)]
+    temp = tempfile.mkdtemp(prefix="fw-head-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    ray = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen([ray, "start", "--head", "--block", f"--port={ports[0]}", "--num-cpus=4",
+                             "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={ports[1]}",
+                             f"--dashboard-agent-listen-port={ports[2]}", f"--ray-client-server-port={ports[3]}",
+                             f"--temp-dir={temp}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{ports[1]}"
+        _wait_for(lambda: _answers(f"{url}/api/version"), 120, "the private head's dashboard")
+        yield url
+    finally:
+        family = [psutil.Process(head.pid), *psutil.Process(head.pid).children(recursive=True)]
+        for process in family:
+            with suppress(psutil.NoSuchProcess):
+                process.terminate()
+        _, alive = psutil.wait_procs(family, timeout=15)
+        for process in alive:
+            with suppress(psutil.NoSuchProcess):
+                process.kill()
+        head.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_ray_job_submit_runs_a_turn_on_a_fresh_head(service, turn_config, tmp_path):
-    port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    head = subprocess.Popen([sys.executable, "-c", HEAD.format(port=port)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
-    try:
-        assert head.stdout.readline().strip() == "ready"
+    with private_head(env) as dashboard:
         config = yaml.safe_load(turn_config.read_text())
         config["ray"] = {"address": "auto"}  # the job's driver joins the head it was submitted to
         job_config = tmp_path / "job.yaml"
         job_config.write_text(yaml.safe_dump(config))
-        job = subprocess.run(
-            [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", f"http://127.0.0.1:{port}",
-             "--working-dir", str(REPO), "--", "python", "jobs/flywheel_turn.py", "--config", str(job_config),
-             "--workload", WORKLOAD, "--max-steps", "2", "--eval-limit", "20"],
-            capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+        submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard,
+                  "--working-dir", str(REPO), "--", "python", "jobs/flywheel_turn.py", "--config", str(job_config),
+                  "--workload", WORKLOAD, "--max-steps", "2", "--eval-limit", "20"]
+        for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
+            job = subprocess.run(submit, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-2000:]
         record = json.loads(next(line for line in reversed(job.stdout.splitlines()) if line.startswith("{")))
         assert record["status"] == "succeeded" and record["decision"]["reasons"]
         assert RunBook(service.home / "turns").get(record["run_id"]).status == "succeeded"
-    finally:
-        head.stdin.close()
-        head.wait(120)
