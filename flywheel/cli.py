@@ -150,20 +150,32 @@ def service_or_fail(cfg: FlywheelConfig) -> Iterator[str]:
 
 
 @app.command("demo")
-def demo_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Pull the model if needed, serve it, and answer chat requests through the `openai` client."""
-    from flywheel.demo import run_demo
+def demo_command(
+    quick: bool = typer.Option(False, "--quick", help="A few minutes: 600 records, 6 training steps, 20 eval rows."),
+    records: int | None = typer.Option(None, "--records", min=200, help="Teacher history to start from."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The whole flywheel on this machine, turning twice: import teacher history, turn 1
+    (curate, train, evaluate, gate, promote), live requests and corrections, turn 2; a
+    before/after table, a chart and demo_summary.json under $FLYWHEEL_HOME."""
+    from flywheel.demo import DemoSize, run_demo
 
-    cfg = config_from(config, {"serve.access_log": False})  # keep the demo's output readable
+    cfg = config_from(config)
     for model in cfg.serve.models:
         if model.source in KNOWN_MODELS:
             with err.status(f"pulling {model.source}") as status:
                 pull_model(model.source, cfg.models_dir,
                            step=lambda text, name=model.source: status.update(f"pulling {name}: {text}"))
-    with service_or_fail(cfg) as url:
-        result = run_demo(url, cfg, out)
+    size = DemoSize.quick(records) if quick else DemoSize(**({"records": records} if records else {}))
+    try:
+        summary = run_demo(cfg, err if as_json else out, size)
+    except ModelError as error:
+        fail(str(error))
+    except RuntimeError as error:
+        fail(f"the demo stopped: {error}")
     if as_json:
-        emit_json(result)
+        emit_json(summary)
 
 
 IMPORT_BATCH = 1_000

@@ -158,8 +158,10 @@ def answered_by(record: _Record) -> str:
 
 def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) -> dict[str, Any]:
     """The example's columns (see `OUTPUT`), or `Rejected` with the reason."""
-    if "shadow_of" in record.tags or (rules.teacher_models and answered_by(record) not in rules.teacher_models):
-        raise Rejected("not_teacher")  # shadow answers are trials, never ground truth
+    corrected = any(isinstance(item, dict) and item.get("correction") for item in record.feedback or [])
+    if not corrected and ("shadow_of" in record.tags
+                          or (rules.teacher_models and answered_by(record) not in rules.teacher_models)):
+        raise Rejected("not_teacher")  # a reviewer's correction is ground truth whoever answered; shadows never
     answer, source = _answer({"response": record.response, "feedback": record.feedback}, rules.min_score)
     if not isinstance(record.request.messages, list) or not record.request.messages:
         raise Rejected("invalid_format")

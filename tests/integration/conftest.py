@@ -60,6 +60,13 @@ class Service:
         return {"FLYWHEEL_HOME": str(self.home), "FLYWHEEL_MODELS": str(self.models_dir)}
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start their own local Ray cluster (`own_cluster`) run first, before the
+    session's service starts one: two local clusters on one machine contend for Ray's
+    default agent ports."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("own_cluster") else 1)
+
+
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """Models are shared across sessions ($FLYWHEEL_MODELS or ~/.cache/flywheel/models)."""

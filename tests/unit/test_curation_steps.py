@@ -105,8 +105,11 @@ def test_served_traffic_counts_by_the_model_that_answered_not_the_alias_asked():
         _record(model="support-tools", base_model=TEACHER),  # an alias in teacher mode
         _record(model="support-tools", base_model="small", adapter="v1"),  # the same alias, a student answering
         _record(model="support-tools", base_model=TEACHER, tags={"shadow_of": "01J"}),  # never ground truth
+        _record(model="support-tools", base_model="small", adapter="v1",  # a student answer a reviewer corrected
+                feedback=[Feedback(rating=-1, correction={"role": "assistant", "content": "Fixed."})]),
     ])
-    assert [row["reason"] for row in rows] == ["", "not_teacher", "not_teacher"]
+    assert [row["reason"] for row in rows] == ["", "not_teacher", "not_teacher", ""]
+    assert rows[3]["source"] == "correction"
     assert [row["reason"] for row in _prepare([_record(base_model="small", adapter="v1"),
                                                _record(tags={"shadow_of": "01J"})], teacher_models=())] == \
         ["", "not_teacher"]
