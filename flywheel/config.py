@@ -275,6 +275,8 @@ class TrainConfig(_Strict):
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many epochs without a better val loss; null: never.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
+    init_adapter: str | None = Field(None, description="Start from this adapter's weights (its id, on the same "
+                                     "base, with the same rank and modules) instead of a fresh LoRA.")
     seed: int = Field(0, description="Seed for init, shuffling and dropout.")
 
 
@@ -331,6 +333,8 @@ class TurnConfig(_Strict):
                                      "when any new record arrived; null: on records only.")
     poll_s: float = Field(30.0, gt=0, description="How often the watcher looks.")
     max_concurrent: int = Field(1, ge=1, description="Turns running at once across workloads (one per workload).")
+    warm_start: bool = Field(True, description="Candidates start from the alias's current student when it has "
+                             "their base (`train.init_adapter`), so later turns need fewer steps.")
     workloads: list[str] = Field(default_factory=list, description="Workloads the watcher turns; empty: every "
                                  "workload with successful records.")
     watch_in_service: bool = Field(False, description="Run the watcher inside the Serve app (a `watcher` "

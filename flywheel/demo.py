@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +36,8 @@ METRICS = ("function_name", "function_name_and_args")
 class DemoSize:
     records: int = 2000  # teacher history before turn 1
     new_records: int = 500  # teacher traffic arriving before turn 2
-    max_steps: int = 100  # training steps per turn
+    max_steps: int = 100  # turn 1's training steps
+    second_steps: int = 40  # turn 2's: it starts from turn 1's student (turn.warm_start)
     eval_size: int = 100  # held-out eval records per turn
     held_out: int = 12  # requests sent through the alias after turn 1
     min_teacher_ratio: float = 0.85  # the demo's gate (the default policy asks 0.95)
@@ -43,7 +45,7 @@ class DemoSize:
     @classmethod
     def quick(cls, records: int | None = None) -> DemoSize:
         """Minutes, for CI: too few steps to learn much, so the gate only checks regressions."""
-        return cls(records=records or 600, new_records=150, max_steps=6, eval_size=20, held_out=4,
+        return cls(records=records or 600, new_records=150, max_steps=6, second_steps=4, eval_size=20, held_out=4,
                    min_teacher_ratio=0.0)
 
 
@@ -52,8 +54,11 @@ def demo_config(config: FlywheelConfig, size: DemoSize) -> FlywheelConfig:
     eval splits, training settings that learn fast on 2 cores."""
     data = config.model_dump(mode="json")
     data["curate"].update(teacher_models=[TEACHER], eval_size=size.eval_size)
-    data["train"].update(max_steps=size.max_steps, batch_size=8, learning_rate=2e-3, checkpoint_every=50,
-                         early_stopping_patience=None)
+    cores = os.cpu_count() or 2
+    data["train"].update(batch_size=8, learning_rate=2e-3, checkpoint_every=50, early_stopping_patience=None,
+                         cpus_per_worker=cores)  # the engine idles while the student trains: every core trains
+    if data["ray"]["address"] == "local":  # logical CPUs: the engine, the ingress and a worker using every core
+        data["ray"]["num_cpus"] = max(data["ray"]["num_cpus"] or 0, cores + 4)
     data["gate"].update(min_eval_size=min(data["gate"]["min_eval_size"], size.eval_size),
                         min_teacher_ratio=size.min_teacher_ratio)
     data["serve"]["access_log"] = False
@@ -71,12 +76,12 @@ def _import(config: FlywheelConfig, count: int, seed: int) -> int:
         store.close()
 
 
-def _turn(config: FlywheelConfig, console: Console, name: str, baselines: list[str]):
+def _turn(config: FlywheelConfig, console: Console, name: str, baselines: list[str], steps: int):
     from flywheel.turn import run_turn
 
     settings = config.model_copy(update={"turn": config.turn.model_copy(update={"baselines": baselines})})
     with console.status(f"{name}: starting") as status:
-        record = run_turn(settings, WORKLOAD_ID, progress=lambda stage, text: status.update(
+        record = run_turn(settings, WORKLOAD_ID, options={"max_steps": steps}, progress=lambda stage, text: status.update(
             f"{name} · {stage}: {text}"[:160]))
     if record.status != "succeeded":
         raise RuntimeError(f"{name} {record.status}: {record.error}")
@@ -211,7 +216,7 @@ def run_demo(config: FlywheelConfig, console: Console, size: DemoSize) -> dict[s
 
         console.print("[bold]2.[/bold] turn 1: curate → train → evaluate (base, ICL, student, teacher) → gate "
                       f"(promote at >= {size.min_teacher_ratio:.0%} of the teacher, no regression)")
-        first = _turn(config, console, "turn 1", ["base", "icl"])
+        first = _turn(config, console, "turn 1", ["base", "icl"], size.max_steps)
         summary["turns"].append({"name": "turn 1", "run_id": first.run_id, "scores": _scores(first),
                                  "decision": first.decision, "stages": {k: v.seconds for k, v in first.stages.items()}})
 
@@ -225,7 +230,7 @@ def run_demo(config: FlywheelConfig, console: Console, size: DemoSize) -> dict[s
         added = _import(config, size.new_records, seed=8)
         console.print(f"[bold]4.[/bold] a reviewer corrected {fixed} student answers; {added} new teacher records "
                       "arrived; turn 2 on the grown log")
-        second = _turn(config, console, "turn 2", [])
+        second = _turn(config, console, "turn 2", [], size.second_steps)
         summary["turns"].append({"name": "turn 2", "run_id": second.run_id, "scores": _scores(second),
                                  "decision": second.decision,
                                  "stages": {k: v.seconds for k, v in second.stages.items()}})

@@ -169,8 +169,9 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
         r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
         target_modules=cfg["target_modules"], task_type="CAUSAL_LM"))
     checkpoint = session.latest_checkpoint()
-    if checkpoint is not None:
-        set_peft_model_state_dict(model, load_file(checkpoint / ADAPTER_WEIGHTS))
+    start = checkpoint or (Path(cfg["init_adapter_path"]) if cfg.get("init_adapter_path") else None)
+    if start is not None:  # resuming, or warm-starting from an earlier adapter
+        set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
     model = session.prepare_model(model.to(device))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"],

@@ -26,7 +26,7 @@ from flywheel.adapters import AdapterVersion
 from flywheel.config import FlywheelConfig, TrainConfig
 from flywheel.datasets import DatasetVersion
 from flywheel.models import resolve_model_path
-from flywheel.sft import run_sft
+from flywheel.sft import ADAPTER_WEIGHTS, run_sft
 
 Progress = Callable[[str, dict[str, Any]], None]  # (adapter id, step metrics)
 
@@ -94,6 +94,8 @@ def _resolved(config: FlywheelConfig, candidate: Candidate) -> tuple[str, TrainC
     if settings.lora_r > served.max_lora_rank:
         raise ValueError(f"train.lora_r {settings.lora_r} exceeds {base}'s served max_lora_rank "
                          f"{served.max_lora_rank}: the adapter could not be served")
+    if settings.init_adapter and not (config.adapters_dir / base / settings.init_adapter / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"train.init_adapter {settings.init_adapter!r}: no such adapter for {base}")
     return base, settings
 
 
@@ -134,6 +136,8 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
         loop = {**hyperparameters, "model_path": str(resolve_model_path(served.source, config.models_dir)),
                 "dataset_path": str(dataset.path), "output_dir": str(config.adapters_dir / base / adapter_id),
                 "progress_file": str(run_dir / "progress.jsonl"), "run_dir": str(run_dir),
+                "init_adapter_path": str(config.adapters_dir / base / settings.init_adapter)
+                if settings.init_adapter else None,
                 "chat_template": Path(chat_template_path(served.chat_template or "chatml_tools")).read_text()}
         trainer = TorchTrainer(
             train_loop_per_worker, train_loop_config=loop,

@@ -43,13 +43,22 @@ def _curate(config: FlywheelConfig, record: RunRecord, report: Callable[[str], N
 
 def _train(config: FlywheelConfig, record: RunRecord, report: Callable[[str], None]) -> dict[str, Any]:
     from flywheel.datasets import load_dataset
+    from flywheel.routes import open_route_book
     from flywheel.training import Candidate, train_candidates
 
     dataset = load_dataset(config.datasets_dir, record.stages["curate"].artifacts["dataset_id"])
     steps = record.options.get("max_steps")
-    candidates = [Candidate(overrides.get("base_model"), {**{k: v for k, v in overrides.items() if k != "base_model"},
-                                                          **({"max_steps": steps} if steps else {})})
-                  for overrides in config.turn.candidates]
+    state = open_route_book(config).get(config.gate.alias_for(record.workload))
+    student = state.student.partition(":") if state and state.student else None
+    candidates = []
+    for overrides in config.turn.candidates:
+        base = overrides.get("base_model") or config.serve.models[0].name
+        settings = {k: v for k, v in overrides.items() if k != "base_model"}
+        if steps:
+            settings["max_steps"] = steps
+        if config.turn.warm_start and student and student[0] == base and "init_adapter" not in settings:
+            settings["init_adapter"] = student[2]
+        candidates.append(Candidate(base, settings))
     ids = [f"{record.run_id}-c{index}" for index in range(len(candidates))]
 
     def step(adapter: str, metrics: dict[str, Any]) -> None:

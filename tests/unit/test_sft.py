@@ -128,3 +128,20 @@ def test_a_run_resumes_from_its_last_checkpoint(tiny_model, dataset, tmp_path):
     assert resumed["resumed_from"] == 6 and resumed["step"] == 10
     steps = [json.loads(line)["step"] for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # nothing trained twice
+
+
+def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, dataset, tmp_path):
+    first, warm, fresh = tmp_path / "first", tmp_path / "warm", tmp_path / "fresh"
+    for folder in (first, warm, fresh):
+        folder.mkdir()
+    run_sft(_loop_config(tiny_model, dataset, first, epochs=6), LocalSession(first / "checkpoints"))
+    learned = [json.loads(line)["loss"] for line in (first / "progress.jsonl").read_text().splitlines()]
+
+    def first_losses(folder, **extra):
+        run_sft(_loop_config(tiny_model, dataset, folder, max_steps=4, **extra), LocalSession(folder / "checkpoints"))
+        return [json.loads(line)["loss"] for line in (folder / "progress.jsonl").read_text().splitlines()]
+
+    warm = first_losses(warm, init_adapter_path=str(first / "adapter"))
+    fresh = first_losses(fresh)
+    assert sum(warm) / 4 < 0.6 * sum(fresh) / 4  # it starts trained, not from scratch
+    assert abs(sum(warm) / 4 - sum(learned[-8:]) / 8) < 0.5 * sum(fresh) / 4
