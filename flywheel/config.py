@@ -182,6 +182,8 @@ class RayConfig(_Strict):
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs a local instance may use (default: all).")
     include_dashboard: bool = Field(False, description="Start the Ray dashboard with a local instance.")
+    log_to_driver: bool = Field(True, description="Show workers' and replicas' output in this process's "
+                                "terminal (they always log to the session's files).")
 
 
 class StoreConfig(_Strict):

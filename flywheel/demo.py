@@ -62,6 +62,7 @@ def demo_config(config: FlywheelConfig, size: DemoSize) -> FlywheelConfig:
     data["gate"].update(min_eval_size=min(data["gate"]["min_eval_size"], size.eval_size),
                         min_teacher_ratio=size.min_teacher_ratio)
     data["serve"]["access_log"] = False
+    data["ray"]["log_to_driver"] = False  # the demo's own lines only; replicas still log to Ray's files
     return FlywheelConfig.model_validate(data)
 
 

@@ -23,9 +23,10 @@ def start_ray(config: RayConfig) -> None:
             _temp_dir=tempfile.mkdtemp(prefix="flywheel-ray-", dir="/tmp"),
             include_dashboard=config.include_dashboard,
             num_cpus=config.num_cpus,
+            log_to_driver=config.log_to_driver,
         )
     else:
-        ray.init(address=config.address)
+        ray.init(address=config.address, log_to_driver=config.log_to_driver)
 
 
 def metrics_url() -> str | None:
