@@ -36,8 +36,8 @@ METRICS = ("function_name", "function_name_and_args")
 class DemoSize:
     records: int = 2000  # teacher history before turn 1
     new_records: int = 500  # teacher traffic arriving before turn 2
-    max_steps: int = 100  # turn 1's training steps
-    second_steps: int = 40  # turn 2's: it starts from turn 1's student (turn.warm_start)
+    max_steps: int = 160  # turn 1's training steps (~0.7 epoch of 2,000 records)
+    second_steps: int = 50  # turn 2's: it continues from turn 1's student on the grown log
     eval_size: int = 100  # held-out eval records per turn
     held_out: int = 12  # requests sent through the alias after turn 1
     min_teacher_ratio: float = 0.85  # the demo's gate (the default policy asks 0.95)
@@ -77,10 +77,14 @@ def _import(config: FlywheelConfig, count: int, seed: int) -> int:
         store.close()
 
 
-def _turn(config: FlywheelConfig, console: Console, name: str, baselines: list[str], steps: int):
+def _turn(config: FlywheelConfig, console: Console, name: str, baselines: list[str], steps: int,
+          start_from: str | None = None):
+    """One turn; `start_from` (an adapter id) warm-starts its candidate, promoted or not."""
     from flywheel.turn import run_turn
 
-    settings = config.model_copy(update={"turn": config.turn.model_copy(update={"baselines": baselines})})
+    candidates = [{"init_adapter": start_from}] if start_from else config.turn.candidates
+    settings = config.model_copy(update={"turn": config.turn.model_copy(update={"baselines": baselines,
+                                                                                "candidates": candidates})})
     with console.status(f"{name}: starting") as status:
         record = run_turn(settings, WORKLOAD_ID, options={"max_steps": steps}, progress=lambda stage, text: status.update(
             f"{name} · {stage}: {text}"[:160]))
@@ -159,8 +163,9 @@ def _chart(turns: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(9, 4.5))
     labels, means, errors, colors = [], [], [[], []], []
     palette = {"base": "#bbbbbb", "icl": "#88aadd", "teacher": "#444444", "incumbent student": "#8ecfc4"}
+    order = ["base", "icl", "incumbent student", "new student", "teacher"]
     for turn in turns:
-        for row in turn["scores"].values():
+        for row in sorted(turn["scores"].values(), key=lambda row: order.index(row["role"])):
             metric = row["function_name_and_args"]
             if not metric:
                 continue
@@ -229,9 +234,10 @@ def run_demo(config: FlywheelConfig, console: Console, size: DemoSize) -> dict[s
 
         fixed = _correct(url, answers)
         added = _import(config, size.new_records, seed=8)
-        console.print(f"[bold]4.[/bold] a reviewer corrected {fixed} student answers; {added} new teacher records "
-                      "arrived; turn 2 on the grown log")
-        second = _turn(config, console, "turn 2", [], size.second_steps)
+        console.print(f"[bold]4.[/bold] a reviewer corrected {fixed} wrong answers; {added} new teacher records "
+                      "arrived; turn 2 continues training turn 1's student on the grown log")
+        second = _turn(config, console, "turn 2", [], size.second_steps,
+                       start_from=first.stages["train"].artifacts["adapters"][0])
         summary["turns"].append({"name": "turn 2", "run_id": second.run_id, "scores": _scores(second),
                                  "decision": second.decision,
                                  "stages": {k: v.seconds for k, v in second.stages.items()}})
