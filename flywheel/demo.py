@@ -30,6 +30,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.workloads.support_tools import TEACHER, WORKLOAD_ID, generate
 
 METRICS = ("function_name", "function_name_and_args")
+ROLES = ("base", "icl", "incumbent student", "new student", "teacher")  # the order tables and charts show
 
 
 @dataclass(frozen=True)
@@ -163,9 +164,8 @@ def _chart(turns: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(9, 4.5))
     labels, means, errors, colors = [], [], [[], []], []
     palette = {"base": "#bbbbbb", "icl": "#88aadd", "teacher": "#444444", "incumbent student": "#8ecfc4"}
-    order = ["base", "icl", "incumbent student", "new student", "teacher"]
     for turn in turns:
-        for row in sorted(turn["scores"].values(), key=lambda row: order.index(row["role"])):
+        for row in sorted(turn["scores"].values(), key=lambda row: ROLES.index(row["role"])):
             metric = row["function_name_and_args"]
             if not metric:
                 continue
@@ -260,7 +260,7 @@ def _print_summary(summary: dict[str, Any], config: FlywheelConfig, console: Con
     table = Table("turn", "candidate", "function name", "name + arguments", "latency ms",
                   title="[bold]5.[/bold] before / after (held-out eval split, 95% intervals)")
     for turn in summary["turns"]:
-        for candidate, row in turn["scores"].items():
+        for candidate, row in sorted(turn["scores"].items(), key=lambda item: ROLES.index(item[1]["role"])):
             label = f"{row['role']} ({candidate})" if "student" in row["role"] else row["role"]
             cells = [f"{row[m]['mean']:.3f} [{row[m]['low']:.2f}, {row[m]['high']:.2f}]" if row[m] else "-"
                      for m in METRICS]
