@@ -15,9 +15,7 @@ same request in the background and both are logged, linked).
 
 from __future__ import annotations
 
-import fcntl
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +26,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from flywheel import telemetry
 from flywheel.config import MODEL_NAME, FlywheelConfig, RouteTarget
+from flywheel.file_state import exclusive, replace_file
 
 Mode = Literal["teacher", "student", "canary", "shadow"]
 MODES: tuple[str, ...] = ("teacher", "student", "canary", "shadow")
@@ -186,17 +185,11 @@ class RouteBook:
     def _locked(self) -> Iterator[RouteTable]:
         """Read-modify-write under an exclusive lock; the new table replaces the file
         atomically, and only when the body finished without an exception."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive(self.path.with_suffix(".lock")):
             table = RouteTable.model_validate_json(self.path.read_bytes()) if self.path.exists() else RouteTable()
             yield table
             table.version += 1
-            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=".routes-", delete=False) as staging:
-                staging.write(table.model_dump_json(indent=1))
-                staging.flush()
-                os.fsync(staging.fileno())
-            os.replace(staging.name, self.path)
+            replace_file(self.path, table.model_dump_json(indent=1))
 
 
 def _first_error(error: ValueError) -> str:

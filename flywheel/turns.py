@@ -12,19 +12,17 @@ turn becomes resumable.
 
 from __future__ import annotations
 
-import fcntl
-import os
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
 from flywheel.config import MODEL_NAME
+from flywheel.file_state import exclusive, replace_file
 
 STAGES = ("curate", "train", "evaluate", "gate")
 Status = Literal["pending", "running", "succeeded", "failed", "cancelled"]
@@ -108,17 +106,11 @@ class RunBook:
 
     def _write(self, record: RunRecord) -> None:
         record.updated_at = time.time()
-        with tempfile.NamedTemporaryFile("w", dir=self.folder, prefix=".run-", delete=False) as staging:
-            staging.write(record.model_dump_json(indent=1))
-        os.replace(staging.name, self.path(record.run_id))
+        replace_file(self.path(record.run_id), record.model_dump_json(indent=1))
 
-    @contextmanager
-    def _writing(self, run_id: str) -> Iterator[None]:
+    def _writing(self, run_id: str) -> AbstractContextManager[None]:
         """Serialises read-modify-writes of one record across processes."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f".{run_id}.write-lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        return exclusive(self.folder / f".{run_id}.write-lock")
 
     def create(self, workload: str, options: dict[str, Any] | None = None, run_id: str | None = None) -> RunRecord:
         if not MODEL_NAME.match(workload):
@@ -161,13 +153,9 @@ class RunBook:
 
     @contextmanager
     def _lock(self, name: str, busy: str = "busy") -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / name, "w") as handle:
+        with ExitStack() as stack:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                stack.enter_context(exclusive(self.folder / name, wait=False))
             except BlockingIOError:
                 raise TurnBusy(busy) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            yield
