@@ -75,12 +75,17 @@ def is_negative(rating: int | None, min_score: int) -> bool:
     return rating == -1 or (rating is not None and rating != 1 and 0 <= rating < min_score)
 
 
+def _correction(feedback: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The latest reviewer correction, if any."""
+    corrections = [item["correction"] for item in feedback or [] if isinstance(item, dict) and item.get("correction")]
+    return corrections[-1] if corrections else None
+
+
 def _answer(record: dict[str, Any], min_score: int) -> tuple[dict[str, Any], str]:
     """The assistant message to learn from and where it came from."""
     feedback = record.get("feedback") or []
-    corrections = [item["correction"] for item in feedback if item.get("correction")]
-    if corrections:
-        return corrections[-1], "correction"
+    if (correction := _correction(feedback)) is not None:
+        return correction, "correction"
     if any(is_negative(item.get("rating"), min_score) for item in feedback):
         raise Rejected("negative_feedback")
     try:
@@ -158,8 +163,7 @@ def answered_by(record: _Record) -> str:
 
 def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) -> dict[str, Any]:
     """The example's columns (see `OUTPUT`), or `Rejected` with the reason."""
-    corrected = any(isinstance(item, dict) and item.get("correction") for item in record.feedback or [])
-    if not corrected and ("shadow_of" in record.tags
+    if _correction(record.feedback) is None and ("shadow_of" in record.tags
                           or (rules.teacher_models and answered_by(record) not in rules.teacher_models)):
         raise Rejected("not_teacher")  # a reviewer's correction is ground truth whoever answered; shadows never
     answer, source = _answer({"response": record.response, "feedback": record.feedback}, rules.min_score)
