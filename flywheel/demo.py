@@ -106,7 +106,7 @@ def _held_out(config: FlywheelConfig, url: str, record, count: int, console: Con
     from openai import OpenAI
 
     from flywheel.datasets import load_dataset
-    from flywheel.metrics import tool_calls
+    from flywheel.metrics import tool_scores
 
     dataset = load_dataset(config.datasets_dir, record.stages["curate"].artifacts["dataset_id"])
     rows = dataset.rows("eval")[:count]
@@ -119,7 +119,7 @@ def _held_out(config: FlywheelConfig, url: str, record, count: int, console: Con
         message = reply.choices[0].message.model_dump(exclude_none=True)
         reference = row["messages"][-1]
         answers.append({"log_id": reply.id, "model": reply.model, "question": row["messages"][-2]["content"],
-                        "answer": message, "reference": reference, "right": tool_calls(message) == tool_calls(reference),
+                        "answer": message, "reference": reference, "right": tool_scores(message, reference)["function_name_and_args"] == 1.0,
                         "seconds": time.perf_counter() - started, "tokens": reply.usage.total_tokens})
     for item in answers[:3]:
         calls = "; ".join(f"{c['function']['name']}({c['function']['arguments']})"

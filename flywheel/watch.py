@@ -62,8 +62,10 @@ class Watcher:
         self.book = RunBook(config.turns_dir)
         self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
 
-    def views(self) -> list[WorkloadView]:
-        runs = self.book.list()
+    def views(self, runs: list[RunRecord] | None = None) -> list[WorkloadView]:
+        """Per workload: new records since its last run and whether one is active (`runs`:
+        the run records, newest first, when the caller has just read them)."""
+        runs = self.book.list() if runs is None else runs
         workloads = self.config.turn.workloads or sorted(self.store.stats(LogFilter(status="ok"))["by_workload"])
         views = []
         for workload in workloads:
@@ -78,13 +80,14 @@ class Watcher:
         """Start what is due; the run ids started."""
         self.threads = {run_id: thread for run_id, thread in self.threads.items() if thread.is_alive()}
         started = []
-        pending = [run for run in reversed(self.book.list()) if run.status == "pending" and not run.cancel_requested]
+        runs = self.book.list()
+        pending = [run for run in reversed(runs) if run.status == "pending" and not run.cancel_requested]
         for run in pending:  # queued over HTTP: oldest first
             if len(self.threads) >= self.config.turn.max_concurrent:
                 break
             if run.run_id not in self.threads:
                 started.append(self._start(run.workload, run.run_id, run.options))
-        for workload, why in due(self.config.turn, self.views(), len(self.threads), now or time.time()):
+        for workload, why in due(self.config.turn, self.views(runs), len(self.threads), now or time.time()):
             logger.info("starting a turn of %s: %s", workload, why)
             started.append(self._start(workload, None, {"trigger": why}))
         return [run_id for run_id in started if run_id]

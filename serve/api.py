@@ -172,7 +172,8 @@ def make_api(
                 status, payload = await asyncio.wait_for(engines[route.base].respond(endpoint, body, route.adapter),
                                                          timeout)
             except Exception as error:
-                inference_log.finish(pending, classify(error)[0], error=classify(error)[1])
+                status, message = classify(error)
+                inference_log.finish(pending, status, error=message)
                 return
             inference_log.finish(pending, status, {**payload, "id": pending.id} if status == 200 else payload)
 
