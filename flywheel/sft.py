@@ -174,7 +174,8 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
         set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
     model = session.prepare_model(model.to(device))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg["learning_rate"],
+    learning_rate = cfg["learning_rate"] * (cfg["warm_start_lr_scale"] if cfg.get("init_adapter_path") else 1.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                                   weight_decay=cfg["weight_decay"])
     lengths = [len(item.input_ids) for item in train]
     steps_per_epoch = max(1, len(global_batches(lengths, cfg["batch_size"], world, cfg["seed"], 0)) // cfg["grad_accum"])
@@ -246,7 +247,8 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
             state.update(step=state["step"] + 1, batch=index + 1)
             elapsed = time.monotonic() - started
             metrics = {**metrics, "step": state["step"], "epoch": state["epoch"], "loss": loss_sum / loss_count,
-                       "tokens_per_s": tokens_seen * world / elapsed, "resumed_from": state["resumed_from"]}
+                       "learning_rate": scheduler.get_last_lr()[0], "tokens_per_s": tokens_seen * world / elapsed,
+                       "resumed_from": state["resumed_from"]}
             loss_sum, loss_count = 0.0, 0
             if progress is not None:
                 with progress.open("a") as handle:

@@ -137,11 +137,12 @@ def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, dataset,
     run_sft(_loop_config(tiny_model, dataset, first, epochs=6), LocalSession(first / "checkpoints"))
     learned = [json.loads(line)["loss"] for line in (first / "progress.jsonl").read_text().splitlines()]
 
-    def first_losses(folder, **extra):
+    def first_steps(folder, **extra):
         run_sft(_loop_config(tiny_model, dataset, folder, max_steps=4, **extra), LocalSession(folder / "checkpoints"))
-        return [json.loads(line)["loss"] for line in (folder / "progress.jsonl").read_text().splitlines()]
+        steps = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
+        return [step["loss"] for step in steps], steps[0]["learning_rate"]
 
-    warm = first_losses(warm, init_adapter_path=str(first / "adapter"))
-    fresh = first_losses(fresh)
+    (warm, warm_lr), (fresh, fresh_lr) = first_steps(warm, init_adapter_path=str(first / "adapter")), first_steps(fresh)
+    assert warm_lr == pytest.approx(0.25 * fresh_lr)  # train.warm_start_lr_scale: nudged, not relearned
     assert sum(warm) / 4 < 0.6 * sum(fresh) / 4  # it starts trained, not from scratch
     assert abs(sum(warm) / 4 - sum(learned[-8:]) / 8) < 0.5 * sum(fresh) / 4
