@@ -4,11 +4,21 @@ A 1B-class Llama (hidden 2048, 16 layers, 32 heads, 8 kv heads, ffn 8192, vocab 
 random init, bf16 weights), LoRA r=16 on every linear layer (peft), AdamW, the same
 step as `flywheel/sft.py` (loss on every token here: synthetic data), batch 16 x 2048
 tokens. Reports tokens/s and MFU = 4 * N * tokens/s / peak (a frozen base costs ~4N FLOPs
-per trained token: forward 2N, activation gradients 2N; ENVIRONMENT.md), eager and with
-torch.compile, in one run. Needs only torch, transformers and peft (no Ray), so it runs on
-a bare GPU machine:
+per trained token: forward 2N, activation gradients 2N; ENVIRONMENT.md) for each variant:
 
-    python bench/train_gpu.py [--steps 20] [--batch 16] [--seq 2048] [--no-compile]
+- `eager`, `compiled` (torch.compile): plain transformers + peft, as the reference was measured;
+- `liger`, `liger-compiled`: the same with Liger's Triton kernels (RMSNorm, SwiGLU, RoPE and a
+  fused linear cross-entropy that never materializes the 32k x 128k logits).
+
+Each variant runs in its own process (no kernel patch, compile cache or allocator state
+leaks between them); one that runs out of memory is retried with half the micro-batch
+(gradient accumulation keeps the batch at 16 x 2048), one that fails is reported, not fatal.
+Needs only torch, transformers and peft (no Ray), so it runs on a bare GPU machine; Liger
+travels as a wheel:
+
+    pip download --no-deps -d .whl liger-kernel==0.8.5          # here, once (.whl is ignored)
+    pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    python bench/train_gpu.py [--steps 20] [--batch 16] [--seq 2048] [--variants eager,compiled] [--out FILE]
     python bench/train_gpu.py --tiny     # a 2-layer model on CPU: checks the script, measures nothing
 """
 
@@ -16,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 PEAK_FLOPS = 790e12  # H100/H200 bf16 dense matmul, measured (ENVIRONMENT.md)
@@ -23,13 +35,18 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
+VARIANTS = {"eager": (False, False), "compiled": (False, True), "liger": (True, False), "liger-compiled": (True, True)}
 
 
-def build(tiny: bool, device: str):
+def build(tiny: bool, device: str, liger: bool):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    if liger:  # patches transformers' Llama classes, so before the model is built
+        from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+        apply_liger_kernel_to_llama()
     shape = TINY if tiny else LLAMA_1B
     torch.manual_seed(0)
     config = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=True)
@@ -40,31 +57,66 @@ def build(tiny: bool, device: str):
     return model, base_parameters, config.vocab_size
 
 
-def measure(model, vocab: int, batch: int, seq: int, steps: int, device: str, compiled: bool) -> float:
+def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: int, device: str) -> dict:
+    """Tokens/s of `steps` optimizer steps of `batch` sequences, `micro` at a time, after 3 warm-up steps."""
     import torch
 
+    liger, compiled = VARIANTS[variant]
+    model, parameters, vocab = build(tiny, device, liger)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     step_fn = torch.compile(model) if compiled else model
-    tokens = torch.randint(0, vocab, (batch, seq), device=device)
+    chunks = [torch.randint(0, vocab, (micro, seq), device=device) for _ in range(batch // micro)]
 
     def step() -> None:
-        with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16):
-            loss = step_fn(input_ids=tokens, labels=tokens).loss
-        loss.backward()
+        for tokens in chunks:
+            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16):
+                loss = step_fn(input_ids=tokens, labels=tokens).loss / len(chunks)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     for _ in range(3):  # warm-up (and compilation)
         step()
-    if device.startswith("cuda"):
+    if device == "cuda":
         torch.cuda.synchronize()
     started = time.perf_counter()
     for _ in range(steps):
         step()
-    if device.startswith("cuda"):
+    if device == "cuda":
         torch.cuda.synchronize()
-    return batch * seq * steps / (time.perf_counter() - started)
+    tokens_per_s = len(chunks) * micro * seq * steps / (time.perf_counter() - started)
+    return {"tokens_per_s": tokens_per_s, "mfu": 4 * parameters * tokens_per_s / PEAK_FLOPS, "parameters": parameters,
+            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+
+
+def child(args: argparse.Namespace) -> None:
+    """One variant at one micro-batch; prints one JSON line, an error row included."""
+    import torch
+
+    device = "cpu" if args.tiny else "cuda"
+    row = {"variant": args.only, "micro_batch": args.micro_batch}
+    try:
+        row.update(measure(args.only, args.tiny, args.batch, args.micro_batch, args.seq, args.steps, device))
+    except torch.cuda.OutOfMemoryError as error:
+        row.update(error=f"out of memory: {str(error).splitlines()[0]}", oom=True)
+    except Exception as error:  # a variant that cannot run is a result to report, not a crash
+        row.update(error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300])
+    print(json.dumps(row))
+
+
+def run_variant(args: argparse.Namespace, variant: str, batch: int, seq: int, steps: int) -> dict:
+    micro = batch
+    while True:
+        command = [sys.executable, __file__, "--only", variant, "--micro-batch", str(micro), "--batch", str(batch),
+                   "--seq", str(seq), "--steps", str(steps)] + (["--tiny"] if args.tiny else [])
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = done.stdout.strip().splitlines()
+        row = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {
+            "variant": variant, "micro_batch": micro, "error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
+        if not row.get("oom") or micro == 1:
+            return row
+        micro //= 2
 
 
 def main() -> None:
@@ -72,33 +124,46 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; "
+                                                         "eager with --tiny)")
+    parser.add_argument("--out", default=None, help="also write the JSON report here")
     parser.add_argument("--tiny", action="store_true", help="2 layers on CPU: a smoke run of this script")
+    parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only:
+        child(args)
+        return
 
     import torch
 
-    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    if device == "cpu" and not args.tiny:
+    if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --tiny to check the script on CPU")
+    variants = (args.variants or ("eager" if args.tiny else ",".join(VARIANTS))).split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     batch, seq, steps = (2, 64, 2) if args.tiny else (args.batch, args.seq, args.steps)
-    results = {}
-    for compiled in ([False] if args.no_compile or args.tiny else [False, True]):
-        model, parameters, vocab = build(args.tiny, device)
-        tokens_per_s = measure(model, vocab, batch, seq, steps, device, compiled)
-        results["compiled" if compiled else "eager"] = {
-            "tokens_per_s": tokens_per_s, "mfu": 4 * parameters * tokens_per_s / PEAK_FLOPS,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
-        del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu (smoke run)"
-    print(f"{'mode':<10} {'tokens/s':>10} {'MFU':>7}   ({name}; {parameters / 1e9:.2f}B params; batch {batch} x {seq})")
-    for mode, row in results.items():
-        print(f"{mode:<10} {row['tokens_per_s']:>10,.0f} {row['mfu']:>7.1%}")
-    print(json.dumps({"benchmark": "train_gpu", "device": name, "parameters": parameters, "batch": batch,
-                      "seq": seq, "steps": steps, "results": results}))
+    name = "cpu (smoke run)" if args.tiny else torch.cuda.get_device_name()
+    rows = {}
+    for variant in variants:
+        row = rows[variant] = run_variant(args, variant, batch, seq, steps)
+        outcome = row.get("error") or f"{row['tokens_per_s']:,.0f} tokens/s at micro-batch {row['micro_batch']}"
+        print(f"  {variant}: {outcome}", file=sys.stderr, flush=True)
+    parameters = next((row["parameters"] for row in rows.values() if "parameters" in row), None)
+    print(f"{'variant':<15} {'micro':>5} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}   ({name}; batch {batch} x {seq})")
+    for variant, row in rows.items():
+        if "error" in row:
+            print(f"{variant:<15} {row['micro_batch']:>5} {'failed: ' + row['error']}")
+            continue
+        memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
+        print(f"{variant:<15} {row['micro_batch']:>5} {row['tokens_per_s']:>10,.0f} {row['mfu']:>7.1%} {memory:>9}")
+    report = {"benchmark": "train_gpu", "device": name, "parameters": parameters, "batch": batch, "seq": seq,
+              "steps": steps, "peak_flops": PEAK_FLOPS, "results": rows}
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(report, handle, indent=2)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":
