@@ -3,7 +3,10 @@
 A `model` is a base (`smollm2`), `base:adapter` (`smollm2:support-v3`), or an alias
 (`support-tools`) whose live state — teacher, student, candidate, traffic mode — comes
 from the route book (flywheel/routes.py), re-read when it changes, so promotions and
-rollbacks apply from the next request with no restart. Adapters are folders
+rollbacks apply from the next request with no restart. A canary is sticky per end user:
+a request carrying OpenAI's `user` field lands in a fixed bucket for that alias and
+candidate, so one user sees one model (and stays on the candidate as its percent grows);
+requests without `user` are drawn at random. Adapters are folders
 `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
 is routable at once.
 
@@ -14,6 +17,7 @@ a request that does not carry the prefix goes to the teacher instead.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -97,7 +101,7 @@ class RoutingTable:
             fitted = self._fitted(candidate, body) if candidate else None
             shadow = (candidate, fitted) if fitted is not None else None
         role, pick = "teacher", None
-        if state.mode == "canary" and self.rng() * 100 < state.percent:
+        if state.mode == "canary" and self._draw(model, state.candidate, body.get("user")) < state.percent:
             role, pick = "candidate", state.candidate
         elif state.mode in ("student", "canary") and state.student:
             role, pick = "student", state.student
@@ -109,6 +113,14 @@ class RoutingTable:
                 return Dispatch(route, fitted, model, state.mode, role)
             note = f"{role} {pick} unavailable" if route is None else f"request lacks {role} {pick}'s learned prefix"
         return Dispatch(teacher, body, model, state.mode, "teacher", note, shadow)
+
+    def _draw(self, alias: str, candidate: str | None, user: Any) -> float:
+        """A number in [0, 100): the user's fixed bucket for this alias and candidate (a new
+        candidate reshuffles who tries it), or a random one for anonymous requests."""
+        if not isinstance(user, str) or not user:
+            return self.rng() * 100
+        digest = hashlib.sha256(f"{alias}\0{candidate}\0{user}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 * 100
 
     def prefix(self, route: Route) -> dict | None:
         """The prefix `route`'s adapter learned without (None: it takes full requests)."""

@@ -22,6 +22,7 @@ import yaml
 from flywheel.config import models_home
 from flywheel.models import pull_model
 from flywheel.service import free_port
+from flywheel.workloads.support_tools import TEACHER
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "smollm2-135m-instruct"
@@ -35,6 +36,15 @@ RAY_CPUS = 8
 # (tests/integration/test_logging.py provokes that).
 STORE_BUSY_TIMEOUT_S = 1
 ADMIN_TOKEN = "integration-admin-token"
+# Turns of the sample workload (tests/integration/test_turn.py), small but real; the service
+# runs its watcher with them (`turn.watch_in_service`), which starts only runs queued over
+# HTTP for this workload: no record count or schedule triggers a turn of its own.
+TURN_WORKLOAD = "turn-test"
+TURN_SETTINGS = {
+    "curate": {"teacher_models": [TEACHER], "eval_size": 40, "icl": {"semantic": False}},
+    "train": {"checkpoint_every": 3, "batch_size": 8, "learning_rate": 1e-3},
+    "gate": {"min_eval_size": 20},
+    "turn": {"eval_limit": 20, "workloads": [TURN_WORKLOAD], "min_new_records": 10**9, "poll_s": 2}}
 
 
 @dataclass
@@ -81,6 +91,8 @@ def service(tmp_path_factory, models_dir) -> Service:
     config["ray"]["num_cpus"] = RAY_CPUS
     config["store"] = {"url": f"sqlite:///{home / 'logs.db'}?timeout={STORE_BUSY_TIMEOUT_S}"}
     config["serve"]["admin_token"] = ADMIN_TOKEN
+    config.update(TURN_SETTINGS)
+    config["turn"] = {**TURN_SETTINGS["turn"], "watch_in_service": True}
     (home / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_MODELS": str(models_dir)}
     command = [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(home / "config.yaml"),

@@ -1,8 +1,9 @@
 """Whole turns of the flywheel against the live service, on real data (the sample
 workload imported as teacher history): a turn SIGKILLed during training resumes from its
 Ray Train checkpoint and completes with a recorded gate decision; its metrics reach the
-Ray metrics endpoint; and `ray job submit` runs a turn on a Ray head this test starts
-and stops (its own processes only — never `ray stop`)."""
+Ray metrics endpoint; the service's own watcher runs a turn queued over HTTP; and
+`ray job submit` runs a turn on a Ray head this test starts and stops (its own processes
+only — never `ray stop`)."""
 
 from __future__ import annotations
 
@@ -24,22 +25,19 @@ import yaml
 from flywheel.config import load_config
 from flywheel.service import free_port
 from flywheel.turns import RunBook
-from flywheel.workloads.support_tools import TEACHER
-from tests.integration.conftest import REPO, run_cli
+from tests.integration.conftest import ADMIN_TOKEN, REPO, TURN_SETTINGS, TURN_WORKLOAD, run_cli
 
 pytestmark = pytest.mark.integration
-WORKLOAD = "turn-test"
+WORKLOAD = TURN_WORKLOAD
 
 
 @pytest.fixture(scope="module")
 def turn_config(service, ray_cluster) -> Path:
     """The service's home and store, this cluster, a small but real turn; 700 teacher records."""
     config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
-    config.update(home=str(service.home), models_dir=str(service.models_dir), ray={"address": ray_cluster},
-                  store={"url": service.store_url}, evaluate={"service_url": service.url, "concurrency": 8},
-                  curate={"teacher_models": [TEACHER], "eval_size": 40, "icl": {"semantic": False}},
-                  train={"checkpoint_every": 3, "batch_size": 8, "learning_rate": 1e-3},
-                  gate={"min_eval_size": 20}, turn={"eval_limit": 20})
+    config.update(TURN_SETTINGS, home=str(service.home), models_dir=str(service.models_dir),
+                  ray={"address": ray_cluster}, store={"url": service.store_url},
+                  evaluate={"service_url": service.url, "concurrency": 8})
     path = service.home / "turn.yaml"
     path.write_text(yaml.safe_dump(config))
     logs = service.home / "turn-logs.jsonl"
@@ -98,6 +96,30 @@ def test_a_turn_killed_in_training_resumes_and_completes_with_a_decision(service
     text = _wait_for(exported, 60, "the turn's metrics on the Ray metrics endpoint")
     assert any('status="succeeded"' in line and WORKLOAD in line for line in text.splitlines()
                if line.startswith("ray_flywheel_turns_total"))
+
+
+def test_the_services_own_watcher_turns_a_run_queued_over_http(service, turn_config):
+    """`turn.watch_in_service` (conftest's service): the `watcher` Serve deployment starts a
+    run queued with POST /v1/flywheel/runs and takes it to a gate decision, using the
+    cluster from inside the app; nothing in this test runs the turn."""
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    queued = httpx.post(f"{service.url}/v1/flywheel/runs", headers=admin, timeout=30,
+                        json={"workload": WORKLOAD, "max_steps": 2, "eval_limit": 10})
+    assert queued.status_code == 202, queued.text
+    assert queued.json()["status"] == "pending"
+    run_id = queued.json()["run_id"]
+
+    def finished() -> dict | None:
+        run = httpx.get(f"{service.url}/v1/flywheel/runs/{run_id}", headers=admin, timeout=30).json()
+        return run if run["status"] not in ("pending", "running") else None
+
+    run = _wait_for(finished, 600, "the service's watcher to finish the queued run")
+    assert run["status"] == "succeeded", run["error"]
+    (adapter,) = run["stages"]["train"]["artifacts"]["adapters"]
+    assert run["stages"]["train"]["artifacts"]["metrics"][adapter]["step"] == 2
+    assert run["report"]["candidates"][adapter]["function_name_and_args"]["n"] == 10
+    assert not run["decision"]["promote"]  # 10 scored items are too few for this gate
+    assert "fail: 10 items scored (the gate needs >= 20)" in run["decision"]["reasons"]
 
 
 @contextmanager

@@ -110,6 +110,27 @@ def test_modes_pick_teacher_student_or_candidate(tmp_path):
     assert shadowed.tags() == {"alias": "router", "mode": "shadow", "role": "teacher"}
 
 
+def test_a_canary_is_sticky_per_user_and_keeps_its_users_as_it_grows(tmp_path):
+    make_adapter(tmp_path, "small", "incumbent")
+    make_adapter(tmp_path, "small", "trial")
+    make_adapter(tmp_path, "small", "trial-2")
+    table = make_table(tmp_path, {"router": RouteTarget(base="small", adapter="incumbent")})
+    table.book.set_mode("router", "canary", percent=20, candidate="trial")
+    users = [f"user-{i}" for i in range(2000)]
+
+    def on_candidate() -> set[str]:
+        return {user for user in users if table.dispatch({**FULL, "user": user}).role == "candidate"}
+
+    first = on_candidate()
+    assert 0.17 < len(first) / len(users) < 0.23  # ~20% of users, binomial sd ~0.9%
+    assert on_candidate() == first  # the same users, every time
+    table.book.set_mode("router", "canary", percent=50, candidate="trial")
+    grown = on_candidate()
+    assert first < grown and 0.46 < len(grown) / len(users) < 0.54  # nobody is moved back
+    table.book.set_mode("router", "canary", percent=20, candidate="trial-2")
+    assert len(on_candidate() & first) < 0.5 * len(first)  # a new candidate draws new users
+
+
 def test_prefix_learned_by_an_adapter_is_stripped_and_a_foreign_prefix_goes_to_the_teacher(tmp_path):
     make_adapter(tmp_path, "small", "pruned", prefix={"system": SYSTEM, "tools": TOOLS})
     table = make_table(tmp_path, {"router": RouteTarget(base="big", adapter=None)})
