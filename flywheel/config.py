@@ -420,6 +420,11 @@ class FlywheelConfig(_Strict):
     def model(self, name: str) -> BaseModelConfig:
         return next(m for m in self.serve.models if m.name == name)
 
+    @property
+    def default_base(self) -> str:
+        """The base model students train on and `base`/`icl` evaluate, unless a candidate names one."""
+        return self.serve.models[0].name
+
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data

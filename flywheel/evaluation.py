@@ -112,7 +112,7 @@ def evaluate(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[s
     if not rows:
         raise ValueError(f"dataset {dataset.dataset_id} has no eval rows")
     manifest = dataset.manifest()
-    base = config.serve.models[0].name
+    base = config.default_base
     train = {row["id"]: row for row in dataset.rows("train")} if "icl" in candidates else {}
     uniform = dataset.rows("icl")
     references = [row["messages"][-1] for row in rows]

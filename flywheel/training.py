@@ -85,7 +85,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
 
 def _resolved(config: FlywheelConfig, candidate: Candidate) -> tuple[str, TrainConfig]:
-    base = candidate.base_model or config.serve.models[0].name
+    base = candidate.base_model or config.default_base
     if base not in {model.name for model in config.serve.models}:
         raise ValueError(f"unknown base model {base!r}; serve.models has "
                          f"{', '.join(model.name for model in config.serve.models)}")

@@ -52,7 +52,7 @@ def _train(config: FlywheelConfig, record: RunRecord, report: Callable[[str], No
     student = state.student.partition(":") if state and state.student else None
     candidates = []
     for overrides in config.turn.candidates:
-        base = overrides.get("base_model") or config.serve.models[0].name
+        base = overrides.get("base_model") or config.default_base
         settings = {k: v for k, v in overrides.items() if k != "base_model"}
         if steps:
             settings["max_steps"] = steps
