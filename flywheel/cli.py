@@ -711,6 +711,48 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                   + (f"{run['run_id']} {run['status']}" if run else "none"))
 
 
+@app.command("shadow-report")
+def shadow_report_command(
+    workload: str = typer.Option(..., help="The workload (an alias's traffic is logged under the alias's workload)."),
+    hours: float | None = typer.Option(None, help="Only the last H hours of traffic (default: all)."),
+    limit: int = typer.Option(2000, min=1, help="At most this many pairs, newest first."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score shadow-mode candidates against the teacher's answers to the same live requests."""
+    from flywheel.shadow import shadow_report
+    from flywheel.store import open_store
+
+    cfg = config_from(config)
+    try:
+        store = open_store(cfg.store_url)
+    except Exception as error:
+        fail(f"could not open the log store {cfg.store_url}: {error}")
+    try:
+        report = shadow_report(store, workload, since=time.time() - hours * 3600 if hours else None, limit=limit)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report)
+        return
+    if not report["candidates"]:
+        out.print(f"no shadow pairs for workload {workload}: put its alias in shadow mode "
+                  "(`flywheel traffic --alias A --mode shadow --candidate ID`) and let traffic flow")
+        return
+    table = Table(title=f"shadow pairs of {workload}: candidate vs the teacher's answers (95% intervals)")
+    for column in ("candidate", "pairs", "metric", "score", "latency ms (teacher → candidate)", "tokens"):
+        table.add_column(column)
+    for name, row in report["candidates"].items():
+        for index, (metric, value) in enumerate(row["metrics"].items()):
+            first = index == 0
+            table.add_row(name if first else "", str(row["n"]) if first else "", metric,
+                          f"{value['mean']:.3f} [{value['low']:.2f}, {value['high']:.2f}]",
+                          f"{row['latency_ms']['teacher'] or 0:.0f} → {row['latency_ms']['candidate'] or 0:.0f}"
+                          if first else "",
+                          f"{row['tokens']['teacher'] or 0:.0f} → {row['tokens']['candidate'] or 0:.0f}" if first else "")
+    out.print(table)
+
+
 @app.command("watch")
 def watch_command(
     once: bool = typer.Option(False, "--once", help="Look once, wait for the turns started, and exit."),

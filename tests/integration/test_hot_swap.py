@@ -164,4 +164,6 @@ def test_shadow_mode_logs_the_candidate_linked_to_the_teacher_answer(service, ad
     assert (shadow.base_model, shadow.adapter, shadow.status) == (MODEL, "swap-bravo", "ok")
     assert shadow.tags["shadow_of"] == primary.id and shadow.request == primary.request
     assert "bravo" in shadow.response["choices"][0]["message"]["content"]
+    report = run_cli("shadow-report", "--workload", ALIAS, env=service.env)["candidates"][f"{MODEL}:swap-bravo"]
+    assert report["n"] >= 1 and {"token_f1", "rouge_l"} <= set(report["metrics"])  # scored against the teacher
     admin(service, {"rollback": True})

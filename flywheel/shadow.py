@@ -1,0 +1,77 @@
+"""Online evaluation from shadow traffic.
+
+While an alias is in shadow mode the teacher answers each request and the candidate
+answers the same request in the background; the candidate's record names the teacher's
+(`tags.shadow_of`, serve/api.py). Scoring each candidate answer against the teacher answer
+to the same live request measures the candidate on the workload as it is now, before it
+serves anyone, with no eval split: the same metrics the judge uses offline, the teacher's
+answer as the reference.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from flywheel.judge import Judge
+from flywheel.records import LogRecord
+from flywheel.stats import interval
+from flywheel.store import LogFilter, LogStore
+
+PAGE = 500
+
+
+def _message(record: LogRecord) -> dict[str, Any] | None:
+    choices = (record.response or {}).get("choices") or []
+    return choices[0].get("message") if choices else None
+
+
+def shadow_pairs(store: LogStore, workload: str, since: float | None = None,
+                 limit: int = 2000) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
+    """(teacher record, candidate record) pairs of `workload`, newest first, at most
+    `limit` in all, grouped by the candidate that answered (`base:adapter`). A shadow
+    whose teacher answer failed or is gone is skipped: there is nothing to compare with."""
+    pairs: dict[str, list[tuple[LogRecord, LogRecord]]] = defaultdict(list)
+    found, cursor = 0, None
+    while found < limit:
+        page = store.query(LogFilter(workload_id=workload, status="ok", since=since), order="desc", limit=PAGE,
+                           cursor=cursor)
+        for record in page.records:
+            if found >= limit:
+                break
+            primary = store.get(record.tags["shadow_of"]) if "shadow_of" in record.tags else None
+            if primary is None or primary.status != "ok" or _message(primary) is None:
+                continue
+            name = f"{record.base_model}:{record.adapter}" if record.adapter else str(record.base_model)
+            pairs[name].append((primary, record))
+            found += 1
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    return dict(pairs)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def shadow_report(store: LogStore, workload: str, since: float | None = None, limit: int = 2000,
+                  judge: Judge | None = None) -> dict[str, Any]:
+    """Per candidate: each metric's mean and 95% interval over its shadow pairs, and the
+    latency and tokens of its answers beside the teacher's."""
+    judge = judge or Judge(embeddings=False)
+    candidates = {}
+    for name, pairs in shadow_pairs(store, workload, since, limit).items():
+        scores = judge.score([{"id": shadow.id, "label": name, "request": shadow.request,
+                               "reference": _message(primary), "answer": _message(shadow)}
+                              for primary, shadow in pairs])
+        metrics = sorted({key for score in scores for key, value in score.items() if isinstance(value, float)})
+        candidates[name] = {
+            "n": len(pairs),
+            "metrics": {metric: interval([score[metric] for score in scores if metric in score])
+                        for metric in metrics},
+            "latency_ms": {"teacher": _mean([p.latency_ms for p, _ in pairs if p.latency_ms is not None]),
+                           "candidate": _mean([s.latency_ms for _, s in pairs if s.latency_ms is not None])},
+            "tokens": {"teacher": _mean([(p.usage or {}).get("total_tokens", 0) for p, _ in pairs]),
+                       "candidate": _mean([(s.usage or {}).get("total_tokens", 0) for _, s in pairs])}}
+    return {"workload": workload, "since": since, "candidates": candidates}
