@@ -664,7 +664,7 @@ def runs_command(
 
 @app.command("cancel")
 def cancel_command(
-    run_id: str = typer.Argument(..., help="Run to cancel (a running one stops before its next stage)."),
+    run_id: str = typer.Argument(..., help="Run to cancel (a running one stops before its next stage, or mid-training after the current step)."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:

@@ -134,10 +134,24 @@ def _reduce_mean(total: float, count: float) -> float:
     return total / max(count, 1)
 
 
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is true on any: DDP ranks must stop at the same step."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
 def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     """Train a LoRA adapter; returns the final metrics. `cfg` keys: `model_path`,
-    `dataset_path`, `output_dir`, `progress_file`, `chat_template` (text), and the
-    `TrainConfig` fields. Rank 0 writes the adapter to `output_dir`."""
+    `dataset_path`, `output_dir`, `progress_file`, `chat_template` (text), optional
+    `stop_file` (once it exists, training ends after the current step, keeping what it
+    learned: how a cancelled turn stops mid-training), and the `TrainConfig` fields. Rank 0
+    writes the adapter to `output_dir`."""
     import torch
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -225,6 +239,7 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
         return _reduce_mean(total, count)
 
     progress = Path(cfg["progress_file"]) if rank == 0 and cfg.get("progress_file") else None
+    stop_file = Path(cfg["stop_file"]) if cfg.get("stop_file") else None
     model.train()
     started, tokens_seen, loss_sum, loss_count = time.monotonic(), 0, 0.0, 0
     metrics: dict[str, Any] = {"step": state["step"], "total_steps": total_steps, "dropped_too_long": too_long}
@@ -254,13 +269,15 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
                 with progress.open("a") as handle:
                     handle.write(json.dumps(metrics) + "\n")
             done = state["step"] >= total_steps
+            if not done and stop_file is not None and _any_rank(stop_file.exists()):
+                done, metrics["stopped"] = True, "requested"
             if state["step"] % cfg["checkpoint_every"] == 0 and not done:
                 report(metrics, with_checkpoint=True)
             if done:
                 break
         if not done:
             state.update(epoch=state["epoch"] + 1, batch=0)
-        val_loss = validation_loss()
+        val_loss = None if "stopped" in metrics else validation_loss()  # a stop means now
         metrics["val_loss"] = val_loss
         if val_loss is not None and cfg.get("early_stopping_patience"):
             if state["best_val"] is None or val_loss < state["best_val"]:

@@ -29,6 +29,7 @@ from flywheel.models import resolve_model_path
 from flywheel.sft import ADAPTER_WEIGHTS, run_sft
 
 Progress = Callable[[str, dict[str, Any]], None]  # (adapter id, step metrics)
+STOP_FILE = "STOP"  # in a candidate's run dir: its loop ends after the current step
 
 
 @dataclass
@@ -99,11 +100,18 @@ def _resolved(config: FlywheelConfig, candidate: Candidate) -> tuple[str, TrainC
     return base, settings
 
 
-def _follow(paths: dict[str, Path], progress: Progress, stop: threading.Event) -> None:
+def _follow(paths: dict[str, Path], progress: Progress | None, cancelled: Callable[[], bool] | None,
+            stop_files: list[Path], finished: threading.Event) -> None:
+    """Until `finished`: pass new progress lines on, and once `cancelled()` says so, create
+    the stop files the training loops look for."""
     offsets = dict.fromkeys(paths, 0)
-    while not stop.wait(0.5):
+    while not finished.wait(0.5):
+        if cancelled is not None and cancelled():
+            for path in stop_files:
+                path.touch()
+            cancelled = None
         for adapter_id, path in paths.items():
-            if not path.is_file():
+            if progress is None or not path.is_file():
                 continue
             with path.open() as handle:
                 handle.seek(offsets[adapter_id])
@@ -114,10 +122,13 @@ def _follow(paths: dict[str, Path], progress: Progress, stop: threading.Event) -
 
 
 def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates: list[Candidate],
-                     progress: Progress | None = None, adapter_ids: list[str] | None = None) -> list[AdapterVersion]:
+                     progress: Progress | None = None, adapter_ids: list[str] | None = None,
+                     cancelled: Callable[[], bool] | None = None) -> list[AdapterVersion]:
     """Train every candidate (concurrently; Ray queues what does not fit) and register the
     adapters, in the order given. Given `adapter_ids` (one per candidate), a run that
-    stopped part-way resumes from its latest checkpoint: Ray Train finds it by run name."""
+    stopped part-way resumes from its latest checkpoint: Ray Train finds it by run name.
+    Once `cancelled()` is true (polled twice a second), every loop ends after its current
+    step and keeps what it learned (metrics `stopped: requested`)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -136,6 +147,7 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
         loop = {**hyperparameters, "model_path": str(resolve_model_path(served.source, config.models_dir)),
                 "dataset_path": str(dataset.path), "output_dir": str(config.adapters_dir / base / adapter_id),
                 "progress_file": str(run_dir / "progress.jsonl"), "run_dir": str(run_dir),
+                "stop_file": str(run_dir / STOP_FILE),
                 "init_adapter_path": str(config.adapters_dir / base / settings.init_adapter)
                 if settings.init_adapter else None,
                 "chat_template": Path(chat_template_path(served.chat_template or "chatml_tools")).read_text()}
@@ -148,19 +160,19 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))
         plans.append(_Plan(adapter_id, base, hyperparameters, Path(loop["output_dir"]), run_dir, trainer))
 
-    stop = threading.Event()
-    follower = None
-    if progress is not None:
-        follower = threading.Thread(target=_follow, args=({p.adapter_id: p.run_dir / "progress.jsonl" for p in plans},
-                                                          progress, stop), daemon=True)
-        follower.start()
+    for plan in plans:  # a stop asked of an earlier attempt is not this one's
+        (plan.run_dir / STOP_FILE).unlink(missing_ok=True)
+    finished = threading.Event()
+    follower = threading.Thread(target=_follow, args=({p.adapter_id: p.run_dir / "progress.jsonl" for p in plans},
+                                                      progress, cancelled, [p.run_dir / STOP_FILE for p in plans],
+                                                      finished), daemon=True)
+    follower.start()
     try:
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
             results = list(pool.map(lambda plan: plan.trainer.fit(), plans))
     finally:
-        stop.set()
-        if follower is not None:
-            follower.join()
+        finished.set()
+        follower.join()
     versions = []
     prefix = dataset.manifest().get("prefix")
     for plan, result in zip(plans, results, strict=True):

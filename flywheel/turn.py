@@ -1,11 +1,11 @@
 """One turn of the flywheel: curate -> train candidates -> evaluate -> gate (and promote).
 
 `run_turn` keeps a run record (flywheel/turns.py) up to date at every step, so a turn can
-be watched while it runs, cancelled between stages, and resumed after a failure or a
-crash from its first stage that did not finish: a finished stage's artifacts (dataset,
-adapters, report) are reused, and training picks up its Ray Train checkpoints (the
-adapter ids are fixed when the record is created). A run that succeeded is returned as
-it is, not run again.
+be watched while it runs, cancelled (between stages, or mid-training: the loops end after
+their current step), and resumed after a failure or a crash from its first stage that
+did not finish: a finished stage's artifacts (dataset, adapters, report) are reused, and
+training picks up its Ray Train checkpoints (the adapter ids are fixed when the record is
+created). A run that succeeded is returned as it is, not run again.
 
 The evaluate stage asks the running service (`config.service_url`), which must share
 `config.home` with this process (same machine, or shared storage on a cluster).
@@ -64,7 +64,9 @@ def _train(config: FlywheelConfig, record: RunRecord, report: Callable[[str], No
     def step(adapter: str, metrics: dict[str, Any]) -> None:
         report(f"{adapter}: step {metrics['step']}/{metrics['total_steps']} loss {metrics['loss']:.3f}")
 
-    adapters = train_candidates(config, dataset, candidates, progress=step, adapter_ids=ids)
+    book = RunBook(config.turns_dir)
+    adapters = train_candidates(config, dataset, candidates, progress=step, adapter_ids=ids,
+                                cancelled=lambda: book.get(record.run_id).cancel_requested)
     return {"adapters": [adapter.adapter_id for adapter in adapters],
             "metrics": {adapter.adapter_id: adapter.metrics for adapter in adapters}}
 

@@ -1,7 +1,8 @@
 """Whole turns of the flywheel against the live service, on real data (the sample
 workload imported as teacher history): a turn SIGKILLed during training resumes from its
 Ray Train checkpoint and completes with a recorded gate decision; its metrics reach the
-Ray metrics endpoint; the service's own watcher runs a turn queued over HTTP; and
+Ray metrics endpoint; the service's own watcher runs a turn queued over HTTP, and one
+cancelled mid-training stops at its next step; and
 `ray job submit` runs a turn on a Ray head this test starts and stops (its own processes
 only — never `ray stop`)."""
 
@@ -98,28 +99,51 @@ def test_a_turn_killed_in_training_resumes_and_completes_with_a_decision(service
                if line.startswith("ray_flywheel_turns_total"))
 
 
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def _queue(service, **options) -> str:
+    """POST /v1/flywheel/runs: a pending run for the service's watcher; its id."""
+    queued = httpx.post(f"{service.url}/v1/flywheel/runs", headers=ADMIN, timeout=30,
+                        json={"workload": WORKLOAD, **options})
+    assert queued.status_code == 202 and queued.json()["status"] == "pending", queued.text
+    return queued.json()["run_id"]
+
+
+def _run(service, run_id: str) -> dict:
+    return httpx.get(f"{service.url}/v1/flywheel/runs/{run_id}", headers=ADMIN, timeout=30).json()
+
+
+def _finished(service, run_id: str) -> dict:
+    return _wait_for(lambda: (run := _run(service, run_id))["status"] not in ("pending", "running") and run, 600,
+                     f"run {run_id} to finish")
+
+
 def test_the_services_own_watcher_turns_a_run_queued_over_http(service, turn_config):
     """`turn.watch_in_service` (conftest's service): the `watcher` Serve deployment starts a
     run queued with POST /v1/flywheel/runs and takes it to a gate decision, using the
     cluster from inside the app; nothing in this test runs the turn."""
-    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    queued = httpx.post(f"{service.url}/v1/flywheel/runs", headers=admin, timeout=30,
-                        json={"workload": WORKLOAD, "max_steps": 2, "eval_limit": 10})
-    assert queued.status_code == 202, queued.text
-    assert queued.json()["status"] == "pending"
-    run_id = queued.json()["run_id"]
-
-    def finished() -> dict | None:
-        run = httpx.get(f"{service.url}/v1/flywheel/runs/{run_id}", headers=admin, timeout=30).json()
-        return run if run["status"] not in ("pending", "running") else None
-
-    run = _wait_for(finished, 600, "the service's watcher to finish the queued run")
+    run = _finished(service, _queue(service, max_steps=2, eval_limit=10))
     assert run["status"] == "succeeded", run["error"]
     (adapter,) = run["stages"]["train"]["artifacts"]["adapters"]
     assert run["stages"]["train"]["artifacts"]["metrics"][adapter]["step"] == 2
     assert run["report"]["candidates"][adapter]["function_name_and_args"]["n"] == 10
     assert not run["decision"]["promote"]  # 10 scored items are too few for this gate
     assert "fail: 10 items scored (the gate needs >= 20)" in run["decision"]["reasons"]
+
+
+def test_a_turn_cancelled_mid_training_stops_at_its_next_step(service, turn_config):
+    """Cancel over HTTP while the service's watcher is training: the loop ends after its
+    current step (not after 200), keeps what it learned, and the turn ends cancelled."""
+    run_id = _queue(service, max_steps=200)
+    _wait_for(lambda: "step" in _run(service, run_id)["stages"]["train"]["progress"], 300,
+              "the queued turn to start training")
+    cancel = httpx.post(f"{service.url}/v1/flywheel/runs/{run_id}/cancel", headers=ADMIN, timeout=30)
+    assert cancel.json()["cancel_requested"]
+    run = _finished(service, run_id)
+    assert run["status"] == "cancelled" and run["stages"]["evaluate"]["status"] == "pending"
+    (metrics,) = run["stages"]["train"]["artifacts"]["metrics"].values()
+    assert metrics["stopped"] == "requested" and metrics["step"] < 100
 
 
 @contextmanager

@@ -130,6 +130,21 @@ def test_a_run_resumes_from_its_last_checkpoint(tiny_model, dataset, tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # nothing trained twice
 
 
+def test_a_stop_file_ends_training_after_the_current_step_and_keeps_the_adapter(tiny_model, dataset, tmp_path):
+    stop = tmp_path / "STOP"
+
+    class StopAtFirstCheckpoint(LocalSession):  # what a cancel does, mid-run
+        def report(self, metrics, checkpoint):
+            super().report(metrics, checkpoint)
+            stop.touch()
+
+    metrics = run_sft(_loop_config(tiny_model, dataset, tmp_path, max_steps=20, checkpoint_every=3, epochs=6,
+                                   stop_file=str(stop)), StopAtFirstCheckpoint(tmp_path / "checkpoints"))
+    assert metrics["step"] == 4 and metrics["stopped"] == "requested"  # step 3 checkpointed, step 4 saw the file
+    assert metrics["val_loss"] is None  # a stop means now: no validation pass
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, dataset, tmp_path):
     first, warm, fresh = tmp_path / "first", tmp_path / "warm", tmp_path / "fresh"
     for folder in (first, warm, fresh):
