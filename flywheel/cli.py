@@ -47,6 +47,16 @@ def emit_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def store_from(cfg: FlywheelConfig):
+    """The configured log store, or a one-line error."""
+    from flywheel.store import open_store
+
+    try:
+        return open_store(cfg.store_url)
+    except Exception as error:
+        fail(f"cannot open the log store {cfg.store_url}: {error}")
+
+
 def config_from(path: Path | None, overrides: dict[str, Any] | None = None) -> FlywheelConfig:
     if path is None:
         path = Path("configs/local.yaml") if Path("configs/local.yaml").is_file() else REPO_CONFIG
@@ -319,13 +329,9 @@ def curate_command(
     """Curate a workload's logs into a versioned dataset (Ray Data)."""
     from flywheel.curation import CurationError, curate_workload
     from flywheel.ray_runtime import start_ray
-    from flywheel.store import open_store
 
     cfg = config_from(config)
-    try:
-        store = open_store(cfg.store_url)
-    except Exception as error:
-        fail(f"cannot open the log store {cfg.store_url}: {error}")
+    store = store_from(cfg)
     try:
         with err.status("starting Ray") as status:
             start_ray(cfg.ray)
@@ -721,13 +727,9 @@ def shadow_report_command(
 ) -> None:
     """Score shadow-mode candidates against the teacher's answers to the same live requests."""
     from flywheel.shadow import shadow_report
-    from flywheel.store import open_store
 
     cfg = config_from(config)
-    try:
-        store = open_store(cfg.store_url)
-    except Exception as error:
-        fail(f"could not open the log store {cfg.store_url}: {error}")
+    store = store_from(cfg)
     try:
         report = shadow_report(store, workload, since=time.time() - hours * 3600 if hours else None, limit=limit)
     finally:
