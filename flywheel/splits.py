@@ -5,7 +5,7 @@ data and the seed, never on how Ray partitioned the read."""
 
 from __future__ import annotations
 
-import random
+import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,13 +76,18 @@ def stratified_split(ids: Sequence[str], labels: Sequence[str], eval_size: int, 
                      seed: int) -> Split:
     """Eval first (`eval_size`, proportional per label), then `val_ratio` of the rest to val,
     also per label. A label with one row goes to train only (it cannot be both learned and
-    tested); so does everything when the workload has a single label, with a message."""
+    tested); so does everything when the workload has a single label, with a message.
+
+    Within a label, rows are ordered by a hash of (seed, id), not shuffled: a record keeps
+    its place as the log grows, so the next turn's eval rows are this turn's eval rows plus
+    new records, not rows a student already trained on (only where a label's share of the
+    eval split grows can a row move from train to eval)."""
+    def rank(index: int) -> bytes:
+        return hashlib.blake2b(f"{seed}:{ids[index]}".encode(), digest_size=8).digest()
+
     by_label: dict[str, list[int]] = defaultdict(list)
-    for index in sorted(range(len(ids)), key=lambda i: ids[i]):  # input order must not matter
+    for index in sorted(range(len(ids)), key=rank):  # input order must not matter
         by_label[labels[index]].append(index)
-    rng = random.Random(seed)
-    for label in sorted(by_label):
-        rng.shuffle(by_label[label])
     split = Split()
     singletons = sorted(label for label, rows in by_label.items() if len(rows) == 1)
     if singletons:

@@ -152,6 +152,22 @@ def test_stratified_split_is_proportional_deterministic_and_handles_odd_labels()
     assert len(one.eval) == 3 and "not stratified" in one.messages[0]
 
 
+def test_a_growing_log_keeps_its_eval_rows_out_of_earlier_training_rows():
+    """Turn 2 re-splits turn 1's records plus new ones: its eval rows must not be rows turn
+    1's student trained on, or the incumbent is scored on its own training data."""
+    import random
+
+    rng = random.Random(3)
+    labels = [rng.choice("abcd") for _ in range(2500)]
+    ids = [f"r{i:05d}" for i in range(2500)]
+    first = stratified_split(ids[:2000], labels[:2000], eval_size=100, val_ratio=0.1, seed=0)
+    second = stratified_split(ids, labels, eval_size=100, val_ratio=0.1, seed=0)
+    trained = {ids[i] for i in first.train}
+    evaluated = {ids[i] for i in second.eval}
+    assert len(evaluated & trained) <= 4  # at most one per label, where a label's eval share grew
+    assert len(evaluated & {ids[i] for i in first.eval}) >= 70  # mostly the same eval rows, plus new ones
+
+
 def test_uniform_icl_covers_labels_within_the_budget():
     labels = ["a", "a", "b", "b", "c"]
     assert sorted(labels[i] for i in uniform_examples(labels, [10] * 5, 1, 100, seed=0)) == ["a", "b", "c"]
