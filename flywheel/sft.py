@@ -121,29 +121,26 @@ def _device_and_autocast(precision: str):
     return device, (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None)
 
 
-def _reduce_mean(total: float, count: float) -> float:
+def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
+    """`values` reduced elementwise across DDP ranks (`sum` or `max`); as given in one process."""
     import torch
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        values = torch.tensor([total, count], dtype=torch.float64)
-        if dist.get_backend() == "nccl":
-            values = values.cuda()
-        dist.all_reduce(values)
-        total, count = values.tolist()
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def _reduce_mean(total: float, count: float) -> float:
+    total, count = _all_reduce([total, count])
     return total / max(count, 1)
 
 
 def _any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any: DDP ranks must stop at the same step."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    value = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(_all_reduce([float(flag)], op="max")[0])
 
 
 def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
