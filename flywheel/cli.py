@@ -201,12 +201,11 @@ def logs_import(
 ) -> None:
     """Import a JSONL file; bad lines are reported as `line N: reason`, good ones stored once."""
     from flywheel.records import record_from_json
-    from flywheel.store import open_store
 
     cfg = config_from(config)
     if not file.is_file():
         fail(f"{file}: no such file")
-    store = open_store(cfg.store_url)
+    store = store_from(cfg)
     lines = new = 0
     errors: list[str] = []
     batch = []
@@ -243,12 +242,12 @@ def logs_export(
     as_json: bool = JsonOption,
 ) -> None:
     """Export records as JSONL (the LogRecord schema), oldest first."""
-    from flywheel.store import LogFilter, open_store
+    from flywheel.store import LogFilter
 
     cfg = config_from(config)
     if out_file is None and as_json:
         fail("--json needs --out (stdout carries the records)")
-    store = open_store(cfg.store_url)
+    store = store_from(cfg)
     sink = out_file.open("w", encoding="utf-8") if out_file else sys.stdout
     exported, cursor = 0, None
     try:
@@ -277,10 +276,10 @@ def logs_stats(
     as_json: bool = JsonOption,
 ) -> None:
     """Counts by workload, model, status and day."""
-    from flywheel.store import LogFilter, open_store
+    from flywheel.store import LogFilter
 
     cfg = config_from(config)
-    store = open_store(cfg.store_url)
+    store = store_from(cfg)
     stats = store.stats(LogFilter(workload_id=workload))
     store.close()
     if as_json:
@@ -688,7 +687,6 @@ def cancel_command(
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Where the flywheel stands: each alias's route, each workload's latest turn, records."""
     from flywheel.routes import describe, open_route_book
-    from flywheel.store import open_store
     from flywheel.turns import RunBook
 
     cfg = config_from(config)
@@ -696,12 +694,13 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
     latest: dict[str, Any] = {}
     for record in RunBook(cfg.turns_dir).list():
         latest.setdefault(record.workload, record)
+    store = store_from(cfg)
     try:
-        store = open_store(cfg.store_url)
         records = store.stats()["by_workload"]
-        store.close()
     except Exception as error:
         fail(f"could not read the log store {cfg.store_url}: {error}")
+    finally:
+        store.close()
     result = {"aliases": routes, "records": records,
               "latest_runs": {w: {"run_id": r.run_id, "status": r.status, "stage": r.stage,
                                   "promoted": (r.decision or {}).get("promote")} for w, r in latest.items()}}
@@ -764,14 +763,13 @@ def watch_command(
     """Start turns by themselves: when enough new records arrived (turn.min_new_records), on a
     schedule (turn.interval_s), or queued over HTTP. Runs until Ctrl-C unless --once."""
     from flywheel.ray_runtime import start_ray
-    from flywheel.store import open_store
     from flywheel.turn import run_turn
     from flywheel.turns import RunBook
     from flywheel.watch import Watcher
 
     cfg = config_from(config)
     start_ray(cfg.ray)
-    store = open_store(cfg.store_url)
+    store = store_from(cfg)
     watcher = Watcher(cfg, store, run_turn)
     if once:
         started = watcher.tick()
