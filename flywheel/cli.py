@@ -489,34 +489,52 @@ def _alias_of(cfg: FlywheelConfig, alias: str | None, adapter: str) -> str:
 
 @app.command("promote")
 def promote_command(
-    adapter: str = typer.Option(..., "--adapter", help="Adapter id (or base:adapter) to answer the alias."),
+    adapter: str | None = typer.Option(None, "--adapter", help="Adapter id (or base:adapter) to answer the alias."),
     alias: str | None = AliasOption,
     report: str | None = typer.Option(None, "--report", help="Evaluation run id: promote only if the gate passes "
                                       "on it (the decision is recorded either way)."),
+    shadow: bool = typer.Option(False, "--shadow", help="Judge the alias's shadow trial now on the live pairs "
+                                "since it began: promote its candidate or withdraw it (after gate.shadow_min_pairs)."),
+    min_pairs: int | None = typer.Option(None, "--min-pairs", min=1, help="With --shadow: decide on this many live "
+                                         "pairs instead of gate.shadow_min_pairs."),
     reason: str = typer.Option("", "--reason", help="Why (recorded in the route history)."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Move an alias to an adapter; the running service routes by it from the next request."""
     from flywheel.evaluation import load_report
-    from flywheel.gate import gate_and_promote
+    from flywheel.gate import gate_and_promote, gate_shadow
     from flywheel.routes import RouteError, open_route_book
 
-    cfg = config_from(config)
+    if shadow == (adapter is not None):
+        fail("name an adapter (--adapter) or judge the alias's shadow trial (--shadow --alias A), not both")
+    if shadow and alias is None:
+        fail("--shadow needs --alias")
+    cfg = config_from(config, {"gate.shadow_min_pairs": min_pairs})
     alias = _alias_of(cfg, alias, adapter)
     book = open_route_book(cfg)
     try:
-        if report is None:
-            state = book.promote(alias, adapter, reason or "manual promotion (no gate)")
-            result = {"alias": alias, "promoted": True, "route": state.model_dump(mode="json"), "decision": None}
+        if shadow:
+            store = store_from(cfg)
+            try:
+                decision = gate_shadow(cfg, book, store, alias)
+            finally:
+                store.close()
+            if decision is None:
+                fail(f"alias {alias!r} is not in a shadow trial (see `flywheel routes`)")
+        elif report is None:
+            decision = None
+            book.promote(alias, adapter, reason or "manual promotion (no gate)")
         else:
             decision = gate_and_promote(cfg, book, load_report(cfg.reports_dir, report), adapter.rpartition(":")[2],
                                         alias)
-            state = book.get(alias)
-            result = {"alias": alias, "promoted": decision.promote, "route": state.model_dump(mode="json") if state
-                      else None, "decision": decision.model_dump(mode="json")}
     except (RouteError, FileNotFoundError) as error:
         fail(str(error))
+    state = book.get(alias)
+    outcome = decision.outcome if decision else "promoted"
+    result = {"alias": alias, "promoted": outcome == "promoted", "outcome": outcome or "pending",
+              "route": state.model_dump(mode="json") if state else None,
+              "decision": decision.model_dump(mode="json") if decision else None}
     if as_json:
         emit_json(result)
         return
@@ -524,8 +542,12 @@ def promote_command(
         out.print(f"  {line}")
     if result["promoted"]:
         out.print(f"[green]{alias}[/green] -> {state.student} (mode {state.mode})")
+    elif outcome == "shadow trial":
+        out.print(f"[cyan]{alias}[/cyan]: {state.candidate} on trial in shadow mode")
+    elif decision and decision.pending:
+        out.print(f"[yellow]{alias} unchanged[/yellow]: too few live shadow pairs yet")
     else:
-        out.print(f"[yellow]{alias} unchanged[/yellow]: the gate did not pass {adapter}")
+        out.print(f"[yellow]{alias} {outcome}[/yellow] (mode {state.mode if state else 'teacher'})")
 
 
 @app.command("rollback")

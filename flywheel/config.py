@@ -317,6 +317,12 @@ class GateConfig(_Strict):
     min_eval_size: int = Field(50, ge=1, description="Fewest scored eval items a decision may rest on.")
     aliases: dict[str, str] = Field(default_factory=dict, description="Workload -> the alias its students are "
                                     "promoted to; a workload not listed uses its own name.")
+    rollout: Literal["promote", "shadow"] = Field(
+        "promote", description="What a candidate that passes the offline gate gets: `promote` (it answers the "
+        "alias's traffic at once) or `shadow` (a trial: the teacher keeps answering, the candidate answers the "
+        "same requests in the background, and it is promoted once `shadow_min_pairs` live answers reach "
+        "`min_teacher_ratio` of the teacher's, withdrawn otherwise; the watcher decides).")
+    shadow_min_pairs: int = Field(50, ge=1, description="Fewest live shadow pairs a trial's decision may rest on.")
 
     def alias_for(self, workload: str) -> str:
         return self.aliases.get(workload, workload)

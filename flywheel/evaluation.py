@@ -27,11 +27,11 @@ from flywheel.adapters import load_adapter
 from flywheel.config import FlywheelConfig
 from flywheel.datasets import DatasetVersion
 from flywheel.judge import Judge
+from flywheel.metrics import PRIMARY
 from flywheel.stats import interval, paired_difference
 
 TOOL_METRICS = ("function_name", "function_name_and_args", "valid_call")
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "embedding_cosine", "llm_rating", "pairwise_win")
-PRIMARY = {"tool_calling": "function_name_and_args", "generic": "token_f1"}
 Progress = Callable[[str], None]
 
 

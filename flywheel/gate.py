@@ -1,11 +1,16 @@
 """The promotion gate: does a candidate adapter take over an alias's traffic?
 
-It reads an evaluation report (flywheel/evaluation.py) and passes a candidate only when
-(1) its score reaches `min_teacher_ratio` of the teacher's on the gate metric, (2) the
-lower bound of the paired 95% interval (candidate - incumbent student, same items) is at
-least `-max_regression`, and (3) at least `min_eval_size` items were scored. Every
-decision is written to `<decisions_dir>/<alias>/`, promoted or not, with its reasons;
-`gate_and_promote` moves the alias only on a pass.
+Offline, it reads an evaluation report (flywheel/evaluation.py) and passes a candidate
+only when (1) its score reaches `min_teacher_ratio` of the teacher's on the gate metric,
+(2) the lower bound of the paired 95% interval (candidate - incumbent student, same
+items) is at least `-max_regression`, and (3) at least `min_eval_size` items were scored.
+`gate_and_promote` then moves the alias: straight to the candidate (`gate.rollout:
+promote`), or into a shadow trial (`shadow`).
+
+Online, `gate_shadow` judges a trial on live traffic (flywheel/shadow.py): once
+`shadow_min_pairs` requests were answered by both, the candidate is promoted when its
+answers score `min_teacher_ratio` against the teacher's, and withdrawn otherwise. Every
+decision is written to `<decisions_dir>/<alias>/` with its reasons, whatever it decided.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from pydantic import BaseModel, Field
 
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation import EvalReport
+from flywheel.file_state import exclusive, replace_file
 from flywheel.routes import RouteBook
 from flywheel.stats import paired_difference
+from flywheel.store import LogStore
 
 
 class Decision(BaseModel):
@@ -35,7 +42,9 @@ class Decision(BaseModel):
     teacher_ratio: float | None
     versus_incumbent: dict[str, float] | None = Field(description="Paired difference: mean, low, high, n.")
     eval_size: int
-    report_id: str
+    report_id: str = Field(description="The evaluation run, or `shadow:<since>` for live shadow evidence.")
+    outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, withdrawn, unchanged.")
+    pending: bool = Field(False, description="Too little live evidence yet: nothing recorded or changed.")
     decided_at: float = Field(default_factory=time.time)
     path: Path | None = None
 
@@ -92,19 +101,15 @@ def decide(config: FlywheelConfig, report: EvalReport, candidate: str, alias: st
 
 
 def record_decision(config: FlywheelConfig, decision: Decision) -> Decision:
+    """Write the decision as `<stamp>-<n>-<candidate>.json`; the lock makes `n` count the
+    alias's decisions within a second, so the names sort in the order they were made."""
     folder = config.decisions_dir / decision.alias
-    folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(decision.decided_at))
-    for attempt in range(1000):  # several decisions in one second keep their order and all survive
-        path = folder / f"{stamp}-{attempt:03d}-{decision.candidate}.json"
-        decision = decision.model_copy(update={"path": path})
-        try:
-            with path.open("x") as handle:
-                handle.write(decision.model_dump_json(indent=2) + "\n")
-            return decision
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"more than 1000 decisions for {decision.alias} in one second")
+    with exclusive(folder / ".lock"):
+        taken = len(list(folder.glob(f"{stamp}-*.json")))
+        decision = decision.model_copy(update={"path": folder / f"{stamp}-{taken:03d}-{decision.candidate}.json"})
+        replace_file(decision.path, decision.model_dump_json(indent=2) + "\n")
+    return decision
 
 
 def list_decisions(config: FlywheelConfig, alias: str) -> list[dict[str, Any]]:
@@ -113,12 +118,73 @@ def list_decisions(config: FlywheelConfig, alias: str) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
+def _incumbent(book: RouteBook, alias: str) -> str | None:
+    state = book.get(alias)
+    return state.student.partition(":")[2] if state and state.student else None
+
+
 def gate_and_promote(config: FlywheelConfig, book: RouteBook, report: EvalReport, candidate: str,
                      alias: str) -> Decision:
-    """Decide against the alias's current student, record the decision, promote on a pass."""
+    """Decide against the alias's current student, record the decision, and on a pass
+    promote the candidate or start its shadow trial (`gate.rollout`)."""
+    decision = decide(config, report, candidate, alias, _incumbent(book, alias))
+    trial = config.gate.rollout == "shadow"
+    outcome = ("shadow trial" if trial else "promoted") if decision.promote else "unchanged"
+    decision = record_decision(config, decision.model_copy(update={"outcome": outcome}))
+    reason = f"gate passed: {decision.path.name} (report {report.run_id})"
+    if decision.promote and trial:
+        book.set_mode(alias, "shadow", candidate=candidate, reason=f"{reason}; on trial against live traffic")
+    elif decision.promote:
+        book.promote(alias, candidate, reason=reason)
+    return decision
+
+
+def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str, candidate: str, alias: str,
+                  incumbent: str | None, since: float) -> Decision:
+    """The verdict on a shadow trial from its `shadow_report` row (`evidence`; empty when
+    no pairs yet): the teacher's answers are the references, so the candidate's score is
+    its ratio to the teacher. `pending` while fewer than `shadow_min_pairs` pairs exist."""
+    policy = config.gate
+    metric = policy.metric or metric
+    pairs, errors = evidence.get("n", 0), evidence.get("errors", 0)
+    score = evidence.get("metrics", {}).get(metric, {}).get("mean")
+    enough = pairs >= policy.shadow_min_pairs
+    reasons = [("pass: " if enough else "fail: ") + f"{pairs} live shadow pairs, {errors} failed answers "
+               f"(the gate needs >= {policy.shadow_min_pairs})"]
+    good = score is not None and score >= policy.min_teacher_ratio
+    if score is None:
+        reasons.append(f"fail: no `{metric}` scores in the shadow pairs")
+    else:
+        spread = evidence["metrics"][metric]
+        reasons.append(("pass: " if good else "fail: ") + f"{metric} {score:.3f} [{spread['low']:.3f}, "
+                       f"{spread['high']:.3f}] against the teacher's live answers (needs >= "
+                       f"{policy.min_teacher_ratio:.0%})")
+    return Decision(alias=alias, candidate=candidate, incumbent=incumbent, promote=enough and good, reasons=reasons,
+                    metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
+                    versus_incumbent=None, eval_size=pairs, report_id=f"shadow:{since:.0f}", pending=not enough)
+
+
+def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:
+    """Judge the alias's shadow trial on the live pairs since it began (None: the alias is
+    not in shadow mode). Once there is enough evidence the decision is recorded and acted
+    on: a pass promotes the candidate, a fail withdraws it (the alias goes back to its
+    student, or its teacher). A pending decision changes nothing."""
+    from flywheel.shadow import shadow_report
+
     state = book.get(alias)
-    incumbent = state.student.partition(":")[2] if state and state.student else None
-    decision = record_decision(config, decide(config, report, candidate, alias, incumbent))
+    if state is None or state.mode != "shadow" or state.candidate is None:
+        return None
+    # every workload: the requests may name their own; the candidate and the start time pick the trial's pairs
+    report = shadow_report(store, None, since=state.changed_at, candidate=state.candidate)
+    decision = decide_shadow(config, report["candidates"].get(state.candidate, {}), report["primary_metric"],
+                             state.candidate.partition(":")[2], alias, _incumbent(book, alias), state.changed_at)
+    if decision.pending:
+        return decision
+    decision = record_decision(config, decision.model_copy(update={
+        "outcome": "promoted" if decision.promote else "withdrawn"}))
+    reason = f"shadow trial {'passed' if decision.promote else 'failed'}: {decision.path.name}"
     if decision.promote:
-        book.promote(alias, candidate, reason=f"gate passed: {decision.path.name} (report {report.run_id})")
+        book.promote(alias, state.candidate, reason=reason)
+    else:
+        book.set_mode(alias, "student" if state.student else "teacher", reason=reason)
     return decision

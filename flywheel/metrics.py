@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 TOKEN = re.compile(r"\w+", re.UNICODE)
+PRIMARY = {"tool_calling": "function_name_and_args", "generic": "token_f1"}  # the metric a decision reads
 NO_CALL: list[tuple[str, Any]] = []
 
 

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any
 
 from flywheel.judge import Judge
+from flywheel.metrics import PRIMARY
 from flywheel.records import LogRecord
 from flywheel.stats import interval
 from flywheel.store import LogFilter, LogStore
@@ -26,23 +27,27 @@ def _message(record: LogRecord) -> dict[str, Any] | None:
     return choices[0].get("message") if choices else None
 
 
-def shadow_pairs(store: LogStore, workload: str, since: float | None = None,
-                 limit: int = 2000) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
-    """(teacher record, candidate record) pairs of `workload`, newest first, at most
-    `limit` in all, grouped by the candidate that answered (`base:adapter`). A shadow
-    whose teacher answer failed or is gone is skipped: there is nothing to compare with."""
+def shadow_pairs(store: LogStore, workload: str | None, since: float | None = None, limit: int = 2000,
+                 candidate: str | None = None) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
+    """(teacher record, candidate record) pairs of `workload` (None: all), newest first, at most
+    `limit` in all, grouped by the candidate that answered (`base:adapter`; only
+    `candidate` when given). A shadow that failed is kept (it scores as a wrong answer);
+    one whose teacher answer failed or is gone is skipped: there is nothing to compare with."""
     pairs: dict[str, list[tuple[LogRecord, LogRecord]]] = defaultdict(list)
     found, cursor = 0, None
     while found < limit:
-        page = store.query(LogFilter(workload_id=workload, status="ok", since=since), order="desc", limit=PAGE,
-                           cursor=cursor)
+        page = store.query(LogFilter(workload_id=workload, since=since), order="desc", limit=PAGE, cursor=cursor)
         for record in page.records:
             if found >= limit:
                 break
-            primary = store.get(record.tags["shadow_of"]) if "shadow_of" in record.tags else None
-            if primary is None or primary.status != "ok" or _message(primary) is None:
+            if "shadow_of" not in record.tags:
                 continue
             name = f"{record.base_model}:{record.adapter}" if record.adapter else str(record.base_model)
+            if candidate is not None and name != candidate:
+                continue
+            primary = store.get(record.tags["shadow_of"])
+            if primary is None or primary.status != "ok" or _message(primary) is None:
+                continue
             pairs[name].append((primary, record))
             found += 1
         if page.cursor is None:
@@ -55,23 +60,31 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def shadow_report(store: LogStore, workload: str, since: float | None = None, limit: int = 2000,
-                  judge: Judge | None = None) -> dict[str, Any]:
-    """Per candidate: each metric's mean and 95% interval over its shadow pairs, and the
-    latency and tokens of its answers beside the teacher's."""
+def shadow_report(store: LogStore, workload: str | None, since: float | None = None, limit: int = 2000,
+                  judge: Judge | None = None, candidate: str | None = None) -> dict[str, Any]:
+    """Per candidate: each metric's mean and 95% interval over its shadow pairs (a failed
+    answer scores as wrong; `errors` counts them), and the latency and tokens of its
+    answers beside the teacher's. `primary_metric` is the one the gate reads: tool calling
+    when most requests offered tools, text otherwise (as curation types a workload)."""
     judge = judge or Judge(embeddings=False)
-    candidates = {}
-    for name, pairs in shadow_pairs(store, workload, since, limit).items():
+    candidates, offered, total = {}, 0, 0
+    for name, pairs in shadow_pairs(store, workload, since, limit, candidate).items():
+        offered += sum(bool(primary.request.get("tools")) for primary, _ in pairs)
+        total += len(pairs)
         scores = judge.score([{"id": shadow.id, "label": name, "request": shadow.request,
                                "reference": _message(primary), "answer": _message(shadow)}
                               for primary, shadow in pairs])
         metrics = sorted({key for score in scores for key, value in score.items() if isinstance(value, float)})
+        answered = [(primary, shadow) for primary, shadow in pairs if shadow.status == "ok"]
         candidates[name] = {
             "n": len(pairs),
+            "errors": len(pairs) - len(answered),
             "metrics": {metric: interval([score[metric] for score in scores if metric in score])
                         for metric in metrics},
-            "latency_ms": {"teacher": _mean([p.latency_ms for p, _ in pairs if p.latency_ms is not None]),
-                           "candidate": _mean([s.latency_ms for _, s in pairs if s.latency_ms is not None])},
-            "tokens": {"teacher": _mean([(p.usage or {}).get("total_tokens", 0) for p, _ in pairs]),
-                       "candidate": _mean([(s.usage or {}).get("total_tokens", 0) for _, s in pairs])}}
-    return {"workload": workload, "since": since, "candidates": candidates}
+            "latency_ms": {"teacher": _mean([p.latency_ms for p, _ in answered if p.latency_ms is not None]),
+                           "candidate": _mean([s.latency_ms for _, s in answered if s.latency_ms is not None])},
+            "tokens": {"teacher": _mean([(p.usage or {}).get("total_tokens", 0) for p, _ in answered]),
+                       "candidate": _mean([(s.usage or {}).get("total_tokens", 0) for _, s in answered])}}
+    return {"workload": workload, "since": since,
+            "primary_metric": PRIMARY["tool_calling" if total and offered >= total / 2 else "generic"],
+            "candidates": candidates}

@@ -1,4 +1,5 @@
-"""One turn of the flywheel: curate -> train candidates -> evaluate -> gate (and promote).
+"""One turn of the flywheel: curate -> train candidates -> evaluate -> gate (and promote, or
+start a shadow trial: `gate.rollout`).
 
 `run_turn` keeps a run record (flywheel/turns.py) up to date at every step, so a turn can
 be watched while it runs, cancelled (between stages, or mid-training: the loops end after
@@ -98,8 +99,8 @@ def _gate(config: FlywheelConfig, record: RunRecord, report: Callable[[str], Non
     alias = config.gate.alias_for(record.workload)
     report(f"gating {best} for alias {alias}")
     decision = gate_and_promote(config, open_route_book(config), evaluation, best, alias)
-    return {"alias": alias, "candidate": best, "promoted": decision.promote,
-            "decision": decision.model_dump(mode="json")}
+    return {"alias": alias, "candidate": best, "promoted": decision.outcome == "promoted",
+            "outcome": decision.outcome, "decision": decision.model_dump(mode="json")}
 
 
 RUNNERS = {"curate": _curate, "train": _train, "evaluate": _evaluate, "gate": _gate}

@@ -2,7 +2,9 @@
 arrived since its last turn (`turn.min_new_records`), or when `turn.interval_s` passed
 and anything new arrived; it also runs turns queued over HTTP (`POST /v1/flywheel/runs`
 creates a pending run). One turn per workload at a time (run-record locks), at most
-`turn.max_concurrent` at once.
+`turn.max_concurrent` at once. With `gate.rollout: shadow` it also judges each watched
+workload's alias while it is in a shadow trial (`gate.gate_shadow`): promoted or
+withdrawn once enough live pairs exist.
 
 `due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
 inputs from the store and the run records and starts what is due, each turn in a thread.
@@ -17,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.gate import Decision, gate_shadow
+from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord, TurnBusy
 
@@ -60,6 +64,7 @@ class Watcher:
         self.store = store
         self.run_turn = run_turn
         self.book = RunBook(config.turns_dir)
+        self.routes = open_route_book(config)
         self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
 
     def views(self, runs: list[RunRecord] | None = None) -> list[WorkloadView]:
@@ -87,10 +92,23 @@ class Watcher:
                 break
             if run.run_id not in self.threads:
                 started.append(self._start(run.workload, run.run_id, run.options))
-        for workload, why in due(self.config.turn, self.views(runs), len(self.threads), now or time.time()):
+        views = self.views(runs)
+        for workload, why in due(self.config.turn, views, len(self.threads), now or time.time()):
             logger.info("starting a turn of %s: %s", workload, why)
             started.append(self._start(workload, None, {"trigger": why}))
+        if self.config.gate.rollout == "shadow":
+            self.judge_trials([view.workload for view in views])
         return [run_id for run_id in started if run_id]
+
+    def judge_trials(self, workloads: list[str]) -> list[Decision]:
+        """Decide the shadow trials of these workloads' aliases that have enough evidence."""
+        decisions = []
+        for alias in dict.fromkeys(self.config.gate.alias_for(workload) for workload in workloads):
+            decision = gate_shadow(self.config, self.routes, self.store, alias)
+            if decision is not None and not decision.pending:
+                logger.info("shadow trial of %s on %s: %s", decision.candidate, alias, decision.outcome)
+                decisions.append(decision)
+        return decisions
 
     def _start(self, workload: str, run_id: str | None, options: dict) -> str | None:
         if run_id is None:

@@ -1,7 +1,8 @@
 """Moving an alias on the live service under continuous load: promote adapter A (HTTP),
 promote B (CLI), roll back (HTTP) — no request fails, every request sent after a change
 returned is answered by the new target, and no replica restarts. Shadow mode answers
-with the teacher and logs the candidate's answer to the same request, linked."""
+with the teacher and logs the candidate's answer to the same request, linked; its trial is
+judged on those live pairs."""
 
 from __future__ import annotations
 
@@ -166,4 +167,9 @@ def test_shadow_mode_logs_the_candidate_linked_to_the_teacher_answer(service, ad
     assert "bravo" in shadow.response["choices"][0]["message"]["content"]
     report = run_cli("shadow-report", "--workload", ALIAS, env=service.env)["candidates"][f"{MODEL}:swap-bravo"]
     assert report["n"] >= 1 and {"token_f1", "rouge_l"} <= set(report["metrics"])  # scored against the teacher
-    admin(service, {"rollback": True})
+    # bravo's fixed reply is far from the teacher's answer: judged on the live pair, the trial fails
+    before = run_cli("routes", env=service.env)["aliases"][ALIAS]["history"]
+    verdict = run_cli("promote", "--shadow", "--alias", ALIAS, "--min-pairs", "1", env=service.env)
+    assert verdict["outcome"] == "withdrawn" and verdict["decision"]["metric"] == "token_f1"
+    assert verdict["decision"]["candidate_score"] < 0.95 and verdict["route"]["mode"] != "shadow"
+    assert run_cli("routes", env=service.env)["aliases"][ALIAS]["history"] == before + 1

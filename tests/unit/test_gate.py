@@ -87,3 +87,19 @@ def test_gate_and_promote_records_every_decision_and_moves_the_alias_only_on_a_p
     recorded = list_decisions(config, "support")
     assert [d["promote"] for d in recorded] == [False, True]
     assert json.loads(passed.path.read_text())["reasons"] == passed.reasons
+
+
+def test_with_shadow_rollout_a_pass_starts_a_trial_and_the_student_keeps_its_place(config, tmp_path):
+    config = config.model_copy(update={"gate": config.gate.model_copy(update={"rollout": "shadow"})})
+    book = open_route_book(config)
+    book.promote("support", "old")
+    passed = gate_and_promote(config, book, make_report(tmp_path, {"new": items(100, 100), "old": items(99, 100)}),
+                              "new", "support")
+    state = book.get("support")
+    assert passed.promote and passed.outcome == "shadow trial"
+    assert (state.mode, state.student, state.candidate) == ("shadow", "small:old", "small:new")
+    assert "on trial" in state.reason
+    refused = gate_and_promote(config, book, make_report(tmp_path, {"new": items(50, 100), "old": items(99, 100)}),
+                               "new", "support")
+    assert refused.outcome == "unchanged" and book.get("support").changed_at == state.changed_at
+    assert [d["outcome"] for d in list_decisions(config, "support")] == ["shadow trial", "unchanged"]
