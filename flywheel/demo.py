@@ -42,12 +42,13 @@ class DemoSize:
     eval_size: int = 100  # held-out eval records per turn
     held_out: int = 12  # requests sent through the alias after turn 1
     min_teacher_ratio: float = 0.85  # the demo's gate (the default policy asks 0.95)
+    eval_max_tokens: int | None = None  # answer cap in evaluation; None: the config's evaluate.max_tokens
 
     @classmethod
     def quick(cls, records: int | None = None) -> DemoSize:
         """Minutes, for CI: too few steps to learn much, so the gate only checks regressions."""
         return cls(records=records or 600, new_records=150, max_steps=6, second_steps=4, eval_size=20, held_out=4,
-                   min_teacher_ratio=0.0)
+                   min_teacher_ratio=0.0, eval_max_tokens=128)  # references are <= ~85 tokens; 6 steps ramble
 
 
 def demo_config(config: FlywheelConfig, size: DemoSize) -> FlywheelConfig:
@@ -55,6 +56,8 @@ def demo_config(config: FlywheelConfig, size: DemoSize) -> FlywheelConfig:
     eval splits, training settings that learn fast on 2 cores."""
     data = config.model_dump(mode="json")
     data["curate"].update(teacher_models=[TEACHER], eval_size=size.eval_size)
+    if size.eval_max_tokens:
+        data["evaluate"]["max_tokens"] = size.eval_max_tokens
     cores = os.cpu_count() or 2
     data["train"].update(batch_size=8, learning_rate=2e-3, checkpoint_every=50, early_stopping_patience=None,
                          cpus_per_worker=cores)  # the engine idles while the student trains: every core trains

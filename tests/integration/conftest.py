@@ -41,9 +41,10 @@ ADMIN_TOKEN = "integration-admin-token"
 # HTTP for this workload: no record count or schedule triggers a turn of its own.
 TURN_WORKLOAD = "turn-test"
 TURN_SETTINGS = {
-    "curate": {"teacher_models": [TEACHER], "eval_size": 40, "icl": {"semantic": False}},
+    "curate": {"teacher_models": [TEACHER], "eval_size": 40, "val_ratio": 0.02, "icl": {"semantic": False}},
     "train": {"checkpoint_every": 3, "batch_size": 8, "learning_rate": 1e-3},
     "gate": {"min_eval_size": 20},
+    "evaluate": {"max_tokens": 128},  # the longest reference answer is ~85 tokens; untrained students ramble to the cap
     "turn": {"eval_limit": 20, "workloads": [TURN_WORKLOAD], "min_new_records": 10**9, "poll_s": 2}}
 
 

@@ -38,7 +38,7 @@ def turn_config(service, ray_cluster) -> Path:
     config = yaml.safe_load((REPO / "configs" / "local.yaml").read_text())
     config.update(TURN_SETTINGS, home=str(service.home), models_dir=str(service.models_dir),
                   ray={"address": ray_cluster}, store={"url": service.store_url},
-                  evaluate={"service_url": service.url, "concurrency": 8})
+                  evaluate={**TURN_SETTINGS["evaluate"], "service_url": service.url, "concurrency": 8})
     path = service.home / "turn.yaml"
     path.write_text(yaml.safe_dump(config))
     logs = service.home / "turn-logs.jsonl"
@@ -192,7 +192,7 @@ def test_ray_job_submit_runs_a_turn_on_a_fresh_head(service, turn_config, tmp_pa
         job_config.write_text(yaml.safe_dump(config))
         submit = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", dashboard,
                   "--working-dir", str(REPO), "--", "python", "jobs/flywheel_turn.py", "--config", str(job_config),
-                  "--workload", WORKLOAD, "--max-steps", "2", "--eval-limit", "20"]
+                  "--workload", WORKLOAD, "--max-steps", "2", "--eval-limit", "10"]
         for _ in range(30):  # the head's job agent registers a few seconds after the dashboard answers
             job = subprocess.run(submit, check=False, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
             if "No available agent" not in job.stderr:
