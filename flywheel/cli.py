@@ -707,8 +707,10 @@ def cancel_command(
 
 @app.command("status")
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Where the flywheel stands: each alias's route, each workload's latest turn, records."""
+    """Where the flywheel stands: each alias's route (and shadow trial), each workload's latest
+    turn, records."""
     from flywheel.routes import describe, open_route_book
+    from flywheel.shadow import shadow_pairs
     from flywheel.turns import RunBook
 
     cfg = config_from(config)
@@ -719,23 +721,37 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
     store = store_from(cfg)
     try:
         records = store.stats()["by_workload"]
+        for state in routes.values():
+            if state["mode"] == "shadow":
+                pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"])
+                state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
+                                  "needed": cfg.gate.shadow_min_pairs, "judged_by_watcher": cfg.gate.rollout == "shadow"}
     except Exception as error:
         fail(f"could not read the log store {cfg.store_url}: {error}")
     finally:
         store.close()
+
+    def outcome(decision: dict | None) -> str | None:  # run records from before `outcome` have `promote` only
+        return (decision.get("outcome") or ("promoted" if decision.get("promote") else "unchanged")) if decision \
+            else None
+
     result = {"aliases": routes, "records": records,
               "latest_runs": {w: {"run_id": r.run_id, "status": r.status, "stage": r.stage,
-                                  "promoted": (r.decision or {}).get("promote")} for w, r in latest.items()}}
+                                  "outcome": outcome(r.decision), "promoted": outcome(r.decision) == "promoted"}
+                              for w, r in latest.items()}}
     if as_json:
         emit_json(result)
         return
     for alias, state in routes.items():
+        trial = state.get("trial")
         out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
-                  f"teacher {state['teacher']}")
+                  f"teacher {state['teacher']}" + (f"; trial of {state['candidate']}: {trial['pairs']}/"
+                                                   f"{trial['needed']} live pairs" if trial else ""))
     for workload, count in sorted(records.items()):
         run = result["latest_runs"].get(workload)
         out.print(f"workload {workload}: {count} records; latest turn "
-                  + (f"{run['run_id']} {run['status']}" if run else "none"))
+                  + (f"{run['run_id']} {run['status']}" + (f" ({run['outcome']})" if run["outcome"] else "")
+                     if run else "none"))
 
 
 @app.command("shadow-report")

@@ -182,6 +182,10 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     store = open_store(f"sqlite:///{home / 'logs.db'}")
     store.write_batch(pair(call("lookup", n=1), call("lookup", n=1), "trial", base="smollm2-135m-instruct"))
     store.close()
+    status = subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--json"], check=False, text=True,
+                            capture_output=True, env=env, timeout=120)
+    trial = json.loads(status.stdout.strip().splitlines()[-1])["aliases"]["support"]["trial"]
+    assert trial == {"pairs": 1, "needed": 50, "judged_by_watcher": False}
     result = promote("--shadow", "--alias", "support", "--json")
     assert result.returncode == 0, result.stderr
     pending = json.loads(result.stdout.strip().splitlines()[-1])
