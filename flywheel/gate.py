@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from flywheel import telemetry
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation import EvalReport
 from flywheel.file_state import exclusive, replace_file
@@ -109,6 +110,7 @@ def record_decision(config: FlywheelConfig, decision: Decision) -> Decision:
         taken = len(list(folder.glob(f"{stamp}-*.json")))
         decision = decision.model_copy(update={"path": folder / f"{stamp}-{taken:03d}-{decision.candidate}.json"})
         replace_file(decision.path, decision.model_dump_json(indent=2) + "\n")
+    telemetry.decided(decision.alias, decision.outcome or ("passed" if decision.promote else "failed"))
     return decision
 
 

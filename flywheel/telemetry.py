@@ -11,6 +11,8 @@ Names as Prometheus sees them carry Ray's `ray_` prefix (counters also get `_tot
   status; stage durations (histogram)
 - `flywheel_candidate_score{workload, candidate, metric}` — the latest turn's scores
 - `flywheel_promoted{alias, model}` — 1 for what each alias's student is now, 0 for the former
+- `flywheel_gate_decisions{alias, outcome}` — recorded gate decisions: promoted, shadow trial,
+  withdrawn, unchanged
 
 Every function does nothing outside a Ray process, so library code calls them freely.
 """
@@ -96,3 +98,9 @@ def promoted(alias: str, model: str, former: str | None) -> None:
     if former and former != model:
         gauge.set(0, tags={"alias": alias, "model": former})
     gauge.set(1, tags={"alias": alias, "model": model})
+
+
+def decided(alias: str, outcome: str) -> None:
+    counter = _metric("Counter", "flywheel_gate_decisions", "Recorded gate decisions by outcome.", ("alias", "outcome"))
+    if counter is not None:
+        counter.inc(1, tags={"alias": alias, "outcome": outcome})

@@ -91,7 +91,8 @@ def test_a_turn_killed_in_training_resumes_and_completes_with_a_decision(service
     def exported() -> str | None:
         text = httpx.get(service.metrics_url, timeout=30).text
         wanted = ("ray_flywheel_turns_total", f'workload="{WORKLOAD}"', "ray_flywheel_stage_seconds",
-                  "ray_flywheel_records_logged_total", "ray_flywheel_candidate_score")
+                  "ray_flywheel_records_logged_total", "ray_flywheel_candidate_score",
+                  "ray_flywheel_gate_decisions_total")
         return text if all(name in text for name in wanted) else None
 
     text = _wait_for(exported, 60, "the turn's metrics on the Ray metrics endpoint")
