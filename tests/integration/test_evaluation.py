@@ -29,7 +29,7 @@ def trained(service, ray_cluster):
     raw = {"home": str(service.home), "models_dir": str(service.models_dir), "ray": {"address": ray_cluster},
            "store": {"url": service.store_url}, "evaluate": {"service_url": service.url, "max_tokens": 128},
            "serve": {"models": [{"name": MODEL, "source": MODEL}]},
-           "curate": {"teacher_models": [TEACHER], "eval_size": 40, "icl": {"pool_size": 300}},
+           "curate": {"teacher_models": [TEACHER], "eval_size": 40, "val_ratio": 0.02, "icl": {"pool_size": 300}},
            "train": {"learning_rate": 2e-3, "batch_size": 8, "max_steps": 60, "epochs": 3, "checkpoint_every": 1000}}
     config = parse_config(raw)
     store = open_store(config.store_url)
