@@ -323,6 +323,9 @@ class GateConfig(_Strict):
         "same requests in the background, and it is promoted once `shadow_min_pairs` live answers reach "
         "`min_teacher_ratio` of the teacher's, withdrawn otherwise; the watcher decides).")
     shadow_min_pairs: int = Field(50, ge=1, description="Fewest live shadow pairs a trial's decision may rest on.")
+    shadow_max_hours: float | None = Field(None, gt=0, description="A shadow trial that has not gathered "
+                                           "`shadow_min_pairs` pairs this long after it began is withdrawn; "
+                                           "null: it waits for them.")
 
     def alias_for(self, workload: str) -> str:
         return self.aliases.get(workload, workload)

@@ -145,14 +145,18 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
                   incumbent: str | None, since: float) -> Decision:
     """The verdict on a shadow trial from its `shadow_report` row (`evidence`; empty when
     no pairs yet): the teacher's answers are the references, so the candidate's score is
-    its ratio to the teacher. `pending` while fewer than `shadow_min_pairs` pairs exist."""
+    its ratio to the teacher. `pending` while fewer than `shadow_min_pairs` pairs exist,
+    unless the trial outlived `shadow_max_hours` (then it fails for want of traffic)."""
     policy = config.gate
     metric = policy.metric or metric
     pairs, errors = evidence.get("n", 0), evidence.get("errors", 0)
     score = evidence.get("metrics", {}).get(metric, {}).get("mean")
     enough = pairs >= policy.shadow_min_pairs
+    hours = (time.time() - since) / 3600
+    expired = policy.shadow_max_hours is not None and hours >= policy.shadow_max_hours
     reasons = [("pass: " if enough else "fail: ") + f"{pairs} live shadow pairs, {errors} failed answers "
-               f"(the gate needs >= {policy.shadow_min_pairs})"]
+               f"(the gate needs >= {policy.shadow_min_pairs})"
+               + (f" in the trial's {policy.shadow_max_hours:g} h limit" if expired and not enough else "")]
     good = score is not None and score >= policy.min_teacher_ratio
     if score is None:
         reasons.append(f"fail: no `{metric}` scores in the shadow pairs")
@@ -163,7 +167,8 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
                        f"{policy.min_teacher_ratio:.0%})")
     return Decision(alias=alias, candidate=candidate, incumbent=incumbent, promote=enough and good, reasons=reasons,
                     metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
-                    versus_incumbent=None, eval_size=pairs, report_id=f"shadow:{since:.0f}", pending=not enough)
+                    versus_incumbent=None, eval_size=pairs, report_id=f"shadow:{since:.0f}",
+                    pending=not enough and not expired)
 
 
 def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from flywheel.config import FlywheelConfig
-from flywheel.gate import gate_shadow, list_decisions
+from flywheel.gate import decide_shadow, gate_shadow, list_decisions
 from flywheel.records import LogRecord
 from flywheel.routes import open_route_book
 from flywheel.shadow import shadow_pairs, shadow_report
@@ -213,3 +213,14 @@ def test_the_watcher_decides_trials_only_when_rollout_is_shadow(trial_config):
     assert Watcher(no_turns, store, no_turn).tick() == []
     assert (book.get("support").mode, book.get("support").student) == ("student", "small:trial")
     store.close()
+
+
+def test_a_trial_short_of_pairs_is_withdrawn_once_it_outlives_its_time_limit(trial_config):
+    limited = trial_config.model_copy(update={"gate": trial_config.gate.model_copy(update={"shadow_max_hours": 1})})
+    evidence = {"n": 3, "errors": 0, "metrics": {"function_name_and_args": {"mean": 1.0, "low": 1.0, "high": 1.0}}}
+    young = decide_shadow(limited, evidence, "function_name_and_args", "trial", "support", None, time.time() - 600)
+    assert young.pending and not young.promote
+    old = decide_shadow(limited, evidence, "function_name_and_args", "trial", "support", None, time.time() - 7200)
+    assert not old.pending and not old.promote and "in the trial's 1 h limit" in old.reasons[0]
+    assert decide_shadow(trial_config, evidence, "function_name_and_args", "trial", "support", None,
+                         time.time() - 10**6).pending  # no limit: it waits
