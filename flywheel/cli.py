@@ -501,13 +501,15 @@ def promote_command(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Move an alias to an adapter; the running service routes by it from the next request."""
+    """Move an alias to an adapter, or judge its shadow trial; the running service routes by
+    the result from the next request."""
     from flywheel.evaluation import load_report
     from flywheel.gate import gate_and_promote, gate_shadow
     from flywheel.routes import RouteError, open_route_book
 
     if shadow == (adapter is not None):
-        fail("name an adapter (--adapter) or judge the alias's shadow trial (--shadow --alias A), not both")
+        fail("name an adapter (--adapter) or judge the alias's shadow trial (--shadow --alias A)"
+             + (", not both" if shadow else ""))
     if shadow and alias is None:
         fail("--shadow needs --alias")
     cfg = config_from(config, {"gate.shadow_min_pairs": min_pairs})

@@ -176,6 +176,8 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     assert "not in a shadow trial" in promote("--shadow", "--alias", "support").stderr
     refused = promote("--shadow", "--alias", "support", "--adapter", "trial")
     assert refused.returncode != 0 and "not both" in refused.stderr
+    neither = promote("--alias", "support")
+    assert neither.returncode != 0 and "not both" not in neither.stderr and "--adapter" in neither.stderr
     traffic = subprocess.run([sys.executable, "-m", "flywheel.cli", "traffic", "--alias", "support", "--mode",
                               "shadow", "--candidate", "trial"], check=False, capture_output=True, env=env, timeout=120)
     assert traffic.returncode == 0, traffic.stderr
