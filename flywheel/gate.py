@@ -120,16 +120,12 @@ def list_decisions(config: FlywheelConfig, alias: str) -> list[dict[str, Any]]:
     return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
-def _incumbent(book: RouteBook, alias: str) -> str | None:
-    state = book.get(alias)
-    return state.student.partition(":")[2] if state and state.student else None
-
-
 def gate_and_promote(config: FlywheelConfig, book: RouteBook, report: EvalReport, candidate: str,
                      alias: str) -> Decision:
     """Decide against the alias's current student, record the decision, and on a pass
     promote the candidate or start its shadow trial (`gate.rollout`)."""
-    decision = decide(config, report, candidate, alias, _incumbent(book, alias))
+    state = book.get(alias)
+    decision = decide(config, report, candidate, alias, state.student_adapter if state else None)
     trial = config.gate.rollout == "shadow"
     outcome = ("shadow trial" if trial else "promoted") if decision.promote else "unchanged"
     decision = record_decision(config, decision.model_copy(update={"outcome": outcome}))
@@ -184,7 +180,7 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
     # every workload: the requests may name their own; the candidate and the start time pick the trial's pairs
     report = shadow_report(store, None, since=state.changed_at, candidate=state.candidate)
     decision = decide_shadow(config, report["candidates"].get(state.candidate, {}), report["primary_metric"],
-                             state.candidate.partition(":")[2], alias, _incumbent(book, alias), state.changed_at)
+                             state.candidate.partition(":")[2], alias, state.student_adapter, state.changed_at)
     if decision.pending:
         return decision
     decision = record_decision(config, decision.model_copy(update={

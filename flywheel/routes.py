@@ -52,6 +52,11 @@ class AliasState(BaseModel):
     changed_at: float = Field(default_factory=time.time)
     reason: str = Field("", description="Why the alias is in this state (a gate decision, an operator...).")
 
+    @property
+    def student_adapter(self) -> str | None:
+        """The promoted adapter's id (`student` without its `base:`), the gate's incumbent."""
+        return self.student.partition(":")[2] if self.student else None
+
     @model_validator(mode="after")
     def _complete(self) -> AliasState:
         if self.mode == "student" and self.student is None:

@@ -79,7 +79,7 @@ def _evaluate(config: FlywheelConfig, record: RunRecord, report: Callable[[str],
 
     adapters = record.stages["train"].artifacts["adapters"]
     state = open_route_book(config).get(config.gate.alias_for(record.workload))
-    incumbent = [state.student.partition(":")[2]] if state and state.student else []
+    incumbent = [state.student_adapter] if state and state.student else []
     names = list(dict.fromkeys([*adapters, *incumbent, *config.turn.baselines, "teacher"]))
     dataset = load_dataset(config.datasets_dir, record.stages["curate"].artifacts["dataset_id"])
     limit = record.options.get("eval_limit") or config.turn.eval_limit
