@@ -326,6 +326,12 @@ class GateConfig(_Strict):
     shadow_max_hours: float | None = Field(None, gt=0, description="A shadow trial that has not gathered "
                                            "`shadow_min_pairs` pairs this long after it began is withdrawn; "
                                            "null: it waits for them.")
+    shadow_early_withdraw: bool = Field(True, description="Withdraw a trial before `shadow_min_pairs` once even "
+                                        "an upper bound on its score that holds however often it is checked "
+                                        "(95%) is below `min_teacher_ratio`: a clear loser stops costing compute.")
+    shadow_max_latency_ratio: float | None = Field(None, gt=0, description="A trial also needs the candidate's "
+                                                   "mean latency <= this times the teacher's on the same requests; "
+                                                   "null: latency is not checked.")
 
     def alias_for(self, workload: str) -> str:
         return self.aliases.get(workload, workload)

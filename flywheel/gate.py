@@ -27,7 +27,7 @@ from flywheel.config import FlywheelConfig
 from flywheel.evaluation import EvalReport
 from flywheel.file_state import exclusive, replace_file
 from flywheel.routes import RouteBook
-from flywheel.stats import paired_difference
+from flywheel.stats import anytime_upper, paired_difference
 from flywheel.store import LogStore
 
 
@@ -142,7 +142,9 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
     """The verdict on a shadow trial from its `shadow_report` row (`evidence`; empty when
     no pairs yet): the teacher's answers are the references, so the candidate's score is
     its ratio to the teacher. `pending` while fewer than `shadow_min_pairs` pairs exist,
-    unless the trial outlived `shadow_max_hours` (then it fails for want of traffic)."""
+    unless the trial outlived `shadow_max_hours` (it fails for want of traffic) or, with
+    `shadow_early_withdraw`, it cannot pass: the watcher looks at every tick, so only a
+    bound valid at every look (`anytime_upper`) may end a trial early."""
     policy = config.gate
     metric = policy.metric or metric
     pairs, errors = evidence.get("n", 0), evidence.get("errors", 0)
@@ -150,6 +152,9 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
     enough = pairs >= policy.shadow_min_pairs
     hours = (time.time() - since) / 3600
     expired = policy.shadow_max_hours is not None and hours >= policy.shadow_max_hours
+    ceiling = anytime_upper(score, pairs) if score is not None else None
+    hopeless = (policy.shadow_early_withdraw and not enough and ceiling is not None
+                and ceiling < policy.min_teacher_ratio)
     reasons = [("pass: " if enough else "fail: ") + f"{pairs} live shadow pairs, {errors} failed answers "
                f"(the gate needs >= {policy.shadow_min_pairs})"
                + (f" in the trial's {policy.shadow_max_hours:g} h limit" if expired and not enough else "")]
@@ -161,10 +166,22 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
         reasons.append(("pass: " if good else "fail: ") + f"{metric} {score:.3f} [{spread['low']:.3f}, "
                        f"{spread['high']:.3f}] against the teacher's live answers (needs >= "
                        f"{policy.min_teacher_ratio:.0%})")
-    return Decision(alias=alias, candidate=candidate, incumbent=incumbent, promote=enough and good, reasons=reasons,
-                    metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
+    if hopeless:
+        reasons.append(f"fail: withdrawn early: even {ceiling:.3f}, the 95% upper bound on {metric} that holds "
+                       f"however often the trial is checked, is below {policy.min_teacher_ratio:.0%}")
+    quick = True
+    if policy.shadow_max_latency_ratio is not None:
+        latency = evidence.get("latency_ms", {})
+        teacher, mine = latency.get("teacher"), latency.get("candidate")
+        quick = teacher is not None and mine is not None and mine <= policy.shadow_max_latency_ratio * teacher
+        reasons.append(("pass: " if quick else "fail: ") + (
+            f"mean latency {mine:.0f} ms against the teacher's {teacher:.0f} ms on the same requests (needs <= "
+            f"{policy.shadow_max_latency_ratio:g}x)" if teacher is not None and mine is not None
+            else "no latencies to compare with the teacher's"))
+    return Decision(alias=alias, candidate=candidate, incumbent=incumbent, promote=enough and good and quick,
+                    reasons=reasons, metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
                     versus_incumbent=None, eval_size=pairs, report_id=f"shadow:{since:.0f}",
-                    pending=not enough and not expired)
+                    pending=not enough and not expired and not hopeless)
 
 
 def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:

@@ -1,8 +1,10 @@
 """Bootstrap intervals: how sure a mean is, and how sure a difference between two
-candidates on the same items is (paired: both resampled with the same item indices)."""
+candidates on the same items is (paired: both resampled with the same item indices); and
+a bound that stays valid however often a growing sample is looked at."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy
@@ -27,3 +29,14 @@ def paired_difference(candidate: Sequence[float], incumbent: Sequence[float], se
     if len(candidate) != len(incumbent):
         raise ValueError("paired scores need the same items")
     return interval(numpy.asarray(candidate, dtype=float) - numpy.asarray(incumbent, dtype=float), seed, samples)
+
+
+def anytime_upper(mean: float, n: int, alpha: float = 0.05) -> float:
+    """An upper bound on the true mean of scores in [0, 1] after `n` of them, valid at every
+    `n` at once (P(the true mean ever exceeds it) <= alpha): Hoeffding's bound at each n with
+    alpha split as alpha / (n (n + 1)), which sums to alpha. A check that runs on each new
+    batch of evidence and may stop at any of them needs this; a fixed-n interval checked
+    again and again would stop on noise far more often than alpha."""
+    if n < 1:
+        return 1.0
+    return min(1.0, mean + math.sqrt(math.log(n * (n + 1) / alpha) / (2 * n)))

@@ -2,7 +2,8 @@
 candidate's answer is scored against the teacher's answer to the same request, per
 candidate, a failed candidate answer scores as wrong, and pairs whose teacher answer
 failed or is missing are skipped. Then the shadow trial gate (flywheel/gate.py
-`gate_shadow`) on such pairs: pending, promoted, withdrawn, and from the CLI."""
+`gate_shadow`) on such pairs: pending, promoted, withdrawn (early, or for slow answers), and
+from the CLI."""
 
 from __future__ import annotations
 
@@ -226,3 +227,48 @@ def test_a_trial_short_of_pairs_is_withdrawn_once_it_outlives_its_time_limit(tri
     assert not old.pending and not old.promote and "in the trial's 1 h limit" in old.reasons[0]
     assert decide_shadow(trial_config, evidence, "function_name_and_args", "trial", "support", None,
                          time.time() - 10**6).pending  # no limit: it waits
+
+
+def test_a_clear_loser_is_withdrawn_before_min_pairs_and_a_close_one_waits(trial_config):
+    store = open_store(trial_config.store_url)
+    book = open_route_book(trial_config)
+    book.set_mode("support", "shadow", candidate="trial")
+    status, wrong = call("get_order_status", order_id="ORD-1"), call("cancel_order", order_id="ORD-1")
+    for _ in range(3):
+        store.write_batch(pair(status, wrong, "trial"))
+    assert gate_shadow(trial_config, book, store, "support").pending  # 3 wrong of 3 could still be luck
+    store.write_batch(pair(status, wrong, "trial"))
+    early = gate_shadow(trial_config, book, store, "support")
+    assert not early.pending and early.outcome == "withdrawn" and early.eval_size == 4  # of the 10 needed
+    assert any("withdrawn early" in reason for reason in early.reasons)
+    assert (book.get("support").mode, book.get("support").student) == ("teacher", None)
+    patient = trial_config.model_copy(update={"gate": trial_config.gate.model_copy(
+        update={"shadow_early_withdraw": False})})
+    evidence = {"n": 4, "errors": 0, "metrics": {"function_name_and_args": {"mean": 0.0, "low": 0.0, "high": 0.0}}}
+    assert decide_shadow(patient, evidence, "function_name_and_args", "trial", "support", None, time.time()).pending
+    close = {"n": 9, "errors": 0, "metrics": {"function_name_and_args": {"mean": 0.5, "low": 0.2, "high": 0.8}}}
+    assert decide_shadow(trial_config, close, "function_name_and_args", "trial", "support", None, time.time()).pending
+    store.close()
+
+
+
+def test_a_latency_limit_fails_a_trial_whose_answers_are_too_slow(trial_config):
+    """`pair` logs the candidate at 300 ms where the teacher took 900 ms."""
+    store = open_store(trial_config.store_url)
+    book = open_route_book(trial_config)
+    status = call("get_order_status", order_id="ORD-1")
+
+    def trial(ratio: float):
+        book.set_mode("support", "shadow", candidate="trial")
+        for _ in range(10):
+            store.write_batch(pair(status, status, "trial"))
+        gate = trial_config.gate.model_copy(update={"shadow_max_latency_ratio": ratio})
+        return gate_shadow(trial_config.model_copy(update={"gate": gate}), book, store, "support")
+
+    slow = trial(0.25)
+    assert not slow.promote and slow.outcome == "withdrawn" and slow.candidate_score == 1.0
+    assert "fail: mean latency 300 ms against the teacher's 900 ms on the same requests (needs <= 0.25x)" in slow.reasons
+    quick = trial(0.5)
+    assert quick.promote and quick.outcome == "promoted" and quick.eval_size == 10  # this trial's pairs only
+    assert book.get("support").student == "small:trial"
+    store.close()
