@@ -723,9 +723,9 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
     store = store_from(cfg)
     try:
         records = store.stats()["by_workload"]
-        for state in routes.values():
+        for alias, state in routes.items():
             if state["mode"] == "shadow":
-                pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"])
+                pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
                                   "needed": cfg.gate.shadow_min_pairs, "judged_by_watcher": cfg.gate.rollout == "shadow"}
     except Exception as error:
@@ -758,7 +758,9 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
 
 @app.command("shadow-report")
 def shadow_report_command(
-    workload: str = typer.Option(..., help="The workload (an alias's traffic is logged under the alias's workload)."),
+    workload: str | None = typer.Option(None, help="Only this workload (an alias's traffic is logged under the "
+                                        "alias's workload unless a request names its own)."),
+    alias: str | None = typer.Option(None, help="Only requests that named this alias."),
     hours: float | None = typer.Option(None, help="Only the last H hours of traffic (default: all)."),
     limit: int = typer.Option(2000, min=1, help="At most this many pairs, newest first."),
     config: Path | None = ConfigOption,
@@ -770,17 +772,20 @@ def shadow_report_command(
     cfg = config_from(config)
     store = store_from(cfg)
     try:
-        report = shadow_report(store, workload, since=time.time() - hours * 3600 if hours else None, limit=limit)
+        report = shadow_report(store, workload, since=time.time() - hours * 3600 if hours else None, limit=limit,
+                               alias=alias)
     finally:
         store.close()
     if as_json:
         emit_json(report)
         return
+    scope = " and ".join(f"{name} {value}" for name, value in (("workload", workload), ("alias", alias)) if value) \
+        or "any workload"
     if not report["candidates"]:
-        out.print(f"no shadow pairs for workload {workload}: put its alias in shadow mode "
+        out.print(f"no shadow pairs for {scope}: put an alias in shadow mode "
                   "(`flywheel traffic --alias A --mode shadow --candidate ID`) and let traffic flow")
         return
-    table = Table(title=f"shadow pairs of {workload}: candidate vs the teacher's answers (95% intervals)")
+    table = Table(title=f"shadow pairs of {scope}: candidate vs the teacher's answers (95% intervals)")
     for column in ("candidate", "pairs", "metric", "score", "latency ms (teacher → candidate)", "tokens"):
         table.add_column(column)
     for name, row in report["candidates"].items():

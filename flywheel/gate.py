@@ -194,8 +194,8 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
     state = book.get(alias)
     if state is None or state.mode != "shadow" or state.candidate is None:
         return None
-    # every workload: the requests may name their own; the candidate and the start time pick the trial's pairs
-    report = shadow_report(store, None, since=state.changed_at, candidate=state.candidate)
+    # every workload (requests may name their own): the alias, candidate and start time pick the trial's pairs
+    report = shadow_report(store, None, since=state.changed_at, candidate=state.candidate, alias=alias)
     decision = decide_shadow(config, report["candidates"].get(state.candidate, {}), report["primary_metric"],
                              state.candidate.partition(":")[2], alias, state.student_adapter, state.changed_at)
     if decision.pending:

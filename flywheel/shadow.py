@@ -27,16 +27,20 @@ def _message(record: LogRecord) -> dict[str, Any] | None:
     return choices[0].get("message") if choices else None
 
 
-def shadow_pairs(store: LogStore, workload: str | None, since: float | None = None, limit: int = 2000,
-                 candidate: str | None = None) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
+def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None = None, limit: int = 2000,
+                 candidate: str | None = None, alias: str | None = None
+                 ) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
     """(teacher record, candidate record) pairs of `workload` (None: all), newest first, at most
     `limit` in all, grouped by the candidate that answered (`base:adapter`; only
-    `candidate` when given). A shadow that failed is kept (it scores as a wrong answer);
-    one whose teacher answer failed or is gone is skipped: there is nothing to compare with."""
+    `candidate` when given). `alias` keeps the requests that named it, and the store
+    filters on that, so a trial's scan reads its alias's traffic, not everyone's. A shadow
+    that failed is kept (it scores as a wrong answer); one whose teacher answer failed or
+    is gone is skipped: there is nothing to compare with."""
     pairs: dict[str, list[tuple[LogRecord, LogRecord]]] = defaultdict(list)
     found, cursor = 0, None
     while found < limit:
-        page = store.query(LogFilter(workload_id=workload, since=since), order="desc", limit=PAGE, cursor=cursor)
+        page = store.query(LogFilter(workload_id=workload, model=alias, since=since), order="desc", limit=PAGE,
+                           cursor=cursor)
         for record in page.records:
             if found >= limit:
                 break
@@ -60,15 +64,17 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def shadow_report(store: LogStore, workload: str | None, since: float | None = None, limit: int = 2000,
-                  judge: Judge | None = None, candidate: str | None = None) -> dict[str, Any]:
+def shadow_report(store: LogStore, workload: str | None, *, since: float | None = None, limit: int = 2000,
+                  judge: Judge | None = None, candidate: str | None = None, alias: str | None = None
+                  ) -> dict[str, Any]:
     """Per candidate: each metric's mean and 95% interval over its shadow pairs (a failed
     answer scores as wrong; `errors` counts them), and the latency and tokens of its
     answers beside the teacher's. `primary_metric` is the one the gate reads: tool calling
     when most requests offered tools, text otherwise (as curation types a workload)."""
     judge = judge or Judge(embeddings=False)
     candidates, offered, total = {}, 0, 0
-    for name, pairs in shadow_pairs(store, workload, since, limit, candidate).items():
+    for name, pairs in shadow_pairs(store, workload, since=since, limit=limit, candidate=candidate,
+                                     alias=alias).items():
         offered += sum(bool(primary.request.get("tools")) for primary, _ in pairs)
         total += len(pairs)
         scores = judge.score([{"id": shadow.id, "label": name, "request": shadow.request,
@@ -85,6 +91,6 @@ def shadow_report(store: LogStore, workload: str | None, since: float | None = N
                            "candidate": _mean([s.latency_ms for _, s in answered if s.latency_ms is not None])},
             "tokens": {"teacher": _mean([(p.usage or {}).get("total_tokens", 0) for p, _ in answered]),
                        "candidate": _mean([(s.usage or {}).get("total_tokens", 0) for _, s in answered])}}
-    return {"workload": workload, "since": since,
+    return {"workload": workload, "alias": alias, "since": since,
             "primary_metric": PRIMARY["tool_calling" if total and offered >= total / 2 else "generic"],
             "candidates": candidates}

@@ -31,23 +31,24 @@ def call(name: str, **arguments) -> dict:
         {"id": "c", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}]}
 
 
-def answered(message: dict, tokens: int, **fields) -> LogRecord:
-    return LogRecord(workload_id="support", client_id="c", model="support", request=REQUEST,
+def answered(message: dict, tokens: int, model: str = "support", **fields) -> LogRecord:
+    return LogRecord(workload_id="support", client_id="c", model=model, request=REQUEST,
                      response={"choices": [{"index": 0, "message": message}]}, usage={"total_tokens": tokens},
                      **fields)
 
 
 def pair(teacher: dict, candidate: dict | None, adapter: str, teacher_status: str = "ok",
-         base: str = "small", **fields) -> list[LogRecord]:
+         base: str = "small", model: str = "support", **fields) -> list[LogRecord]:
     """A teacher answer and the candidate's shadow of it (`candidate` None: the shadow failed)."""
-    primary = answered(teacher, 1000, base_model="big", latency_ms=900.0, status=teacher_status,
+    primary = answered(teacher, 1000, model, base_model="big", latency_ms=900.0, status=teacher_status,
                        tags={"mode": "shadow", "role": "teacher"}, **fields)
     tags = {"mode": "shadow", "role": "candidate", "shadow_of": primary.id}
     if candidate is None:
-        shadow = LogRecord(workload_id="support", client_id="c", model="support", request=REQUEST, base_model=base,
+        shadow = LogRecord(workload_id="support", client_id="c", model=model, request=REQUEST, base_model=base,
                            adapter=adapter, status="error", error="HTTP 500: engine died", tags=tags, **fields)
     else:
-        shadow = answered(candidate, 100, base_model=base, adapter=adapter, latency_ms=300.0, tags=tags, **fields)
+        shadow = answered(candidate, 100, model, base_model=base, adapter=adapter, latency_ms=300.0, tags=tags,
+                          **fields)
     return [primary, shadow]
 
 
@@ -113,7 +114,9 @@ def test_the_cli_reports_pairs_as_a_table_and_as_json(tmp_path):
     assert "small:trial" in table and "function_name_and_args" in table
     report = json.loads(flywheel("--workload", "support", "--hours", "1", "--json").strip().splitlines()[-1])
     assert report["candidates"]["small:trial"]["metrics"]["function_name_and_args"]["mean"] == 1.0
-    assert "no shadow pairs" in flywheel("--workload", "nobody")
+    assert "no shadow pairs for workload nobody" in flywheel("--workload", "nobody")
+    assert "small:trial" in json.loads(flywheel("--alias", "support", "--json").splitlines()[-1])["candidates"]
+    assert "no shadow pairs for alias support-eu" in flywheel("--alias", "support-eu")
 
 
 @pytest.fixture
@@ -138,6 +141,7 @@ def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_
 
     for _ in range(5):
         store.write_batch(pair(status, status, "trial"))
+        store.write_batch(pair(status, status, "trial", model="support-eu"))  # another alias's trial of it
     waiting = gate_shadow(config, book, store, "support")
     assert waiting.pending and not waiting.promote and waiting.eval_size == 5
     assert book.get("support").mode == "shadow" and list_decisions(config, "support") == []
