@@ -21,14 +21,15 @@ import pyarrow
 import pyarrow.compute
 
 import flywheel
+from flywheel.adapters import list_adapters
 from flywheel.config import FlywheelConfig
-from flywheel.datasets import DatasetVersion, write_dataset
+from flywheel.datasets import DatasetVersion, trained_rows, write_dataset
 from flywheel.examples import OUTPUT, REASONS, ExampleRules, prepare_batch
 from flywheel.icl import nearest_examples, uniform_examples
 from flywheel.splits import near_duplicates, newest_per_key, stratified_split
 from flywheel.store import LogFilter, LogStore
 
-CURATION_VERSION = 1  # bump when the same inputs would curate differently
+CURATION_VERSION = 2  # bump when the same inputs would curate differently
 PRUNE_MIN_SHARE = 0.5  # a prefix is "the workload's" when at least half the examples share it
 Progress = Callable[[str], None]
 
@@ -136,7 +137,9 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
 
     progress("splitting")
     ids, labels = table["id"].to_pylist(), table["label"].to_pylist()
-    split = stratified_split(ids, labels, settings.eval_size, settings.val_ratio, settings.seed)
+    learned, learned_from = trained_rows(config.datasets_dir, workload_id,
+                                         {adapter.dataset_id for adapter in list_adapters(config.adapters_dir)})
+    split = stratified_split(ids, labels, settings.eval_size, settings.val_ratio, settings.seed, trained=learned)
     tool_calling = pyarrow.compute.sum(pyarrow.compute.not_equal(table["tools_hash"], "")).as_py() \
         >= table.num_rows / 2
     prefix_counts = Counter(prefix for prefix in table["prefix"].to_pylist() if prefix)
@@ -179,6 +182,7 @@ def curate_workload(config: FlywheelConfig, store: LogStore, workload_id: str, s
         "sources": dict(sorted(Counter(e["source"] for e in splits["train"]).items())),
         "pii": dict(sorted(pii.items())),
         "prefix": prefix,
+        "kept_out_of_eval": {"trained_on_by": learned_from, "rows": len(learned.intersection(ids))},
         "seed": settings.seed,
         "settings": settings.model_dump(mode="json"),
         "code_version": f"flywheel {flywheel.__version__}, curation v{CURATION_VERSION}",

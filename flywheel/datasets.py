@@ -102,3 +102,16 @@ def load_dataset(root: Path, dataset_id: str) -> DatasetVersion:
                               content_hash=data["content_hash"], counts=data["counts"],
                               messages=data.get("messages", []))
     raise FileNotFoundError(f"no dataset {dataset_id!r} under {root}")
+
+
+def trained_rows(root: Path, workload_id: str, dataset_ids: set[str]) -> tuple[set[str], list[str]]:
+    """The record ids in the train split of each of the workload's `dataset_ids` still on
+    disk, and which of those versions were found (the rest were deleted, or belong to
+    another workload)."""
+    rows, found = set(), []
+    for dataset_id in sorted(dataset_ids):
+        path = root / workload_id / dataset_id / "train.parquet"
+        if path.is_file():
+            rows.update(pyarrow.parquet.read_table(path, columns=["id"])["id"].to_pylist())
+            found.append(dataset_id)
+    return rows, found

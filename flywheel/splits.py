@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 
@@ -50,21 +50,21 @@ class Split:
     messages: list[str] = field(default_factory=list)  # what the user should know (singletons, one label)
 
 
-def _allocate(sizes: dict[str, int], total: int) -> dict[str, int]:
+def _allocate(sizes: dict[str, int], total: int, caps: dict[str, int] | None = None) -> dict[str, int]:
     """Split `total` across labels in proportion to `sizes` (largest remainder), at most
-    size - 1 per label, so every label keeps at least one training row."""
-    available = sum(max(0, size - 1) for size in sizes.values())
-    total = min(total, available)
+    `caps[label]` each (by default size - 1, so every label keeps at least one training row)."""
+    caps = caps if caps is not None else {label: max(0, size - 1) for label, size in sizes.items()}
+    total = min(total, sum(caps.values()))
     if total <= 0:
         return dict.fromkeys(sizes, 0)
     whole = sum(sizes.values())
     shares = {label: total * size / whole for label, size in sizes.items()}
-    counts = {label: min(int(share), max(0, sizes[label] - 1)) for label, share in shares.items()}
+    counts = {label: min(int(share), caps[label]) for label, share in shares.items()}
     by_remainder = sorted(sizes, key=lambda label: (-(shares[label] - int(shares[label])), label))
     while sum(counts.values()) < total:
         progressed = False
         for label in by_remainder:
-            if sum(counts.values()) < total and counts[label] < sizes[label] - 1:
+            if sum(counts.values()) < total and counts[label] < caps[label]:
                 counts[label] += 1
                 progressed = True
         if not progressed:
@@ -73,15 +73,16 @@ def _allocate(sizes: dict[str, int], total: int) -> dict[str, int]:
 
 
 def stratified_split(ids: Sequence[str], labels: Sequence[str], eval_size: int, val_ratio: float,
-                     seed: int) -> Split:
+                     seed: int, trained: Collection[str] = frozenset()) -> Split:
     """Eval first (`eval_size`, proportional per label), then `val_ratio` of the rest to val,
     also per label. A label with one row goes to train only (it cannot be both learned and
     tested); so does everything when the workload has a single label, with a message.
 
     Within a label, rows are ordered by a hash of (seed, id), not shuffled: a record keeps
     its place as the log grows, so the next turn's eval rows are this turn's eval rows plus
-    new records, not rows a student already trained on (only where a label's share of the
-    eval split grows can a row move from train to eval)."""
+    new records. Ids in `trained` (rows an earlier adapter learned) never go to eval: where
+    a label's share of eval grows, the next rows in line may be ones a student trained on,
+    and the incumbent would be scored on its own training data."""
     def rank(index: int) -> bytes:
         return hashlib.blake2b(f"{seed}:{ids[index]}".encode(), digest_size=8).digest()
 
@@ -96,10 +97,20 @@ def stratified_split(ids: Sequence[str], labels: Sequence[str], eval_size: int, 
     if len(by_label) == 1:
         split.messages.append(f"every record has the label {next(iter(by_label))!r}: "
                               "the split is random, not stratified")
-    eval_counts = _allocate({label: len(rows) for label, rows in by_label.items()}, eval_size)
-    rest = {label: rows[eval_counts[label]:] for label, rows in by_label.items()}
+    sizes = {label: len(rows) for label, rows in by_label.items()}
+    trained = set(trained)
+    untrained = {label: [i for i in rows if ids[i] not in trained] for label, rows in by_label.items()}
+    eval_counts = _allocate(sizes, eval_size, {label: min(sizes[label] - 1, len(untrained[label]))
+                                               for label in sizes})
+    wanted = sum(_allocate(sizes, eval_size).values())
+    if sum(eval_counts.values()) < wanted:
+        split.messages.append(f"eval has {sum(eval_counts.values())} rows where {wanted} were asked for: the "
+                              "others left are rows earlier adapters trained on, kept out of eval")
+    rest = {}
     for label, rows in by_label.items():
-        split.eval += rows[:eval_counts[label]]
+        chosen = set(untrained[label][:eval_counts[label]])
+        split.eval += sorted(chosen)
+        rest[label] = [i for i in rows if i not in chosen]
     val_counts = _allocate({label: len(rows) for label, rows in rest.items()},
                            round(val_ratio * sum(len(rows) for rows in rest.values())))
     for label, rows in rest.items():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow
 import pytest
 
+from flywheel.adapters import AdapterVersion
 from flywheel.datasets import load_dataset, write_dataset
 from flywheel.examples import NO_TOOL, ExampleRules, prepare_batch
 from flywheel.icl import uniform_examples
@@ -154,18 +155,30 @@ def test_stratified_split_is_proportional_deterministic_and_handles_odd_labels()
 
 def test_a_growing_log_keeps_its_eval_rows_out_of_earlier_training_rows():
     """Turn 2 re-splits turn 1's records plus new ones: its eval rows must not be rows turn
-    1's student trained on, or the incumbent is scored on its own training data."""
+    1's student trained on, or the incumbent is scored on its own training data. The rows
+    next in line after a label's eval rows are its val rows, then its train rows, so an
+    eval split that grows past val (here: `eval_size` raised, no val split) reaches rows a
+    student learned unless they are named in `trained`."""
     import random
 
     rng = random.Random(3)
     labels = [rng.choice("abcd") for _ in range(2500)]
     ids = [f"r{i:05d}" for i in range(2500)]
-    first = stratified_split(ids[:2000], labels[:2000], eval_size=100, val_ratio=0.1, seed=0)
-    second = stratified_split(ids, labels, eval_size=100, val_ratio=0.1, seed=0)
+    first = stratified_split(ids[:2000], labels[:2000], eval_size=100, val_ratio=0, seed=0)
     trained = {ids[i] for i in first.train}
+    blind = stratified_split(ids, labels, eval_size=200, val_ratio=0, seed=0)
+    assert len({ids[i] for i in blind.eval} & trained) > 40
+    second = stratified_split(ids, labels, eval_size=200, val_ratio=0, seed=0, trained=trained)
     evaluated = {ids[i] for i in second.eval}
-    assert len(evaluated & trained) <= 4  # at most one per label, where a label's eval share grew
-    assert len(evaluated & {ids[i] for i in first.eval}) >= 70  # mostly the same eval rows, plus new ones
+    assert not evaluated & trained and len(second.eval) == 200 and not second.messages
+    assert evaluated >= {ids[i] for i in first.eval}  # the same eval rows, plus new ones
+    assert Counter(labels[i] for i in second.eval) == Counter(labels[i] for i in blind.eval)  # still proportional
+    assert sorted(second.train + second.val + second.eval) == list(range(2500))
+    starved = stratified_split(ids[:2000], labels[:2000], eval_size=300, val_ratio=0, seed=0, trained=trained)
+    assert {ids[i] for i in starved.eval} == {ids[i] for i in first.eval} and "kept out of eval" in starved.messages[0]
+    same = stratified_split(ids[:2000], labels[:2000], eval_size=100, val_ratio=0.1, seed=0)
+    assert same == stratified_split(ids[:2000], labels[:2000], eval_size=100, val_ratio=0.1, seed=0,
+                                    trained={ids[i] for i in same.train})  # curating again changes nothing
 
 
 def test_uniform_icl_covers_labels_within_the_budget():
@@ -205,6 +218,18 @@ def test_whole_pipeline_in_process_including_a_single_label_workload(tmp_path):
     version = curate_workload(config, store, "support-tools", prepare=prepare_in_process)
     assert version.counts["eval"] == 30 and version.counts["train"] > 250
     assert version.manifest()["prefix"]["share"] > 0.9 and not version.rows("train")[0]["tools"]
+    assert version.manifest()["kept_out_of_eval"] == {"trained_on_by": [], "rows": 0}
+    learned = AdapterVersion(adapter_id="student-1", base_model="small", workload_id="support-tools",
+                             dataset_id=version.dataset_id, dataset_hash=version.content_hash, hyperparameters={},
+                             metrics={}, path=config.adapters_dir / "small" / "student-1")
+    learned.path.mkdir(parents=True)
+    learned.save()
+    store.write_batch([record_from_json(item) for item in generate(100, seed=3)])
+    grown = curate_workload(config.model_copy(update={"curate": config.curate.model_copy(update={"eval_size": 100,
+                                                                                          "val_ratio": 0})}),
+                            store, "support-tools", prepare=prepare_in_process)
+    assert grown.counts["eval"] == 100 and grown.manifest()["kept_out_of_eval"]["trained_on_by"] == [version.dataset_id]
+    assert not {row["id"] for row in grown.rows("eval")} & {row["id"] for row in version.rows("train")}
     one = _record()
     store.write_batch([LogRecord(**{**one.model_dump(exclude={"id"}), "workload_id": "one", "timestamp": 1e9 + i,
                                     "request": {"messages": [{"role": "user", "content": f"where is ORD-{i}?"}]}})
