@@ -359,6 +359,78 @@ def curate_command(
     out.print(f"written to {version.path} (content hash {version.content_hash[:16]})")
 
 
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
+
+
+@app.command("datasets")
+def datasets_command(
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload's versions."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Curated dataset versions, newest first: rows per split and what was kept out of eval."""
+    from flywheel.datasets import list_datasets
+
+    cfg = config_from(config)
+    found = list_datasets(cfg.datasets_dir, workload)
+    if as_json:
+        emit_json({"datasets": found})
+        return
+    if not found:
+        out.print(f"no datasets{' of ' + workload if workload else ''} under {cfg.datasets_dir}: "
+                  "`flywheel curate --workload W` makes one")
+        return
+    table = Table("dataset", "type", "train", "val", "eval", "kept out of eval", "created",
+                  title=f"datasets under {cfg.datasets_dir}")
+    for manifest in found:
+        counts = manifest.get("counts", {})
+        table.add_row(manifest["dataset_id"], manifest.get("workload_type", "-"),
+                      *(f"{counts.get(split, 0):,}" for split in ("train", "val", "eval")),
+                      str(manifest.get("kept_out_of_eval", {}).get("rows", "-")), _when(manifest.get("created_at")))
+    out.print(table)
+
+
+@app.command("adapters")
+def adapters_command(
+    workload: str | None = typer.Option(None, "--workload", help="Only adapters trained on this workload."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Registered adapters, newest first: what each was trained on, how its training ended,
+    and which aliases use it."""
+    from flywheel.adapters import list_adapters
+    from flywheel.routes import open_route_book
+
+    cfg = config_from(config)
+    uses: dict[str, list[str]] = {}
+    for alias, state in open_route_book(cfg).aliases().items():
+        if state.student:
+            uses.setdefault(state.student, []).append(
+                f"{alias}: student" + ("" if state.mode == "student" else f" (alias in {state.mode} mode)"))
+        if state.candidate and state.mode in ("canary", "shadow"):
+            uses.setdefault(state.candidate, []).append(f"{alias}: {state.mode} candidate")
+    found = [{**adapter.model_dump(mode="json"), "model": f"{adapter.base_model}:{adapter.adapter_id}",
+              "used_by": uses.get(f"{adapter.base_model}:{adapter.adapter_id}", [])}
+             for adapter in list_adapters(cfg.adapters_dir) if workload in (None, adapter.workload_id)]
+    if as_json:
+        emit_json({"adapters": found})
+        return
+    if not found:
+        out.print(f"no adapters{' for ' + workload if workload else ''} under {cfg.adapters_dir}: "
+                  "`flywheel train --dataset ID` or `flywheel turn --workload W` makes one")
+        return
+    table = Table("model", "dataset", "steps", "loss", "val loss", "created", "used by",
+                  title=f"adapters under {cfg.adapters_dir}")
+    for adapter in found:
+        metrics = adapter["metrics"]
+        loss, val_loss = (f"{metrics[key]:.3f}" if isinstance(metrics.get(key), float) else "-"
+                          for key in ("loss", "val_loss"))
+        table.add_row(adapter["model"], adapter["dataset_id"], str(metrics.get("step", "-")), loss, val_loss,
+                      _when(adapter["created_at"]), "; ".join(adapter["used_by"]) or "-")
+    out.print(table)
+
+
 @app.command("train")
 def train_command(
     dataset: str = typer.Option(..., "--dataset", help="Dataset id (from `flywheel curate`)."),

@@ -104,6 +104,15 @@ def load_dataset(root: Path, dataset_id: str) -> DatasetVersion:
     raise FileNotFoundError(f"no dataset {dataset_id!r} under {root}")
 
 
+def list_datasets(root: Path, workload_id: str | None = None) -> list[dict[str, Any]]:
+    """The manifest of every written version (of `workload_id`, when given), with its
+    `path`, newest first."""
+    found = []
+    for manifest in Path(root).glob(f"{workload_id or '*'}/*/manifest.json"):
+        found.append({**json.loads(manifest.read_text()), "path": str(manifest.parent)})
+    return sorted(found, key=lambda manifest: manifest.get("created_at", 0), reverse=True)
+
+
 def trained_rows(root: Path, workload_id: str, dataset_ids: set[str]) -> tuple[set[str], list[str]]:
     """The record ids in the train split of each of the workload's `dataset_ids` still on
     disk, and which of those versions were found (the rest were deleted, or belong to

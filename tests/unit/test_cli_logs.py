@@ -7,9 +7,10 @@ import sys
 from tests.unit.test_records import NVIDIA
 
 
-def flywheel(*args, home):
+def flywheel(*args, home, columns=80):
     return subprocess.run([sys.executable, "-m", "flywheel.cli", *args], check=False, capture_output=True,
-                          text=True, env={"FLYWHEEL_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=120)
+                          text=True, env={"FLYWHEEL_HOME": str(home), "PATH": "/usr/bin:/bin",
+                                          "COLUMNS": str(columns)}, timeout=120)
 
 
 def last_json(result):
