@@ -8,11 +8,14 @@ An adapter lives where the service loads adapters by name,
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from flywheel.file_state import replace_file
 
 RECORD = "flywheel_adapter.json"
 
@@ -32,7 +35,7 @@ class AdapterVersion(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
     def save(self) -> None:
-        (self.path / RECORD).write_text(self.model_dump_json(indent=2) + "\n")
+        replace_file(self.path / RECORD, self.model_dump_json(indent=2) + "\n")
 
 
 def load_adapter(adapters_dir: Path, adapter_id: str) -> AdapterVersion:
@@ -43,6 +46,10 @@ def load_adapter(adapters_dir: Path, adapter_id: str) -> AdapterVersion:
 
 def list_adapters(adapters_dir: Path) -> list[AdapterVersion]:
     """Every registered adapter, newest first."""
-    found = [AdapterVersion.model_validate(json.loads(record.read_text()))
-             for record in Path(adapters_dir).glob(f"*/*/{RECORD}")]
+    found = []
+    for record in Path(adapters_dir).glob(f"*/*/{RECORD}"):
+        try:
+            found.append(AdapterVersion.model_validate(json.loads(record.read_text())))
+        except (OSError, ValueError) as error:  # one bad record (pydantic's errors are ValueErrors) must not hide the rest
+            logging.getLogger(__name__).warning("skipping unreadable adapter record %s: %s", record, error)
     return sorted(found, key=lambda version: version.created_at, reverse=True)

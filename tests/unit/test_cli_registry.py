@@ -54,5 +54,10 @@ def test_datasets_and_adapters_are_listed_newest_first_with_their_use(tmp_path):
                                                                       ("first", old.dataset_id)]
     assert adapters[0]["used_by"] == ["support: shadow candidate"]
     assert adapters[1]["used_by"] == ["support: student (alias in shadow mode)"]
+    broken = config.adapters_dir / base / "half-written"
+    broken.mkdir()
+    (broken / "flywheel_adapter.json").write_text('{"adapter_id": "half-wr')
+    listed = flywheel("adapters", "--json", home=home)
+    assert len(last_json(listed)["adapters"]) == 3 and "skipping unreadable adapter record" in listed.stderr
     table = flywheel("adapters", home=home, columns=250).stdout
     assert f"{base}:billing-1" in table and "0.250" in table and "support: shadow candidate" in table
