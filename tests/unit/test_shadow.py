@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -276,3 +277,13 @@ def test_a_latency_limit_fails_a_trial_whose_answers_are_too_slow(trial_config):
     assert quick.promote and quick.outcome == "promoted" and quick.eval_size == 10  # this trial's pairs only
     assert book.get("support").student == "small:trial"
     store.close()
+
+
+def test_the_shadow_scan_benchmark_finds_the_trials_pairs_both_ways():
+    """bench/shadow_scan.py at a small size: both readings must find every pair (it asserts so)."""
+    result = subprocess.run([sys.executable, "bench/shadow_scan.py", "--other", "2000", "--pairs", "5", "--repeat", "1"],
+                            check=False, text=True, capture_output=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["benchmark"], report["pairs"], len(report["seconds"])) == ("shadow_scan", 5, 2)
