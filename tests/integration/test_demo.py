@@ -41,7 +41,15 @@ def test_quick_demo_turns_twice_and_the_promoted_alias_answers_with_the_student(
 
     assert json.loads((home / "demo_summary.json").read_text())["turns"][0]["run_id"] == first["run_id"]
     assert Path(summary["chart"]).stat().st_size > 10_000
+    datasets = []
     for turn in (first, second):
         record = run_cli("runs", turn["run_id"], config=tmp_path / "demo.yaml", env={"FLYWHEEL_HOME": str(home)})
         assert (home / "reports" / record["stages"]["evaluate"]["artifacts"]["report_id"] / "report.json").is_file()
+        datasets.append(home / "datasets" / "support-tools" / record["stages"]["curate"]["artifacts"]["dataset_id"])
+    # turn 2 never evaluates on what turn 1's student trained on
+    assert json.loads((datasets[1] / "manifest.json").read_text())["kept_out_of_eval"]["trained_on_by"] == [
+        datasets[0].name]
+    ids = [{json.loads(line)["id"] for line in (folder / f"{split}.jsonl").read_text().splitlines()}
+           for folder, split in ((datasets[0], "train"), (datasets[1], "eval"))]
+    assert ids[1] and not ids[0] & ids[1]
     assert summary["cost"]["student"]["tokens_per_request"] < summary["cost"]["teacher"]["tokens_per_request"]
