@@ -624,6 +624,41 @@ def promote_command(
         out.print(f"[yellow]{alias} {outcome}[/yellow] (mode {state.mode if state else 'teacher'})")
 
 
+@app.command("decisions")
+def decisions_command(
+    alias: str | None = typer.Option(None, "--alias", help="Only this alias's decisions."),
+    limit: int = typer.Option(20, "--limit", min=1, help="At most this many, newest first."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Recorded gate decisions, newest first: what each candidate scored and why it was
+    promoted, put on a shadow trial, withdrawn or left unchanged (turns' gates and the
+    watcher's trial verdicts alike)."""
+    from flywheel.gate import list_decisions
+
+    cfg = config_from(config)
+    folder = cfg.decisions_dir
+    aliases = [alias] if alias else sorted(path.name for path in folder.iterdir() if path.is_dir()) \
+        if folder.is_dir() else []
+    found = sorted((decision for name in aliases for decision in list_decisions(cfg, name)),
+                   key=lambda decision: decision.get("decided_at", 0), reverse=True)[:limit]
+    if as_json:
+        emit_json({"decisions": found})
+        return
+    if not found:
+        out.print(f"no gate decisions{' for ' + alias if alias else ''} under {folder}")
+        return
+    table = Table("decided", "alias", "candidate", "outcome", "score", "why", title="gate decisions, newest first")
+    for decision in found:
+        failed = [reason.removeprefix("fail: ") for reason in decision["reasons"] if reason.startswith("fail")]
+        score = decision.get("candidate_score")
+        table.add_row(_when(decision.get("decided_at")), decision["alias"], decision["candidate"],
+                      decision.get("outcome") or ("promoted" if decision["promote"] else "unchanged"),
+                      f"{score:.3f} {decision['metric']}" if score is not None else "-",
+                      "; ".join(failed) or "every check passed")
+    out.print(table)
+
+
 @app.command("rollback")
 def rollback_command(
     alias: str = typer.Option(..., "--alias", help="Routing alias to move back to its previous state."),

@@ -203,6 +203,16 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     assert (decided["outcome"], decided["route"]["mode"], decided["route"]["student"]) == (
         "promoted", "student", "smollm2-135m-instruct:trial")
 
+    def decisions(*args):
+        return subprocess.run([sys.executable, "-m", "flywheel.cli", "decisions", *args], check=False, text=True,
+                              capture_output=True, env=env, timeout=120).stdout
+
+    (recorded,) = json.loads(decisions("--json").splitlines()[-1])["decisions"]  # the pending one was not recorded
+    assert (recorded["alias"], recorded["candidate"], recorded["outcome"], recorded["eval_size"]) == (
+        "support", "trial", "promoted", 1)
+    assert "trial" in decisions("--alias", "support") and "every check passed" in decisions()
+    assert "no gate decisions for elsewhere" in decisions("--alias", "elsewhere")
+
 
 def test_the_watcher_decides_trials_only_when_rollout_is_shadow(trial_config):
     store = open_store(trial_config.store_url)
