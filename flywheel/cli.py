@@ -634,14 +634,14 @@ def decisions_command(
     """Recorded gate decisions, newest first: what each candidate scored and why it was
     promoted, put on a shadow trial, withdrawn or left unchanged (turns' gates and the
     watcher's trial verdicts alike)."""
-    from flywheel.gate import list_decisions
+    from flywheel.gate import recent_decisions
 
     cfg = config_from(config)
     folder = cfg.decisions_dir
-    aliases = [alias] if alias else sorted(path.name for path in folder.iterdir() if path.is_dir()) \
-        if folder.is_dir() else []
-    found = sorted((decision for name in aliases for decision in list_decisions(cfg, name)),
-                   key=lambda decision: decision.get("decided_at", 0), reverse=True)[:limit]
+    try:
+        found = recent_decisions(folder, alias, limit)
+    except ValueError as error:
+        fail(str(error))
     if as_json:
         emit_json({"decisions": found})
         return

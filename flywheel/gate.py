@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from flywheel import telemetry
-from flywheel.config import FlywheelConfig
+from flywheel.config import MODEL_NAME, FlywheelConfig
 from flywheel.evaluation import EvalReport
 from flywheel.file_state import exclusive, replace_file
 from flywheel.routes import RouteBook
@@ -116,8 +116,18 @@ def record_decision(config: FlywheelConfig, decision: Decision) -> Decision:
 
 def list_decisions(config: FlywheelConfig, alias: str) -> list[dict[str, Any]]:
     """An alias's decisions, oldest first."""
-    folder = config.decisions_dir / alias
-    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    return recent_decisions(config.decisions_dir, alias)[::-1]
+
+
+def recent_decisions(decisions_dir: Path, alias: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    """Recorded decisions of `alias` (None: every alias), newest first, at most `limit`."""
+    if alias is not None and not MODEL_NAME.match(alias):
+        raise ValueError(f"invalid alias {alias!r}")
+    folders = [decisions_dir / alias] if alias else sorted(path for path in decisions_dir.glob("*") if path.is_dir())
+    paths = [path for folder in folders for path in folder.glob("*.json")]
+    found = [(json.loads(path.read_text()), path.name) for path in paths]
+    found.sort(key=lambda item: (item[0].get("decided_at", 0), item[1]), reverse=True)
+    return [decision for decision, _ in found[:limit]]
 
 
 def gate_and_promote(config: FlywheelConfig, book: RouteBook, report: EvalReport, candidate: str,

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel.config import ServeConfig
+from flywheel.gate import recent_decisions
 from flywheel.records import Feedback
 from flywheel.routes import RouteError, describe
 from flywheel.store import LogStore
@@ -90,10 +92,12 @@ def make_api(
     store: Callable[[], LogStore] | None = None,
     inference_log: InferenceLog | None = None,
     runs: RunBook | None = None,
+    decisions: Path | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
     `inference_log` records every routed request (none when None; no shadow traffic then).
-    `runs` backs the /v1/flywheel/runs endpoints (absent when None).
+    `runs` backs the /v1/flywheel/runs endpoints, `decisions` (the gate's folder)
+    /v1/flywheel/decisions (each absent when None).
     `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
     the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
@@ -352,6 +356,19 @@ def make_api(
             admin(request)
             run_of(run_id)
             return (await asyncio.to_thread(runs.cancel, run_id)).summary()
+
+    if decisions is not None:
+
+        @app.get("/v1/flywheel/decisions")
+        async def list_gate_decisions(request: Request, alias: str | None = None, limit: str = "20") -> dict:
+            """Recorded gate decisions, newest first: turns' gates and shadow-trial verdicts."""
+            admin(request)
+            if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+                raise ApiError(400, "`limit` must be an integer from 1 to 1000", "limit")
+            try:
+                return {"decisions": await asyncio.to_thread(recent_decisions, decisions, alias, int(limit))}
+            except ValueError as error:
+                raise ApiError(400, str(error), "alias") from None
 
     if store is not None:
 

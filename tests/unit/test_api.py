@@ -11,7 +11,8 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from flywheel.config import LoggingConfig, RouteTarget, ServeConfig
+from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig
+from flywheel.gate import Decision, record_decision
 from flywheel.routes import RouteBook, adapter_checker, seed_states
 from flywheel.turns import RunBook
 from serve.api import make_api
@@ -300,7 +301,8 @@ def secured(tmp_path, engine, logged):
     book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small", adapter_checker(["small"], tmp_path))
     routing = RoutingTable(["small"], book, tmp_path)
     return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
-                               inference_log=InferenceLog(LoggingConfig(), logged.append)))
+                               inference_log=InferenceLog(LoggingConfig(), logged.append),
+                               decisions=tmp_path / "decisions"))
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
@@ -406,6 +408,27 @@ def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):
     assert cancelled["status"] == "cancelled" and cancelled["cancel_requested"]
     assert_openai_error(secured.get("/v1/flywheel/runs/nope", headers=ADMIN), 404)
     assert_openai_error(secured.post("/v1/flywheel/runs/nope/cancel", headers=ADMIN), 404)
+
+
+def test_the_decisions_endpoint_lists_recorded_gate_decisions_newest_first(secured, tmp_path):
+    assert_openai_error(secured.get("/v1/flywheel/decisions"), 401)
+    assert secured.get("/v1/flywheel/decisions", headers=ADMIN).json() == {"decisions": []}
+    config = FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {"models": [{"name": "small",
+                                                                                         "source": "x"}]}})
+    for alias, candidate, outcome in (("router", "tuned", "promoted"), ("other", "x", "unchanged"),
+                                      ("router", "next", "withdrawn")):
+        record_decision(config, Decision(alias=alias, candidate=candidate, incumbent=None,
+                                         promote=outcome == "promoted", reasons=[f"{outcome} because"],
+                                         metric="token_f1", candidate_score=0.9, teacher_score=1.0,
+                                         teacher_ratio=0.9, versus_incumbent=None, eval_size=60, report_id="r",
+                                         outcome=outcome))
+    every = secured.get("/v1/flywheel/decisions", headers=ADMIN).json()["decisions"]
+    assert [d["candidate"] for d in every] == ["next", "x", "tuned"]
+    router = secured.get("/v1/flywheel/decisions", params={"alias": "router", "limit": 1}, headers=ADMIN).json()
+    assert [(d["candidate"], d["outcome"], d["reasons"]) for d in router["decisions"]] == [
+        ("next", "withdrawn", ["withdrawn because"])]
+    for params in ({"limit": 0}, {"limit": "many"}, {"alias": "../turns"}):
+        assert_openai_error(secured.get("/v1/flywheel/decisions", params=params, headers=ADMIN), 400)
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},
