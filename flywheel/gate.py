@@ -124,7 +124,8 @@ def recent_decisions(decisions_dir: Path, alias: str | None = None, limit: int |
     if alias is not None and not MODEL_NAME.match(alias):
         raise ValueError(f"invalid alias {alias!r}")
     folders = [decisions_dir / alias] if alias else sorted(path for path in decisions_dir.glob("*") if path.is_dir())
-    paths = [path for folder in folders for path in folder.glob("*.json")]
+    # names sort in the order an alias's decisions were made: read only each alias's newest `limit`
+    paths = [path for folder in folders for path in sorted(folder.glob("*.json"))[-limit if limit else 0:]]
     found = [(json.loads(path.read_text()), path.name) for path in paths]
     found.sort(key=lambda item: (item[0].get("decided_at", 0), item[1]), reverse=True)
     return [decision for decision, _ in found[:limit]]
