@@ -360,7 +360,7 @@ def curate_command(
 
 
 def _when(stamp: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
 
 
 @app.command("datasets")
@@ -794,7 +794,7 @@ def runs_command(
     for record in records:
         promoted = "" if record.decision is None else ("yes" if record.decision["promote"] else "no")
         table.add_row(record.run_id, record.workload, record.status, record.stage or "", promoted,
-                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at)))
+                      _when(record.created_at))
     out.print(table)
 
 

@@ -102,7 +102,7 @@ def stratified_split(ids: Sequence[str], labels: Sequence[str], eval_size: int, 
     untrained = {label: [i for i in rows if ids[i] not in trained] for label, rows in by_label.items()}
     eval_counts = _allocate(sizes, eval_size, {label: min(sizes[label] - 1, len(untrained[label]))
                                                for label in sizes})
-    wanted = sum(_allocate(sizes, eval_size).values())
+    wanted = max(0, min(eval_size, sum(size - 1 for size in sizes.values())))  # what `_allocate` gives uncapped
     if sum(eval_counts.values()) < wanted:
         split.messages.append(f"eval has {sum(eval_counts.values())} rows where {wanted} were asked for: the "
                               "others left are rows earlier adapters trained on, kept out of eval")
