@@ -906,6 +906,58 @@ def shadow_report_command(
     out.print(table)
 
 
+@app.command("savings")
+def savings_command(
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload."),
+    days: float | None = typer.Option(None, "--days", min=0, help="Only the last D days (default: everything logged)."),
+    by_day: bool = typer.Option(False, "--by-day", help="Also a row per UTC day: the student's share as it grows."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """What answering with students saved, measured from the logs: requests and tokens by
+    teacher, student and shadow, priced at turn.*_price_per_mtok, against the teacher
+    answering everything."""
+    from flywheel.savings import savings_report
+
+    cfg = config_from(config)
+    store = store_from(cfg)
+    try:
+        report = savings_report(store, cfg.turn, workload=workload,
+                                since=time.time() - days * 86400 if days is not None else None)
+    finally:
+        store.close()
+    if as_json:
+        emit_json(report)
+        return
+    if not report["workloads"]:
+        out.print(f"no logged requests{' for ' + workload if workload else ''} in {cfg.store_url}")
+        return
+    prices = report["prices_per_mtok"]
+    table = Table("", "teacher answers", "student answers", "student share", "shadow + eval answers", "failed",
+                  "spent", "all-teacher cost", "saved",
+                  title=f"savings measured from the logs (per 1M tokens: teacher ${prices['teacher']:g}, "
+                        f"student ${prices['student']:g})")
+    sections = [report["workloads"], report["days"] if by_day else {}, {"total": report["total"]}]
+    for section in filter(None, sections):
+        for name, row in section.items():
+            share, saved = row["student_share"], row["saved_fraction"]
+            table.add_row(name, *(f"{row[kind]['requests']:,} ({row[kind]['tokens']:,} tok)"
+                                  for kind in ("teacher", "student")),
+                          f"{share:.0%}" if share is not None else "-",
+                          f"{row['shadow']['requests'] + row['evaluation']['requests']:,}", f"{row['errors']:,}",
+                          _usd(row["usd"]), _usd(row["usd_all_teacher"]),
+                          _usd(row["saved_usd"]) + (f" ({saved:.0%})" if saved is not None else ""))
+        table.add_section()
+    out.print(table)
+    if report["total"]["without_usage"]:
+        out.print(f"answers with no token usage, priced at $0: {report['total']['without_usage']:,}")
+
+
+def _usd(amount: float) -> str:
+    sign = "-" if amount < 0 else ""
+    return f"{sign}${abs(amount):,.2f}" if abs(amount) >= 100 else f"{sign}${abs(amount):,.4f}"
+
+
 @app.command("watch")
 def watch_command(
     once: bool = typer.Option(False, "--once", help="Look once, wait for the turns started, and exit."),

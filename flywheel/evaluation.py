@@ -31,6 +31,7 @@ from flywheel.metrics import PRIMARY
 from flywheel.stats import interval, paired_difference
 
 TOOL_METRICS = ("function_name", "function_name_and_args", "valid_call")
+EVAL_WORKLOAD = "flywheel-eval"  # evaluation traffic is logged under it: the flywheel's own, not users'
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "embedding_cosine", "llm_rating", "pairwise_win")
 Progress = Callable[[str], None]
 
@@ -92,7 +93,7 @@ def _answer(client: Any, body: dict[str, Any]) -> tuple[dict[str, Any] | None, f
     not stop the evaluation."""
     started = time.monotonic()
     try:
-        response = client.post("/v1/chat/completions", json=body, headers={"X-Workload-Id": "flywheel-eval"})
+        response = client.post("/v1/chat/completions", json=body, headers={"X-Workload-Id": EVAL_WORKLOAD})
         if response.status_code != 200:
             return None, (time.monotonic() - started) * 1000, f"HTTP {response.status_code}: {response.text[:300]}"
         return response.json()["choices"][0]["message"], (time.monotonic() - started) * 1000, None

@@ -14,6 +14,8 @@ import asyncio
 import hmac
 import json
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from flywheel.config import ServeConfig
+from flywheel.config import ServeConfig, TurnConfig
 from flywheel.gate import recent_decisions
 from flywheel.records import Feedback
 from flywheel.routes import RouteError, describe
+from flywheel.savings import savings_report
 from flywheel.store import LogStore
 from flywheel.turns import RunBook, RunRecord
 from serve.assemble import StreamAssembler
@@ -93,11 +96,12 @@ def make_api(
     inference_log: InferenceLog | None = None,
     runs: RunBook | None = None,
     decisions: Path | None = None,
+    prices: TurnConfig | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
     `inference_log` records every routed request (none when None; no shadow traffic then).
     `runs` backs the /v1/flywheel/runs endpoints, `decisions` (the gate's folder)
-    /v1/flywheel/decisions (each absent when None).
+    /v1/flywheel/decisions, `prices` with `store` /v1/flywheel/savings (each absent when None).
     `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
     the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
@@ -372,6 +376,11 @@ def make_api(
 
     if store is not None:
 
+        async def log_store() -> LogStore:
+            if not opened:
+                opened.append(await asyncio.to_thread(store))
+            return opened[0]
+
         @app.post("/v1/feedback")
         async def feedback(request: Request) -> JSONResponse:
             """Attach {rating, comment, correction} to the logged inference `log_id`."""
@@ -384,11 +393,25 @@ def make_api(
                 verdict = Feedback.model_validate(body)
             except ValidationError as error:
                 return JSONResponse(validation_error_body(error), status_code=400)
-            if not opened:
-                opened.append(await asyncio.to_thread(store))
-            if not await asyncio.to_thread(opened[0].add_feedback, log_id, verdict):
+            if not await asyncio.to_thread((await log_store()).add_feedback, log_id, verdict):
                 raise ApiError(404, f"no logged inference with id {log_id!r}", "log_id")
             return JSONResponse({"log_id": log_id, "status": "recorded"})
+
+    if store is not None and prices is not None:
+
+        @app.get("/v1/flywheel/savings")
+        async def savings(request: Request, workload: str | None = None, days: str | None = None) -> dict:
+            """What students saved, measured from the logs (flywheel/savings.py); `days`: only
+            the last D days."""
+            admin(request)
+            try:
+                window = None if days is None else float(days)
+            except ValueError:
+                window = -1.0
+            if window is not None and not (0 <= window < math.inf):
+                raise ApiError(400, "`days` must be a number of days >= 0", "days")
+            since = None if window is None else time.time() - window * 86400
+            return await asyncio.to_thread(savings_report, await log_store(), prices, workload=workload, since=since)
 
     @app.get("/health")
     async def health() -> JSONResponse:

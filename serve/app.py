@@ -128,7 +128,7 @@ class Ingress:
                                          lambda workload, tokens: telemetry.student_answered(workload, tokens, *prices))
         self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
                              store=lambda: open_store(cfg.store_url), inference_log=inference_log,
-                             runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir)
+                             runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir, prices=cfg.turn)
 
     def __serve_build_asgi_app__(self):
         return self._api

@@ -14,11 +14,13 @@ from fastapi.testclient import TestClient
 from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig
 from flywheel.gate import Decision, record_decision
 from flywheel.routes import RouteBook, adapter_checker, seed_states
+from flywheel.savings import savings_report
 from flywheel.turns import RunBook
 from serve.api import make_api
 from serve.app import classify_serve_failure
 from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
+from tests.unit.test_savings import PRICES, traffic
 
 CHAT = {"model": "small", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -291,8 +293,8 @@ ADMIN = {"Authorization": "Bearer admin-s3cret"}
 
 
 @pytest.fixture
-def secured(tmp_path, engine, logged):
-    """An API with an admin token, an API key, two adapters and a logging sink."""
+def secured(tmp_path, engine, logged, log_store):
+    """An API with an admin token, an API key, two adapters, a logging sink and a log store."""
     for name in ("tuned", "next"):
         (tmp_path / "small" / name).mkdir(parents=True)
         (tmp_path / "small" / name / "adapter_config.json").write_text("{}")
@@ -302,7 +304,7 @@ def secured(tmp_path, engine, logged):
     routing = RoutingTable(["small"], book, tmp_path)
     return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
                                inference_log=InferenceLog(LoggingConfig(), logged.append),
-                               decisions=tmp_path / "decisions"))
+                               decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES))
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
@@ -429,6 +431,18 @@ def test_the_decisions_endpoint_lists_recorded_gate_decisions_newest_first(secur
         ("next", "withdrawn", ["withdrawn because"])]
     for params in ({"limit": 0}, {"limit": "many"}, {"alias": "../turns"}):
         assert_openai_error(secured.get("/v1/flywheel/decisions", params=params, headers=ADMIN), 400)
+
+
+def test_the_savings_endpoint_reports_from_the_log_store(secured, log_store):
+    assert_openai_error(secured.get("/v1/flywheel/savings"), 401)
+    log_store.write_batch(traffic())
+    report = secured.get("/v1/flywheel/savings", params={"workload": "support"}, headers=ADMIN).json()
+    assert report == json.loads(json.dumps(savings_report(log_store, PRICES, workload="support")))
+    assert report["workloads"]["support"]["student"]["requests"] == 3
+    recent = secured.get("/v1/flywheel/savings", params={"days": "1.5"}, headers=ADMIN).json()
+    assert recent["workloads"] == {} and recent["since"] > time.time() - 1.5 * 86400 - 60  # the traffic is older
+    for days in ("-1", "soon", "nan", "inf"):
+        assert_openai_error(secured.get("/v1/flywheel/savings", params={"days": days}, headers=ADMIN), 400)
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},
