@@ -189,23 +189,26 @@ def _chart(turns: list[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
-def _cost_table(config: FlywheelConfig, answers: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Tokens per request and the estimated cost per 1k requests, teacher vs student."""
-    from flywheel.store import LogFilter, open_store
+def _cost_table(config: FlywheelConfig) -> dict[str, Any]:
+    """Tokens and cost per 1k requests, teacher vs student, and what the workload saved, all
+    measured from its logged answers (`flywheel savings`)."""
+    from flywheel.savings import savings_report
+    from flywheel.store import open_store
 
     store = open_store(config.store_url)
     try:
-        teacher = [r.usage["total_tokens"] for r in store.query(LogFilter(workload_id=WORKLOAD_ID, model=TEACHER),
-                                                                 limit=500).records if r.usage]
+        report = savings_report(store, config.turn, workload=WORKLOAD_ID)
     finally:
         store.close()
-    teacher_tokens = sum(teacher) / len(teacher) if teacher else 0.0
-    student_tokens = sum(a["tokens"] for a in answers) / len(answers) if answers else 0.0
-    prices = config.turn
-    return {"teacher": {"tokens_per_request": teacher_tokens,
-                        "usd_per_1k_requests": teacher_tokens * prices.teacher_price_per_mtok / 1000},
-            "student": {"tokens_per_request": student_tokens,
-                        "usd_per_1k_requests": student_tokens * prices.student_price_per_mtok / 1000}}
+    row = report["workloads"][WORKLOAD_ID]
+
+    def per_request(kind: str) -> dict[str, float | None]:
+        answered = row[kind]["requests"]
+        return {"requests": answered, "tokens_per_request": row[kind]["tokens"] / answered if answered else None,
+                "usd_per_1k_requests": 1000 * row[kind]["usd"] / answered if answered else None}
+
+    return {"teacher": per_request("teacher"), "student": per_request("student"),
+            "saved_usd": row["saved_usd"], "saved_fraction": row["saved_fraction"]}
 
 
 def run_demo(config: FlywheelConfig, console: Console, size: DemoSize) -> dict[str, Any]:
@@ -244,7 +247,7 @@ def run_demo(config: FlywheelConfig, console: Console, size: DemoSize) -> dict[s
         summary["turns"].append({"name": "turn 2", "run_id": second.run_id, "scores": _scores(second),
                                  "decision": second.decision,
                                  "stages": {k: v.seconds for k, v in second.stages.items()}})
-        costs = _cost_table(config, answers)
+        costs = _cost_table(config)
 
     summary.update(held_out={"sent": len(answers), "right": right, "corrected": fixed,
                              "models": sorted({item["model"] for item in answers})}, cost=costs,
@@ -271,10 +274,13 @@ def _print_summary(summary: dict[str, Any], config: FlywheelConfig, console: Con
             table.add_row(turn["name"], label, *cells, latency)
     console.print(table)
     cost = summary["cost"]
-    console.print(f"tokens per request: teacher {cost['teacher']['tokens_per_request']:.0f}, student "
-                  f"{cost['student']['tokens_per_request']:.0f} (the student needs no system prompt or tool schemas); "
-                  f"estimated cost per 1k requests: teacher ${cost['teacher']['usd_per_1k_requests']:.2f}, "
-                  f"student ${cost['student']['usd_per_1k_requests']:.3f} (prices: turn.*_price_per_mtok)")
+    teacher, student = cost["teacher"], cost["student"]
+    if teacher["requests"] and student["requests"]:
+        console.print(f"measured from the logs (`flywheel savings`): tokens per request teacher "
+                      f"{teacher['tokens_per_request']:.0f}, student {student['tokens_per_request']:.0f} (the student "
+                      f"needs no system prompt or tool schemas); cost per 1k requests teacher "
+                      f"${teacher['usd_per_1k_requests']:.2f}, student ${student['usd_per_1k_requests']:.3f} "
+                      f"(prices: turn.*_price_per_mtok)")
     console.print(f"demo took {summary['seconds'] / 60:.1f} min.\nchart: {summary['chart']}\n"
                   f"summary: {config.home / 'demo_summary.json'}\nstore: {config.store_url}\n"
                   f"datasets: {config.datasets_dir}\nadapters: {config.adapters_dir}\nreports: {config.reports_dir}\n"
