@@ -2,6 +2,9 @@
 answers of a real SQLite store and a real OpenSearch-compatible server (osmem-server)."""
 
 import calendar
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -10,6 +13,7 @@ from flywheel.evaluation import EVAL_WORKLOAD
 from flywheel.records import LogRecord
 from flywheel.savings import savings_report
 from flywheel.store import open_store
+from tests.conftest import REPO
 from tests.unit.test_cli_logs import flywheel, last_json
 from tests.unit.test_curation_steps import REPO_CONFIG
 from tests.unit.test_store_contract import index_url
@@ -107,3 +111,12 @@ def test_flywheel_savings_reads_the_configured_store(tmp_path):
                                                  "total"))
     assert "answers with no token usage, priced at $0: 1" in shown.stdout
     assert flywheel("savings", "--days", "-1", home=home).returncode == 2
+
+
+def test_the_savings_benchmark_prices_every_student_answer():
+    """bench/savings_scan.py at a small size: it asserts the report counts every record."""
+    result = subprocess.run([sys.executable, "bench/savings_scan.py", "--records", "300", "--repeat", "1"],
+                            check=False, text=True, capture_output=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["benchmark"], report["records"], report["records_per_s"] > 0) == ("savings_scan", 300, True)
