@@ -4,7 +4,6 @@ a bound that stays valid however often a growing sample is looked at."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy
@@ -31,12 +30,31 @@ def paired_difference(candidate: Sequence[float], incumbent: Sequence[float], se
     return interval(numpy.asarray(candidate, dtype=float) - numpy.asarray(incumbent, dtype=float), seed, samples)
 
 
-def anytime_upper(mean: float, n: int, alpha: float = 0.05) -> float:
+def _kl(p: numpy.ndarray, q: numpy.ndarray) -> numpy.ndarray:
+    """KL divergence between Bernoulli(p) and Bernoulli(q), for q in (0, 1)."""
+    with numpy.errstate(divide="ignore", invalid="ignore"):
+        return (numpy.where(p > 0, p * numpy.log(p / q), 0.0)
+                + numpy.where(p < 1, (1 - p) * numpy.log((1 - p) / (1 - q)), 0.0))
+
+
+def anytime_upper(mean, n, alpha: float = 0.05):
     """An upper bound on the true mean of scores in [0, 1] after `n` of them, valid at every
-    `n` at once (P(the true mean ever exceeds it) <= alpha): Hoeffding's bound at each n with
-    alpha split as alpha / (n (n + 1)), which sums to alpha. A check that runs on each new
-    batch of evidence and may stop at any of them needs this; a fixed-n interval checked
-    again and again would stop on noise far more often than alpha."""
-    if n < 1:
-        return 1.0
-    return min(1.0, mean + math.sqrt(math.log(n * (n + 1) / alpha) / (2 * n)))
+    `n` at once (P(the true mean ever exceeds it) <= alpha). At each n it is the Chernoff
+    bound: the largest q with n * kl(mean, q) <= log(1 / alpha_n), alpha split as
+    alpha_n = alpha / (n (n + 1)), which sums to alpha. It holds for any scores in [0, 1]
+    (Hoeffding 1963, Theorem 1), not only 0/1 ones, and is never looser than Hoeffding's
+    mean + sqrt(log(1 / alpha_n) / 2n); far from 1/2 it is much tighter. A check that runs on
+    each new batch of evidence and may stop at any of them needs this; a fixed-n interval
+    checked again and again would stop on noise far more often than alpha. Takes scalars or
+    numpy arrays (elementwise)."""
+    mean = numpy.clip(numpy.asarray(mean, dtype=float), 0.0, 1.0)
+    n = numpy.asarray(n, dtype=float)
+    looks = numpy.maximum(n, 1)
+    budget = numpy.log(looks * (looks + 1) / alpha) / looks
+    low, high = mean.copy(), numpy.ones_like(mean * n)
+    for _ in range(40):  # bisection: kl(mean, q) grows with q above the mean; `high` stays on the safe side
+        middle = (low + high) / 2
+        over = _kl(mean, middle) > budget
+        high, low = numpy.where(over, middle, high), numpy.where(over, low, middle)
+    upper = numpy.where(n < 1, 1.0, high)
+    return float(upper) if upper.ndim == 0 else upper

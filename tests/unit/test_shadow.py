@@ -249,12 +249,12 @@ def test_a_clear_loser_is_withdrawn_before_min_pairs_and_a_close_one_waits(trial
     book = open_route_book(trial_config)
     book.set_mode("support", "shadow", candidate="trial")
     status, wrong = call("get_order_status", order_id="ORD-1"), call("cancel_order", order_id="ORD-1")
-    for _ in range(3):
+    for _ in range(2):
         store.write_batch(pair(status, wrong, "trial"))
-    assert gate_shadow(trial_config, book, store, "support").pending  # 3 wrong of 3 could still be luck
+    assert gate_shadow(trial_config, book, store, "support").pending  # 2 wrong of 2 could still be luck
     store.write_batch(pair(status, wrong, "trial"))
     early = gate_shadow(trial_config, book, store, "support")
-    assert not early.pending and early.outcome == "withdrawn" and early.eval_size == 4  # of the 10 needed
+    assert not early.pending and early.outcome == "withdrawn" and early.eval_size == 3  # of the 10 needed
     assert any("withdrawn early" in reason for reason in early.reasons)
     assert (book.get("support").mode, book.get("support").student) == ("teacher", None)
     patient = trial_config.model_copy(update={"gate": trial_config.gate.model_copy(
