@@ -114,13 +114,16 @@ def list_datasets(root: Path, workload_id: str | None = None) -> list[dict[str, 
 
 
 def trained_rows(root: Path, workload_id: str, dataset_ids: set[str]) -> tuple[set[str], list[str]]:
-    """The record ids in the train split of each of the workload's `dataset_ids` still on
-    disk, and which of those versions were found (the rest were deleted, or belong to
-    another workload)."""
+    """The record ids an adapter learned from in each of the workload's `dataset_ids` still on
+    disk: its train split, and its val split, which decided when its training stopped early.
+    Also which of those versions were found (the rest were deleted, or
+    belong to another workload)."""
     rows, found = set(), []
     for dataset_id in sorted(dataset_ids):
-        path = root / workload_id / dataset_id / "train.parquet"
-        if path.is_file():
-            rows.update(pyarrow.parquet.read_table(path, columns=["id"])["id"].to_pylist())
+        folder = root / workload_id / dataset_id
+        if (folder / "train.parquet").is_file():
+            for split in ("train", "val"):
+                if (folder / f"{split}.parquet").is_file():
+                    rows.update(pyarrow.parquet.read_table(folder / f"{split}.parquet", columns=["id"])["id"].to_pylist())
             found.append(dataset_id)
     return rows, found

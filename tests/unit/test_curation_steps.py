@@ -229,7 +229,8 @@ def test_whole_pipeline_in_process_including_a_single_label_workload(tmp_path):
                                                                                           "val_ratio": 0})}),
                             store, "support-tools", prepare=prepare_in_process)
     assert grown.counts["eval"] == 100 and grown.manifest()["kept_out_of_eval"]["trained_on_by"] == [version.dataset_id]
-    assert not {row["id"] for row in grown.rows("eval")} & {row["id"] for row in version.rows("train")}
+    learned_from = {row["id"] for split in ("train", "val") for row in version.rows(split)}
+    assert version.counts["val"] > 0 and not {row["id"] for row in grown.rows("eval")} & learned_from
     one = _record()
     store.write_batch([LogRecord(**{**one.model_dump(exclude={"id"}), "workload_id": "one", "timestamp": 1e9 + i,
                                     "request": {"messages": [{"role": "user", "content": f"where is ORD-{i}?"}]}})
