@@ -209,6 +209,7 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
     report = shadow_report(store, None, since=state.changed_at, candidate=state.candidate, alias=alias)
     decision = decide_shadow(config, report["candidates"].get(state.candidate, {}), report["primary_metric"],
                              state.candidate.partition(":")[2], alias, state.student_adapter, state.changed_at)
+    telemetry.shadow_trial(alias, state.candidate, decision.eval_size, decision.candidate_score)
     if decision.pending:
         return decision
     decision = record_decision(config, decision.model_copy(update={

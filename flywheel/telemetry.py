@@ -13,6 +13,8 @@ Names as Prometheus sees them carry Ray's `ray_` prefix (counters also get `_tot
 - `flywheel_promoted{alias, model}` — 1 for what each alias's student is now, 0 for the former
 - `flywheel_gate_decisions{alias, outcome}` — recorded gate decisions: promoted, shadow trial,
   withdrawn, unchanged
+- `flywheel_shadow_pairs{alias, candidate}`, `flywheel_shadow_score{alias, candidate}` — a shadow
+  trial's live pairs so far and its score on them, as of the watcher's latest look
 
 Every function does nothing outside a Ray process, so library code calls them freely.
 """
@@ -104,3 +106,15 @@ def decided(alias: str, outcome: str) -> None:
     counter = _metric("Counter", "flywheel_gate_decisions", "Recorded gate decisions by outcome.", ("alias", "outcome"))
     if counter is not None:
         counter.inc(1, tags={"alias": alias, "outcome": outcome})
+
+
+def shadow_trial(alias: str, candidate: str, pairs: int, score: float | None) -> None:
+    pairs_gauge = _metric("Gauge", "flywheel_shadow_pairs", "A shadow trial's live pairs so far.",
+                          ("alias", "candidate"))
+    if pairs_gauge is None:
+        return
+    tags = {"alias": alias, "candidate": candidate}
+    pairs_gauge.set(pairs, tags=tags)
+    if score is not None:
+        _metric("Gauge", "flywheel_shadow_score", "A shadow trial's score against the teacher's live answers.",
+                ("alias", "candidate")).set(score, tags=tags)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from flywheel import telemetry
 from flywheel.config import FlywheelConfig
 from flywheel.gate import decide_shadow, gate_shadow, list_decisions
 from flywheel.records import LogRecord
@@ -130,7 +131,29 @@ def trial_config(tmp_path):
         "gate": {"rollout": "shadow", "shadow_min_pairs": 10, "min_teacher_ratio": 0.9}})
 
 
-def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_config):
+class Recorded:
+    """Stands in for `ray.util.metrics` objects: the real ones export only from a Ray
+    process, through an agent that flushes every few seconds; the integration tier reads
+    that endpoint for the turn's metrics."""
+
+    def __init__(self, name: str, values: dict):
+        self.name, self.values = name, values
+
+    def set(self, value, tags):
+        self.values[(self.name, *tags.values())] = value
+
+    inc = set
+
+
+@pytest.fixture
+def metrics(monkeypatch):
+    """What flywheel/telemetry.py reports: (name, *tag values) -> latest value."""
+    values: dict = {}
+    monkeypatch.setattr(telemetry, "_metric", lambda kind, name, *args, **kwargs: Recorded(name, values))
+    return values
+
+
+def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_config, metrics):
     config = trial_config
     store = open_store(config.store_url)
     book = open_route_book(config)
@@ -145,6 +168,8 @@ def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_
         store.write_batch(pair(status, status, "trial", model="support-eu"))  # another alias's trial of it
     waiting = gate_shadow(config, book, store, "support")
     assert waiting.pending and not waiting.promote and waiting.eval_size == 5
+    assert (metrics[("flywheel_shadow_pairs", "support", "small:trial")],
+            metrics[("flywheel_shadow_score", "support", "small:trial")]) == (5, 1.0)  # for the dashboard
     assert book.get("support").mode == "shadow" and list_decisions(config, "support") == []
 
     for _ in range(5):
@@ -154,6 +179,8 @@ def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_
     assert passed.promote and not passed.pending and passed.outcome == "promoted"
     assert (passed.eval_size, passed.incumbent, passed.metric) == (11, "old", "function_name_and_args")
     assert passed.candidate_score == pytest.approx(10 / 11)
+    assert metrics[("flywheel_shadow_pairs", "support", "small:trial")] == 11
+    assert metrics[("flywheel_shadow_score", "support", "small:trial")] == pytest.approx(10 / 11)
     state = book.get("support")
     assert (state.mode, state.student) == ("student", "small:trial") and "shadow trial passed" in state.reason
 
@@ -162,6 +189,7 @@ def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_
         store.write_batch(pair(status, status if index < 8 else wrong, "old"))
     failed = gate_shadow(config, book, store, "support")
     assert not failed.promote and failed.outcome == "withdrawn" and failed.candidate_score == pytest.approx(0.8)
+    assert metrics[("flywheel_shadow_score", "support", "small:old")] == pytest.approx(0.8)
     assert any(reason.startswith("fail") and "0.800" in reason for reason in failed.reasons)
     state = book.get("support")
     assert (state.mode, state.student) == ("student", "small:trial") and "shadow trial failed" in state.reason
