@@ -559,6 +559,36 @@ def _alias_of(cfg: FlywheelConfig, alias: str | None, adapter: str) -> str:
     return cfg.gate.alias_for(workload)
 
 
+@app.command("merge")
+def merge_command(
+    adapter: str = typer.Option(..., "--adapter", help="The adapter id to merge into its base."),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder to write (default: $FLYWHEEL_HOME/exports/ID)."),
+    dtype: str = typer.Option("bfloat16", "--dtype", help="bfloat16, float16 or float32."),
+    force: bool = typer.Option(False, "--force", help="Replace the folder if it exists."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Merge an adapter into its base model: a standalone Hugging Face folder any server
+    loads without LoRA (tokenizer, chat template and the adapter's record included)."""
+    from flywheel.merge import merge_adapter
+
+    cfg = config_from(config)
+    try:
+        with err.status(f"merging {adapter} into its base model"):
+            result = merge_adapter(cfg, adapter, out_dir, dtype, force)
+    except (OSError, ValueError) as error:  # no such adapter, folder exists, bad dtype, base not pulled
+        fail(str(error))
+    if as_json:
+        emit_json(result)
+        return
+    out.print(f"merged [bold]{adapter}[/bold] into {result['base_model']}: {result['parameters']:,} parameters "
+              f"({result['dtype']}) in {result['path']}; largest logit change from the adapter on a probe prompt "
+              f"{result['max_logit_difference']:.2g} ({result['seconds']:.1f} s)")
+    if result["prefix_pruned"]:
+        out.print("this student learned without its workload's system prompt and tools: send it requests without "
+                  "them (see flywheel_export.json), as the flywheel's ingress does")
+
+
 @app.command("promote")
 def promote_command(
     adapter: str | None = typer.Option(None, "--adapter", help="Adapter id (or base:adapter) to answer the alias."),

@@ -26,3 +26,11 @@ def search_server() -> str:
     server = OsmemServer.start()
     yield server.url
     server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A 2-layer random Llama and its tokenizer, saved as a Hugging Face folder (unit/tiny_llama.py)."""
+    from tests.unit import tiny_llama
+
+    return tiny_llama.build(tmp_path_factory.mktemp("tiny-llama"))

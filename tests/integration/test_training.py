@@ -20,7 +20,7 @@ from flywheel.config import parse_config
 from flywheel.datasets import write_dataset
 from flywheel.training import Candidate, train_candidates
 from tests.integration.conftest import MODEL, run_cli
-from tests.unit.test_sft import conversation, tiny_model  # noqa: F401 - the fixture is reused here
+from tests.unit.tiny_llama import conversation
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def tiny_dataset(service):
     return write_dataset(service.home / "datasets", "tiny", splits, {"prefix": None}, {"train": 48}, [])
 
 
-def test_two_worker_ddp_on_cpu_lowers_the_loss(service, ray_cluster, tiny_model, tiny_dataset):  # noqa: F811
+def test_two_worker_ddp_on_cpu_lowers_the_loss(service, ray_cluster, tiny_model, tiny_dataset):
     config = _config(service, ray_cluster, [{"name": "tiny", "source": str(tiny_model)}], num_workers=2,
                      target_modules="all-linear", learning_rate=2e-2, warmup_ratio=0, batch_size=4, epochs=4,
                      checkpoint_every=100)
@@ -56,7 +56,7 @@ def test_two_worker_ddp_on_cpu_lowers_the_loss(service, ray_cluster, tiny_model,
     assert len(pids) == 2  # two processes trained
 
 
-def test_a_killed_worker_resumes_from_the_last_checkpoint(service, ray_cluster, tiny_model, tiny_dataset):  # noqa: F811
+def test_a_killed_worker_resumes_from_the_last_checkpoint(service, ray_cluster, tiny_model, tiny_dataset):
     config = _config(service, ray_cluster, [{"name": "tiny", "source": str(tiny_model)}], num_workers=2,
                      target_modules="all-linear", learning_rate=2e-2, batch_size=4, epochs=4, checkpoint_every=2,
                      max_failures=2)
@@ -73,7 +73,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(service, ray_cluster, 
     assert adapter.metrics["step"] == 24 and adapter.metrics["resumed_from"] in (2, 4, 6)
 
 
-def test_several_candidates_train_concurrently(service, ray_cluster, tiny_model, tiny_dataset):  # noqa: F811
+def test_several_candidates_train_concurrently(service, ray_cluster, tiny_model, tiny_dataset):
     config = _config(service, ray_cluster, [{"name": "tiny", "source": str(tiny_model)}], target_modules="all-linear",
                      batch_size=4, max_steps=4, checkpoint_every=100)
     adapters = train_candidates(config, tiny_dataset, [Candidate(overrides={"lora_r": 4}),

@@ -10,43 +10,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.sft import IGNORE, LocalSession, collate, encode, global_batches, run_sft, shard
-from serve.engine import chat_template_path
-
-TEMPLATE = Path(chat_template_path("chatml_tools")).read_text()
-TOOLS = [{"type": "function", "function": {"name": "get_order_status", "parameters": {
-    "type": "object", "properties": {"order_id": {"type": "string"}}}}}]
-
-
-def conversation(i: int) -> dict:
-    call = {"type": "function", "function": {"name": "get_order_status", "arguments": json.dumps({"order_id": f"O{i}"})}}
-    return {"messages": [{"role": "user", "content": f"where is order O{i}?"},
-                         {"role": "assistant", "content": "", "tool_calls": [call]}],
-            "tools": TOOLS if i % 2 else []}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A 2-layer random Llama and a byte-level BPE tokenizer that knows ChatML's markers."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    corpus = [TEMPLATE, json.dumps(TOOLS)] + [json.dumps(conversation(i)) for i in range(50)]
-    tokenizer.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    fast.save_pretrained(path)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         initializer_range=0.3)  # frozen random lm_head: logits must be able to get large
-    LlamaForCausalLM(config).save_pretrained(path)
-    return path
+from tests.unit.tiny_llama import TEMPLATE, TOOLS, conversation
 
 
 @pytest.fixture(scope="module")
