@@ -315,6 +315,11 @@ class GateConfig(_Strict):
     max_regression: float = Field(0.02, ge=0, description="Epsilon: the lower bound of the paired 95% interval "
                                   "(candidate - incumbent) must be >= -epsilon.")
     min_eval_size: int = Field(50, ge=1, description="Fewest scored eval items a decision may rest on.")
+    require_confidence: bool = Field(False, description="The candidate must reach `min_teacher_ratio` with 95% "
+                                     "confidence, not on average: offline, the low end of its bootstrap interval; in "
+                                     "a shadow trial, a lower bound valid at every look, so the trial is promoted "
+                                     "once it is sure, withdrawn once it cannot pass, and otherwise keeps gathering "
+                                     "pairs (until `shadow_max_hours`, if set).")
     aliases: dict[str, str] = Field(default_factory=dict, description="Workload -> the alias its students are "
                                     "promoted to; a workload not listed uses its own name.")
     rollout: Literal["promote", "shadow"] = Field(

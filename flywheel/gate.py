@@ -1,15 +1,16 @@
 """The promotion gate: does a candidate adapter take over an alias's traffic?
 
 Offline, it reads an evaluation report (flywheel/evaluation.py) and passes a candidate
-only when (1) its score reaches `min_teacher_ratio` of the teacher's on the gate metric,
-(2) the lower bound of the paired 95% interval (candidate - incumbent student, same
+only when (1) its score (with `require_confidence`, a 95% lower bound on it) reaches
+`min_teacher_ratio` of the teacher's on the gate metric, (2) the lower bound of the paired 95% interval (candidate - incumbent student, same
 items) is at least `-max_regression`, and (3) at least `min_eval_size` items were scored.
 `gate_and_promote` then moves the alias: straight to the candidate (`gate.rollout:
 promote`), or into a shadow trial (`shadow`).
 
 Online, `gate_shadow` judges a trial on live traffic (flywheel/shadow.py): once
 `shadow_min_pairs` requests were answered by both, the candidate is promoted when its
-answers score `min_teacher_ratio` against the teacher's, and withdrawn otherwise. Every
+answers score `min_teacher_ratio` against the teacher's (or, with `require_confidence`, once
+a bound valid at every look says so), and withdrawn otherwise. Every
 decision is written to `<decisions_dir>/<alias>/` with its reasons, whatever it decided.
 """
 
@@ -27,7 +28,7 @@ from flywheel.config import MODEL_NAME, FlywheelConfig
 from flywheel.evaluation import EvalReport
 from flywheel.file_state import exclusive, replace_file
 from flywheel.routes import RouteBook
-from flywheel.stats import anytime_upper, paired_difference
+from flywheel.stats import lower_bound, paired_difference, upper_bound
 from flywheel.store import LogStore
 
 
@@ -77,9 +78,16 @@ def decide(config: FlywheelConfig, report: EvalReport, candidate: str, alias: st
     # the references are the teacher's own answers: unevaluated, the teacher scores 1.0 on them
     teacher = teacher_row["mean"] if teacher_row else 1.0
     ratio = score / teacher if teacher > 0 else None
-    check(ratio is not None and ratio >= policy.min_teacher_ratio,
-          f"{metric} {score:.3f} is {ratio:.1%} of the teacher's {teacher:.3f} (needs >= "
-          f"{policy.min_teacher_ratio:.0%})" if ratio is not None else f"the teacher scores {teacher} on {metric}")
+    if ratio is None:
+        check(False, f"the teacher scores {teacher} on {metric}")
+    elif policy.require_confidence:  # one look at a fixed sample: the fixed-n bound
+        floor = lower_bound(score, len(scored))
+        check(floor / teacher >= policy.min_teacher_ratio,
+              f"{metric} {score:.3f}, at least {floor:.3f} (95% lower bound), is at least {floor / teacher:.1%} of "
+              f"the teacher's {teacher:.3f} (needs >= {policy.min_teacher_ratio:.0%})")
+    else:
+        check(ratio >= policy.min_teacher_ratio, f"{metric} {score:.3f} is {ratio:.1%} of the teacher's "
+              f"{teacher:.3f} (needs >= {policy.min_teacher_ratio:.0%})")
 
     versus = None
     if incumbent is None:
@@ -154,32 +162,37 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
     no pairs yet): the teacher's answers are the references, so the candidate's score is
     its ratio to the teacher. `pending` while fewer than `shadow_min_pairs` pairs exist,
     unless the trial outlived `shadow_max_hours` (it fails for want of traffic) or, with
-    `shadow_early_withdraw`, it cannot pass: the watcher looks at every tick, so only a
-    bound valid at every look (`anytime_upper`) may end a trial early."""
+    `shadow_early_withdraw`, it cannot pass. With `require_confidence` it is also pending
+    past `shadow_min_pairs` until it is sure either way. The watcher looks at every tick, so
+    every bound here is one valid at every look (`anytime=True`)."""
     policy = config.gate
-    metric = policy.metric or metric
+    metric, ratio, sure = policy.metric or metric, policy.min_teacher_ratio, policy.require_confidence
     pairs, errors = evidence.get("n", 0), evidence.get("errors", 0)
     score = evidence.get("metrics", {}).get(metric, {}).get("mean")
     enough = pairs >= policy.shadow_min_pairs
     hours = (time.time() - since) / 3600
     expired = policy.shadow_max_hours is not None and hours >= policy.shadow_max_hours
-    ceiling = anytime_upper(score, pairs) if score is not None else None
-    hopeless = (policy.shadow_early_withdraw and not enough and ceiling is not None
-                and ceiling < policy.min_teacher_ratio)
+    ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
+    floor = lower_bound(score, pairs, anytime=True) if score is not None else None
+    # cannot pass: ends a trial before its pairs (early withdrawal) or, when sure is needed, after them
+    hopeless = ceiling is not None and ceiling < ratio and (sure if enough else policy.shadow_early_withdraw)
     reasons = [("pass: " if enough else "fail: ") + f"{pairs} live shadow pairs, {errors} failed answers "
                f"(the gate needs >= {policy.shadow_min_pairs})"
                + (f" in the trial's {policy.shadow_max_hours:g} h limit" if expired and not enough else "")]
-    good = score is not None and score >= policy.min_teacher_ratio
+    good = score is not None and (floor if sure else score) >= ratio
     if score is None:
         reasons.append(f"fail: no `{metric}` scores in the shadow pairs")
+    elif sure:
+        reasons.append(("pass: " if good else "fail: ") + f"{metric} {score:.3f}, at least {floor:.3f} (a 95% "
+                       f"lower bound that holds however often the trial is checked) against the teacher's live "
+                       f"answers (needs >= {ratio:.0%})")
     else:
         spread = evidence["metrics"][metric]
         reasons.append(("pass: " if good else "fail: ") + f"{metric} {score:.3f} [{spread['low']:.3f}, "
-                       f"{spread['high']:.3f}] against the teacher's live answers (needs >= "
-                       f"{policy.min_teacher_ratio:.0%})")
+                       f"{spread['high']:.3f}] against the teacher's live answers (needs >= {ratio:.0%})")
     if hopeless:
-        reasons.append(f"fail: withdrawn early: even {ceiling:.3f}, the 95% upper bound on {metric} that holds "
-                       f"however often the trial is checked, is below {policy.min_teacher_ratio:.0%}")
+        reasons.append(f"fail: {'' if enough else 'withdrawn early: '}even {ceiling:.3f}, the 95% upper bound on "
+                       f"{metric} that holds however often the trial is checked, is below {ratio:.0%}")
     quick = True
     if policy.shadow_max_latency_ratio is not None:
         latency = evidence.get("latency_ms", {})
@@ -189,10 +202,11 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
             f"mean latency {mine:.0f} ms against the teacher's {teacher:.0f} ms on the same requests (needs <= "
             f"{policy.shadow_max_latency_ratio:g}x)" if teacher is not None and mine is not None
             else "no latencies to compare with the teacher's"))
+    settled = enough and (not sure or good or hopeless)
     return Decision(alias=alias, candidate=candidate, incumbent=incumbent, promote=enough and good and quick,
                     reasons=reasons, metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
                     versus_incumbent=None, eval_size=pairs, report_id=f"shadow:{since:.0f}",
-                    pending=not enough and not expired and not hopeless)
+                    pending=not (settled or expired or hopeless))
 
 
 def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:

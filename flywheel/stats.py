@@ -37,20 +37,21 @@ def _kl(p: numpy.ndarray, q: numpy.ndarray) -> numpy.ndarray:
                 + numpy.where(p < 1, (1 - p) * numpy.log((1 - p) / (1 - q)), 0.0))
 
 
-def anytime_upper(mean, n, alpha: float = 0.05):
-    """An upper bound on the true mean of scores in [0, 1] after `n` of them, valid at every
-    `n` at once (P(the true mean ever exceeds it) <= alpha). At each n it is the Chernoff
-    bound: the largest q with n * kl(mean, q) <= log(1 / alpha_n), alpha split as
-    alpha_n = alpha / (n (n + 1)), which sums to alpha. It holds for any scores in [0, 1]
-    (Hoeffding 1963, Theorem 1), not only 0/1 ones, and is never looser than Hoeffding's
-    mean + sqrt(log(1 / alpha_n) / 2n); far from 1/2 it is much tighter. A check that runs on
-    each new batch of evidence and may stop at any of them needs this; a fixed-n interval
-    checked again and again would stop on noise far more often than alpha. Takes scalars or
-    numpy arrays (elementwise)."""
+def upper_bound(mean, n, alpha: float = 0.05, anytime: bool = False):
+    """An upper confidence bound on the true mean of `n` scores in [0, 1] whose mean is `mean`:
+    the Chernoff bound, the largest q with n * kl(mean, q) <= log(1 / alpha). It holds for any
+    scores in [0, 1] (Hoeffding 1963, Theorem 1), not only 0/1 ones, is never looser than
+    Hoeffding's mean + sqrt(log(1 / alpha) / 2n), and is much tighter far from 1/2; unlike a
+    percentile bootstrap it does not collapse to the mean when every score is 0 or 1.
+
+    With `anytime`, alpha is split as alpha / (n (n + 1)) over every n, which sums to alpha:
+    the bound then holds at every n at once, as a check that runs on each new batch of
+    evidence and may stop at any of them needs (a fixed-n bound checked again and again stops
+    on noise far more often than alpha). Takes scalars or numpy arrays (elementwise)."""
     mean = numpy.clip(numpy.asarray(mean, dtype=float), 0.0, 1.0)
     n = numpy.asarray(n, dtype=float)
     looks = numpy.maximum(n, 1)
-    budget = numpy.log(looks * (looks + 1) / alpha) / looks
+    budget = numpy.log(looks * (looks + 1) / alpha if anytime else 1 / alpha) / looks
     low, high = mean.copy(), numpy.ones_like(mean * n)
     for _ in range(40):  # bisection: kl(mean, q) grows with q above the mean; `high` stays on the safe side
         middle = (low + high) / 2
@@ -58,3 +59,8 @@ def anytime_upper(mean, n, alpha: float = 0.05):
         high, low = numpy.where(over, middle, high), numpy.where(over, low, middle)
     upper = numpy.where(n < 1, 1.0, high)
     return float(upper) if upper.ndim == 0 else upper
+
+
+def lower_bound(mean, n, alpha: float = 0.05, anytime: bool = False):
+    """`upper_bound`'s mirror: a lower confidence bound on the true mean."""
+    return 1 - upper_bound(1 - numpy.asarray(mean, dtype=float), n, alpha, anytime)

@@ -51,6 +51,18 @@ def test_below_the_teacher_ratio_fails(config, tmp_path):
     assert any(reason.startswith("fail") and "90.0% of the teacher" in reason for reason in decision.reasons)
 
 
+def test_with_require_confidence_the_lower_bound_must_reach_the_ratio(config, tmp_path):
+    """97/100 passes on its mean; its 95% lower bound (0.909) does not reach 95% of the
+    teacher. 300/300 bounds itself at 0.99."""
+    sure = config.model_copy(update={"gate": config.gate.model_copy(update={"require_confidence": True})})
+    assert decide(config, make_report(tmp_path, {"new": items(97, 100)}), "new", "support", None).promote
+    doubted = decide(sure, make_report(tmp_path, {"new": items(97, 100)}), "new", "support", None)
+    assert not doubted.promote and doubted.teacher_ratio == pytest.approx(0.97)
+    (reason,) = [reason for reason in doubted.reasons if reason.startswith("fail")]
+    assert "at least 0.909" in reason and "needs >= 95%" in reason
+    assert decide(sure, make_report(tmp_path, {"best": items(300, 300)}), "best", "support", None).promote
+
+
 def test_a_regression_against_the_incumbent_fails_even_above_the_teacher_ratio(config, tmp_path):
     # the candidate gets 10 items wrong that the incumbent had right: lower bound well below -0.02
     report = make_report(tmp_path, {"new": items(96, 100), "old": items(100, 100)})

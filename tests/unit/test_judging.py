@@ -11,7 +11,7 @@ import pytest
 
 from flywheel.judge import Judge, LLMJudge, parse_rating, parse_verdict
 from flywheel.metrics import normalize, rouge_l, text_scores, token_f1, tool_calls, tool_scores
-from flywheel.stats import anytime_upper, interval, paired_difference
+from flywheel.stats import interval, lower_bound, paired_difference, upper_bound
 
 
 def call(name, arguments):
@@ -85,11 +85,13 @@ def test_the_anytime_bound_holds_when_checked_after_every_score():
     scores = (numpy.random.default_rng(7).random((2000, 500)) < 0.9).astype(float)
     n = numpy.arange(1, 501)
     means = scores.cumsum(axis=1) / n
-    anytime = (anytime_upper(means, n) < 0.9).any(axis=1).mean()
+    anytime = (upper_bound(means, n, anytime=True) < 0.9).any(axis=1).mean()
+    fixed = (upper_bound(means, n) < 0.9).any(axis=1).mean()  # right at one n, wrong at every n
     ordinary = ((means + 1.96 * numpy.sqrt(means * (1 - means) / n) < 0.9) & (n >= 10)).any(axis=1).mean()
-    assert anytime <= 0.05 and ordinary > 0.06
-    assert anytime_upper(0.0, 2) > 0.9 > anytime_upper(0.0, 3)  # all wrong: 3 scores settle it
-    assert anytime_upper(0.5, 12) > 0.9 > anytime_upper(0.5, 24) and anytime_upper(1.0, 1) == 1.0
+    assert anytime <= 0.05 and ordinary > 0.06 and fixed > 0.06
+    assert upper_bound(0.0, 2, anytime=True) > 0.9 > upper_bound(0.0, 3, anytime=True)  # all wrong: 3 settle it
+    assert upper_bound(0.5, 12, anytime=True) > 0.9 > upper_bound(0.5, 24, anytime=True)
+    assert upper_bound(1.0, 1, anytime=True) == 1.0
 
 
 def test_the_anytime_bound_is_never_looser_than_hoeffdings_and_far_tighter_near_the_edges():
@@ -98,9 +100,19 @@ def test_the_anytime_bound_is_never_looser_than_hoeffdings_and_far_tighter_near_
     against a 0.95 ratio, before the default 50 pairs) it settles what Hoeffding cannot."""
     means, n = numpy.linspace(0, 1, 21)[:, None], numpy.arange(1, 400)[None, :]
     hoeffding = numpy.minimum(1.0, means + numpy.sqrt(numpy.log(n * (n + 1) / 0.05) / (2 * n)))
-    assert (anytime_upper(means, n) <= hoeffding + 1e-9).all()
-    assert anytime_upper(0.7, 40) < 0.95 < 0.7 + math.sqrt(math.log(50 * 51 / 0.05) / 100)
-    assert isinstance(anytime_upper(0.5, 10), float) and anytime_upper(0.3, 0) == 1.0
+    assert (upper_bound(means, n, anytime=True) <= hoeffding + 1e-9).all()
+    assert upper_bound(0.7, 40, anytime=True) < 0.95 < 0.7 + math.sqrt(math.log(50 * 51 / 0.05) / 100)
+    assert isinstance(upper_bound(0.5, 10), float) and upper_bound(0.3, 0, anytime=True) == 1.0
+
+
+def test_the_lower_bound_mirrors_the_upper_and_does_not_trust_a_perfect_small_sample():
+    """A bootstrap interval of 100 scores that are all 1 is [1, 1]; the Chernoff lower
+    bound says what 100 perfect answers do prove: at least 0.97 (95%), at least 0.88 when
+    the sample may be looked at every time it grows."""
+    assert interval([1.0] * 100)["low"] == 1.0
+    assert 0.97 < lower_bound(1.0, 100) < 0.971 and 0.88 < lower_bound(1.0, 100, anytime=True) < 0.89
+    assert lower_bound(0.3, 50) == pytest.approx(1 - upper_bound(0.7, 50))
+    assert lower_bound(0.5, 200) < 0.5 < upper_bound(0.5, 200) and lower_bound(0.0, 10) == 0.0
 
 
 def test_llm_judge_maps_shuffled_verdicts_back_and_skips_identical_answers():

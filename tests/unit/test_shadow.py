@@ -295,6 +295,31 @@ def test_a_clear_loser_is_withdrawn_before_min_pairs_and_a_close_one_waits(trial
 
 
 
+def test_with_require_confidence_a_trial_runs_until_it_is_sure_either_way(trial_config):
+    """At a 0.9 ratio: perfect answers settle it only once the anytime lower bound passes 0.9
+    (150 pairs, not the 10 `shadow_min_pairs` that suffice on the mean); 60%-right ones are
+    withdrawn once the upper bound drops below; 85%-right ones wait, until the time limit."""
+    gate = trial_config.gate.model_copy(update={"require_confidence": True})
+    sure = trial_config.model_copy(update={"gate": gate})
+
+    def verdict(config, n, mean, since=None):
+        evidence = {"n": n, "errors": 0, "metrics": {"function_name_and_args": {"mean": mean, "low": 0, "high": 1}}}
+        return decide_shadow(config, evidence, "function_name_and_args", "trial", "support", None,
+                             since or time.time())
+
+    assert verdict(trial_config, 10, 1.0).promote
+    assert verdict(sure, 10, 1.0).pending and verdict(sure, 100, 1.0).pending
+    passed = verdict(sure, 150, 1.0)
+    assert passed.promote and not passed.pending and "at least 0.917" in passed.reasons[1]
+    failed = verdict(sure, 100, 0.6)
+    assert not failed.pending and not failed.promote
+    assert failed.reasons[-1].startswith("fail: even 0.813")  # not "early": it had its pairs
+    assert verdict(sure, 100, 0.85).pending
+    limited = sure.model_copy(update={"gate": gate.model_copy(update={"shadow_max_hours": 1})})
+    undecided = verdict(limited, 100, 0.85, since=time.time() - 7200)
+    assert not undecided.pending and not undecided.promote
+
+
 def test_a_latency_limit_fails_a_trial_whose_answers_are_too_slow(trial_config):
     """`pair` logs the candidate at 300 ms where the teacher took 900 ms."""
     store = open_store(trial_config.store_url)
