@@ -1,6 +1,7 @@
 """Bootstrap intervals: how sure a mean is, and how sure a difference between two
 candidates on the same items is (paired: both resampled with the same item indices); and
-a bound that stays valid however often a growing sample is looked at."""
+Chernoff bounds on the mean of scores in [0, 1], at one sample size or valid however often a
+growing sample is looked at."""
 
 from __future__ import annotations
 
