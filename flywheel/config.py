@@ -102,6 +102,35 @@ class BaseModelConfig(_Strict):
         return value
 
 
+class UpstreamConfig(_Strict):
+    """A model another OpenAI-compatible API serves (a hosted teacher: OpenAI, a NIM, vLLM on
+    other machines). The ingress forwards the requests that name it and logs them like any
+    other, so its answers become training data; it has no adapters (serve/upstream.py)."""
+
+    name: str = Field(description="Name clients use in the request's `model` field.")
+    base_url: str = Field(description="The API's base URL, up to and including `/v1`, e.g. "
+                          "`https://api.openai.com/v1`.")
+    model: str | None = Field(None, description="The model id the API knows; null: `name`.")
+    api_key_env: str | None = Field(None, description="Environment variable (on the ingress's node) holding the "
+                                    "API key, sent as `Authorization: Bearer`; null: no key.")
+    timeout_s: float = Field(120.0, gt=0, description="An answer slower than this is a 504.")
+    max_connections: int = Field(64, ge=1, description="Requests in flight to the API per ingress replica.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_addressable(cls, value: str) -> str:
+        if not MODEL_NAME.match(value):
+            raise ValueError("use letters, digits, '.', '_' and '-' only")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+
 class RouteTarget(_Strict):
     """An alias's starting point, used until the first promotion moves it (flywheel/routes.py)."""
 
@@ -134,6 +163,9 @@ class ServeConfig(_Strict):
     host: str = Field("127.0.0.1", description="Address the HTTP proxy binds.")
     port: int = Field(8000, ge=1, le=65535, description="Port the HTTP proxy binds.")
     models: list[BaseModelConfig] = Field(min_length=1, description="Base models to serve.")
+    upstreams: list[UpstreamConfig] = Field(
+        default_factory=list, description="Models another OpenAI-compatible API serves (e.g. a hosted "
+        "teacher), forwarded and logged; no adapters.")
     aliases: dict[str, RouteTarget] = Field(
         default_factory=dict,
         description="Static routing table: alias -> base model (+ adapter). A request naming an "
@@ -160,15 +192,18 @@ class ServeConfig(_Strict):
     @model_validator(mode="after")
     def _routes_point_at_served_models(self) -> ServeConfig:
         names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise ValueError(f"models: names must be unique, got {names}")
+        upstreams = [u.name for u in self.upstreams]
+        served = names + upstreams
+        if len(set(served)) != len(served):
+            raise ValueError(f"models and upstreams: names must be unique, got {served}")
         for alias, target in self.aliases.items():
-            if alias in names or ":" in alias:
+            if alias in served or ":" in alias:
                 raise ValueError(f"aliases.{alias}: must not contain ':' or repeat a model name")
-            if target.base not in names:
-                raise ValueError(f"aliases.{alias}.base: {target.base!r} is not one of {names}")
-            if target.teacher is not None and target.teacher.partition(":")[0] not in names:
-                raise ValueError(f"aliases.{alias}.teacher: {target.teacher!r} is not served; models: {names}")
+            if target.base not in (served if target.adapter is None else names):
+                raise ValueError(f"aliases.{alias}.base: {target.base!r} is not one of {names}"
+                                 + (f" (or, with no adapter, {upstreams})" if upstreams else ""))
+            if target.teacher is not None and target.teacher.partition(":")[0] not in served:
+                raise ValueError(f"aliases.{alias}.teacher: {target.teacher!r} is not served; models: {served}")
         return self
 
 

@@ -37,6 +37,7 @@ from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body, validation_error_body
 from serve.inference_log import InferenceLog, Pending
 from serve.routing import Dispatch, RoutingTable, UnknownModel
+from serve.upstream import UpstreamEngine
 
 logger = logging.getLogger("ray.serve")
 
@@ -423,7 +424,8 @@ def make_api(
                 return f"unavailable: {classify(error)[1]}"
 
         states = dict(zip(engines, await asyncio.gather(*(probe(e) for e in engines.values()))))
-        ok = all(state == "ok" for state in states.values())
+        # another company's API being down is reported, but does not make this service unhealthy
+        ok = all(state == "ok" for name, state in states.items() if not isinstance(engines[name], UpstreamEngine))
         return JSONResponse({"status": "ok" if ok else "unavailable", "models": states},
                             status_code=200 if ok else 503)
 

@@ -1,4 +1,5 @@
-"""The Ray Serve application: an ingress deployment and one vLLM deployment per base model.
+"""The Ray Serve application: an ingress deployment and one vLLM deployment per base model;
+models another API serves (`serve.upstreams`) are forwarded by the ingress itself.
 
 `build_app(config)` is the whole public surface. `app_builder` lets `serve run` /
 `serve deploy` build the same application from a Serve config file
@@ -22,6 +23,7 @@ from serve.api import classify_failure, make_api
 from serve.engine import Endpoint, VLLMEngine
 from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
+from serve.upstream import UpstreamEngine
 
 
 class ModelServer:
@@ -115,8 +117,10 @@ class Ingress:
     def __init__(self, config: dict, models: dict[str, Any], watcher: Any = None):
         """`watcher`: the TurnWatcher handle, when one is deployed (bound here so Serve runs it)."""
         cfg = FlywheelConfig.model_validate(config)
-        routing = RoutingTable([m.name for m in cfg.serve.models], open_route_book(cfg), cfg.adapters_dir)
+        served = [m.name for m in cfg.serve.models] + [u.name for u in cfg.serve.upstreams]
+        routing = RoutingTable(served, open_route_book(cfg), cfg.adapters_dir)
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
+        engines |= {upstream.name: UpstreamEngine(upstream) for upstream in cfg.serve.upstreams}
         self._writer = None
         inference_log = None
         if cfg.serve.logging.enabled:

@@ -1,0 +1,170 @@
+"""`serve.upstreams`: a model another OpenAI-compatible API serves, forwarded and logged by
+the ingress. The API is a stand-in served over real HTTP (uvicorn, in a thread): a hosted
+one (OpenAI, a NIM) cannot be reached from here. It answers like OpenAI, streams SSE, and
+misbehaves on request: a 400 error body, an HTML 500, a slow answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.testclient import TestClient
+
+from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig, UpstreamConfig
+from flywheel.routes import RouteBook, adapter_checker, seed_states
+from serve.api import make_api
+from serve.inference_log import InferenceLog
+from serve.routing import RoutingTable
+from serve.upstream import UpstreamEngine
+from tests.unit.test_api import RecordingEngine, assert_openai_error
+
+ANSWER = "Your order ORD-1 ships tomorrow."
+
+
+def stand_in(seen: list) -> FastAPI:
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        seen.append((request.headers.get("authorization"), body))
+        last = body["messages"][-1]["content"]
+        if last == "refuse":
+            return JSONResponse({"error": {"message": "unsupported value: 'temperature'", "type":
+                                           "invalid_request_error", "param": "temperature", "code": None}}, 400)
+        if last == "crash":
+            return PlainTextResponse("<html>502 Bad Gateway</html>", 500)
+        if last == "dawdle":
+            await asyncio.sleep(2)
+        usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+        if body.get("stream"):
+            def events():
+                for piece in (ANSWER[:10], ANSWER[10:]):
+                    delta = {"id": "c-1", "object": "chat.completion.chunk", "model": body["model"],
+                             "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    yield f"data: {json.dumps(delta)}\n\n"
+                done = {"id": "c-1", "object": "chat.completion.chunk", "model": body["model"],
+                        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+                yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+            return StreamingResponse(events(), media_type="text/event-stream")
+        return {"id": "c-1", "object": "chat.completion", "created": 1, "model": body["model"], "usage": usage,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": ANSWER}}]}
+
+    @api.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": "gpt-up", "object": "model"}]}
+
+    return api
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hosted():
+    """The stand-in API's base URL, and the (authorization, body) of every request it got."""
+    seen: list = []
+    server = uvicorn.Server(uvicorn.Config(stand_in(seen), host="127.0.0.1", port=free_port(), log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{server.config.port}/v1", seen
+    server.should_exit = True
+    thread.join(10)
+
+
+def service(tmp_path, upstream: UpstreamConfig, logged: list) -> TestClient:
+    config = ServeConfig(models=[{"name": "small", "source": "x"}], upstreams=[upstream],
+                         aliases={"support": RouteTarget(base="small", teacher=upstream.name)})
+    book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small",
+                     adapter_checker(["small"], tmp_path))
+    routing = RoutingTable(["small", upstream.name], book, tmp_path)
+    engines = {"small": RecordingEngine(), upstream.name: UpstreamEngine(upstream)}
+    return TestClient(make_api(config, routing, engines, store=None,
+                               inference_log=InferenceLog(LoggingConfig(), logged.append)))
+
+
+def ask(content: str, model: str = "hosted", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def test_a_hosted_teacher_answers_through_the_service_and_is_logged(hosted, tmp_path, monkeypatch):
+    url, seen = hosted
+    monkeypatch.setenv("HOSTED_KEY", "sk-test")
+    logged: list = []
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, model="gpt-up", api_key_env="HOSTED_KEY"),
+                 logged) as client:
+        answer = client.post("/v1/chat/completions", json=ask("where is ORD-1?", temperature=0))
+        assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == ANSWER
+        authorization, sent = seen[-1]
+        assert authorization == "Bearer sk-test" and sent["model"] == "gpt-up" and sent["temperature"] == 0
+        through_alias = client.post("/v1/chat/completions", json=ask("and ORD-2?", model="support"))
+        assert through_alias.status_code == 200 and through_alias.headers["x-flywheel-model"] == "hosted"
+
+        streamed = client.post("/v1/chat/completions", json=ask("stream it", stream=True))
+        assert streamed.status_code == 200 and seen[-1][1]["stream"] is True
+        pieces = [json.loads(line[6:]) for line in streamed.text.splitlines()
+                  if line.startswith("data: {")]
+        assert "".join(p["choices"][0]["delta"].get("content", "") for p in pieces) == ANSWER
+        assert "hosted" in [row["id"] for row in client.get("/v1/models").json()["data"]]
+        health = client.get("/health").json()
+        assert health == {"status": "ok", "models": {"small": "ok", "hosted": "ok"}}
+    time.sleep(0.1)
+    plain, alias, stream = logged[-3:]
+    assert (plain.base_model, plain.adapter, plain.usage["total_tokens"]) == ("hosted", None, 19)
+    assert plain.response["choices"][0]["message"]["content"] == ANSWER and plain.workload_id != "support"
+    assert (alias.workload_id, alias.tags["role"]) == ("support", "teacher")  # training data for the alias
+    assert stream.response["choices"][0]["message"]["content"] == ANSWER and stream.usage["total_tokens"] == 19
+
+
+def test_the_apis_failures_come_back_as_openai_errors(hosted, tmp_path):
+    url, _ = hosted
+    logged: list = []
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, timeout_s=0.5), logged) as client:
+        refused = client.post("/v1/chat/completions", json=ask("refuse"))  # the API's own error, as it sent it
+        assert refused.status_code == 400 and refused.json()["error"] == {
+            "message": "unsupported value: 'temperature'", "type": "invalid_request_error", "param": "temperature",
+            "code": None}
+        crashed = assert_openai_error(client.post("/v1/chat/completions", json=ask("crash")), 500)
+        assert "502 Bad Gateway" in crashed["message"]
+        slow = assert_openai_error(client.post("/v1/chat/completions", json=ask("dawdle")), 504)
+        assert "did not answer within 0.5 s" in slow["message"]
+        slow_stream = assert_openai_error(client.post("/v1/chat/completions", json=ask("dawdle", stream=True)), 504)
+        assert "0.5 s" in slow_stream["message"]
+        no_adapters = assert_openai_error(client.post("/v1/chat/completions", json=ask("hi", model="hosted:x")), 404)
+        assert "hosted" in no_adapters["message"]
+    assert [record.status for record in logged] == ["error"] * len(logged) and len(logged) >= 4
+
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=f"http://127.0.0.1:{free_port()}/v1"),
+                 []) as client:
+        gone = assert_openai_error(client.post("/v1/chat/completions", json=ask("hi")), 502)
+        assert "is unreachable" in gone["message"]
+        health = client.get("/health")  # another API being down does not make this service unhealthy
+        assert health.status_code == 200 and health.json()["models"]["hosted"].startswith("unavailable")
+
+
+def test_config_checks_upstream_names_and_routes(tmp_path):
+    upstream = {"name": "hosted", "base_url": "https://api.example.com/v1/"}
+    config = FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {
+        "models": [{"name": "small", "source": "x"}], "upstreams": [upstream],
+        "aliases": {"support": {"base": "small", "teacher": "hosted"}, "direct": {"base": "hosted"}}}})
+    assert config.serve.upstreams[0].base_url == "https://api.example.com/v1"
+    for bad, message in ((dict(upstream, name="small"), "must be unique"),
+                         (dict(upstream, base_url="api.example.com"), r"not an http\(s\) URL")):
+        with pytest.raises(ValueError, match=message):
+            ServeConfig(models=[{"name": "small", "source": "x"}], upstreams=[bad])
+    with pytest.raises(ValueError, match="aliases.tuned.base"):  # adapters live on served models only
+        ServeConfig(models=[{"name": "small", "source": "x"}], upstreams=[upstream],
+                    aliases={"tuned": RouteTarget(base="hosted", adapter="a")})
