@@ -185,7 +185,8 @@ def build_app(config: FlywheelConfig):
     ingress = ray_serve.deployment(ray_serve.ingress()(Ingress)).options(
         name="ingress",
         ray_actor_options={"num_cpus": config.serve.ingress_num_cpus},
-        max_ongoing_requests=sum(m.max_ongoing_requests + m.max_queued_requests for m in config.serve.models),
+        max_ongoing_requests=sum(m.max_ongoing_requests + m.max_queued_requests for m in config.serve.models)
+        + sum(upstream.max_connections for upstream in config.serve.upstreams),
         logging_config=logging,
     )
     watcher = None

@@ -40,6 +40,7 @@ ADMIN_TOKEN = "integration-admin-token"
 # runs its watcher with them (`turn.watch_in_service`), which starts only runs queued over
 # HTTP for this workload: no record count or schedule triggers a turn of its own.
 TURN_WORKLOAD = "turn-test"
+RELAY = "relay"  # serve.upstreams entry of the service (see `service`)
 TURN_SETTINGS = {
     "curate": {"teacher_models": [TEACHER], "eval_size": 40, "val_ratio": 0.02, "icl": {"semantic": False}},
     "train": {"checkpoint_every": 3, "batch_size": 8, "learning_rate": 1e-3},
@@ -94,10 +95,14 @@ def service(tmp_path_factory, models_dir) -> Service:
     config["serve"]["admin_token"] = ADMIN_TOKEN
     config.update(TURN_SETTINGS)
     config["turn"] = {**TURN_SETTINGS["turn"], "watch_in_service": True}
+    port = free_port()
+    # `relay`: this service's own /v1 named as an upstream, a real OpenAI-compatible API to forward to
+    config["serve"]["upstreams"] = [{"name": RELAY, "base_url": f"http://127.0.0.1:{port}/v1", "model": MODEL,
+                                     "timeout_s": 120}]
     (home / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "FLYWHEEL_HOME": str(home), "FLYWHEEL_MODELS": str(models_dir)}
     command = [sys.executable, "-m", "flywheel.cli", "serve", "--config", str(home / "config.yaml"),
-               "--port", str(free_port()), "--json"]
+               "--port", str(port), "--json"]
     with open(log, "w") as stderr:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env, text=True)
     ready = _read_ready_line(process, log)

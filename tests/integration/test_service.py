@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import MODEL, logged_record
+from tests.integration.conftest import MODEL, RELAY, logged_record
 
 pytestmark = pytest.mark.integration
 
@@ -22,7 +22,7 @@ def client(service) -> OpenAI:
 
 def test_health_and_models(service, client):
     health = httpx.get(f"{service.url}/health", timeout=30)
-    assert health.status_code == 200 and health.json()["models"] == {MODEL: "ok"}
+    assert health.status_code == 200 and health.json()["models"] == {MODEL: "ok", RELAY: "ok"}
     ids = {m.id for m in client.models.list().data}
     assert {MODEL, "support-router"} <= ids
 
@@ -44,6 +44,25 @@ def test_chat_streaming_matches_non_streaming(client):
     assert len(chunks) > 3
     streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert streamed == reply.choices[0].message.content
+
+
+def test_a_model_another_api_serves_is_forwarded_and_logged(service, client):
+    """`serve.upstreams`: `relay` is this service's own /v1 named as an upstream (a hosted API
+    cannot be reached from here), so the forward is real HTTP to an OpenAI-compatible server
+    with vLLM behind it: same answers as asking the model directly, streamed too, and the
+    relayed answer is logged as `relay`'s."""
+    direct = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=24, temperature=0)
+    relayed = client.chat.completions.create(model=RELAY, messages=QUESTION, max_tokens=24, temperature=0,
+                                             extra_headers={"X-Workload-Id": "relay-test"})
+    assert relayed.choices[0].message.content == direct.choices[0].message.content
+    assert relayed.usage.total_tokens == direct.usage.total_tokens
+    chunks = list(client.chat.completions.create(model=RELAY, messages=QUESTION, max_tokens=24, temperature=0,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == direct.choices[0].message.content
+    record = logged_record(service, relayed.id)
+    assert (record.workload_id, record.base_model, record.adapter, record.status) == ("relay-test", RELAY, None, "ok")
+    assert record.response["choices"][0]["message"]["content"] == direct.choices[0].message.content
+    assert record.usage["total_tokens"] == direct.usage.total_tokens
 
 
 def test_sampling_parameters_are_honoured(client):
