@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DEFAULT_HOME = "~/.cache/flywheel"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -33,6 +33,15 @@ def models_home() -> Path:
     return Path(explicit).expanduser().resolve() if explicit else flywheel_home() / "models"
 
 
+def _addressable(name: str) -> str:
+    if not MODEL_NAME.match(name):
+        raise ValueError("use letters, digits, '.', '_' and '-' only (':' separates adapters)")
+    return name
+
+
+ServedName = Annotated[str, AfterValidator(_addressable)]  # what a request's `model` field can name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -40,7 +49,7 @@ class _Strict(BaseModel):
 class BaseModelConfig(_Strict):
     """A base model served by its own vLLM deployment, with LoRA adapters on top."""
 
-    name: str = Field(
+    name: ServedName = Field(
         description="Name clients use in the request's `model` field; adapters are addressed "
         "as `<name>:<adapter>`. Letters, digits, '.', '_' and '-'."
     )
@@ -94,12 +103,6 @@ class BaseModelConfig(_Strict):
         "keys are the `vllm serve` flag names without dashes in front.",
     )
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_addressable(cls, value: str) -> str:
-        if not MODEL_NAME.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' only (':' separates adapters)")
-        return value
 
 
 class UpstreamConfig(_Strict):
@@ -107,7 +110,7 @@ class UpstreamConfig(_Strict):
     other machines). The ingress forwards the requests that name it and logs them like any
     other, so its answers become training data; it has no adapters (serve/upstream.py)."""
 
-    name: str = Field(description="Name clients use in the request's `model` field.")
+    name: ServedName = Field(description="Name clients use in the request's `model` field.")
     base_url: str = Field(description="The API's base URL, up to and including `/v1`, e.g. "
                           "`https://api.openai.com/v1`.")
     model: str | None = Field(None, description="The model id the API knows; null: `name`.")
@@ -116,12 +119,6 @@ class UpstreamConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0, description="An answer slower than this is a 504.")
     max_connections: int = Field(64, ge=1, description="Requests in flight to the API per ingress replica.")
 
-    @field_validator("name")
-    @classmethod
-    def _name_is_addressable(cls, value: str) -> str:
-        if not MODEL_NAME.match(value):
-            raise ValueError("use letters, digits, '.', '_' and '-' only")
-        return value
 
     @field_validator("base_url")
     @classmethod
