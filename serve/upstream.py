@@ -5,7 +5,8 @@ machines) produces the flywheel's training data while clients keep one endpoint.
 
 It is a `ModelEngine` (serve/engine.py) that lives in the ingress: no Serve deployment,
 no adapters. The API's own error bodies pass through with their status; a timeout is a
-504 and an unreachable API a 502, both OpenAI-style.
+504, and an unreachable API, one that refuses our key or answers nonsense a 502, all
+OpenAI-style.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 import httpx
@@ -24,6 +26,7 @@ from serve.errors import error_body
 
 logger = logging.getLogger("ray.serve")
 PATHS = {"chat": "/chat/completions", "completion": "/completions"}
+KNOWN_STATUSES = {status.value for status in HTTPStatus}  # an API's own codes (e.g. 529) become 502s
 
 
 class UpstreamEngine:
@@ -57,18 +60,24 @@ class UpstreamEngine:
                                f"({type(error).__name__}: {error})")
 
     def _error(self, status: int, text: str) -> tuple[int, dict]:
-        """The API's error as it sent it, when it is OpenAI-shaped; otherwise wrapped in one."""
+        """The API's error as it sent it, when it is OpenAI-shaped and the client's to fix or
+        wait out; a 502 when the fault is ours (the API refused our key) or the API's answer
+        is not one a client could use."""
         try:
             body = json.loads(text)
         except ValueError:
             body = None
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            return status, body
-        if status < 400:
-            return 502, error_body(502, f"{self.config.name}: {self.config.base_url} answered {status} with "
-                                   f"a body that is not an OpenAI response: {text[:300]!r}")
-        return status, error_body(status, f"{self.config.name}: {self.config.base_url} answered {status}: "
-                                  f"{text[:300]}")
+        shaped = isinstance(body, dict) and isinstance(body.get("error"), dict)
+        said = body["error"].get("message") if shaped else text[:300]
+        if status in (401, 403):
+            return 502, error_body(502, f"{self.config.name}: {self.config.base_url} refused the configured key "
+                                   f"(HTTP {status}; check {self.config.api_key_env or 'serve.upstreams[].api_key_env'}): "
+                                   f"{said}")
+        if status < 400 or status not in KNOWN_STATUSES:
+            return 502, error_body(502, f"{self.config.name}: {self.config.base_url} answered HTTP {status} with "
+                                   f"no usable response: {said!r}")
+        return (status, body) if shaped else (status, error_body(status, f"{self.config.name}: "
+                                                                 f"{self.config.base_url} answered {status}: {said}"))
 
     async def respond(self, endpoint: Endpoint, body: dict, adapter: str | None) -> tuple[int, dict]:
         if refused := self._refused(adapter):

@@ -41,6 +41,13 @@ def stand_in(seen: list) -> FastAPI:
                                            "invalid_request_error", "param": "temperature", "code": None}}, 400)
         if last == "crash":
             return PlainTextResponse("<html>502 Bad Gateway</html>", 500)
+        if last == "locked":
+            return JSONResponse({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                                           "param": None, "code": "invalid_api_key"}}, 401)
+        if last == "swamped":
+            return JSONResponse({"error": {"message": "Overloaded", "type": "overloaded_error"}}, 529)
+        if last == "garble":
+            return PlainTextResponse("not json", 200)
         if last == "dawdle":
             await asyncio.sleep(2)
         usage = {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
@@ -139,6 +146,11 @@ def test_the_apis_failures_come_back_as_openai_errors(hosted, tmp_path):
             "code": None}
         crashed = assert_openai_error(client.post("/v1/chat/completions", json=ask("crash")), 500)
         assert "502 Bad Gateway" in crashed["message"]
+        locked = assert_openai_error(client.post("/v1/chat/completions", json=ask("locked")), 502)  # ours to fix
+        assert "refused the configured key (HTTP 401" in locked["message"] and "Incorrect API key" in locked["message"]
+        for odd in ("swamped", "garble"):  # HTTP 529; a 200 that is not JSON
+            assert "no usable response" in assert_openai_error(client.post("/v1/chat/completions", json=ask(odd)),
+                                                               502)["message"]
         slow = assert_openai_error(client.post("/v1/chat/completions", json=ask("dawdle")), 504)
         assert "did not answer within 0.5 s" in slow["message"]
         slow_stream = assert_openai_error(client.post("/v1/chat/completions", json=ask("dawdle", stream=True)), 504)
