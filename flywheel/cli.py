@@ -952,7 +952,7 @@ def savings_command(
     cfg = config_from(config)
     store = store_from(cfg)
     try:
-        report = savings_report(store, cfg.turn, workload=workload,
+        report = savings_report(store, cfg.turn, cfg.serve.price_list(), workload=workload,
                                 since=time.time() - days * 86400 if days is not None else None)
     finally:
         store.close()
@@ -966,7 +966,9 @@ def savings_command(
     table = Table("", "teacher answers", "student answers", "student share", "shadow + eval answers", "failed",
                   "spent", "all-teacher cost", "saved",
                   title=f"savings measured from the logs (per 1M tokens: teacher ${prices['teacher']:g}, "
-                        f"student ${prices['student']:g})")
+                        f"student ${prices['student']:g}"
+                        + "".join(f"; {name} ${price['input']:g} in / ${price['output']:g} out"
+                                  for name, price in prices["models"].items()) + ")")
     sections = [report["workloads"], report["days"] if by_day else {}, {"total": report["total"]}]
     for section in filter(None, sections):
         for name, row in section.items():

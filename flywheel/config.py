@@ -46,6 +46,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class Price(_Strict):
+    """What a model's tokens cost, in USD per million (flywheel/savings.py)."""
+
+    input: float = Field(ge=0, description="USD per million prompt tokens.")
+    output: float = Field(ge=0, description="USD per million completion tokens.")
+
+
+PRICE_DESCRIPTION = ("USD per million `{input, output}` tokens of this model (adapters on it included), for "
+                     "`flywheel savings`; null: `turn.teacher_price_per_mtok`, or `turn.student_price_per_mtok` "
+                     "for an adapter's answers.")
+
+
 class BaseModelConfig(_Strict):
     """A base model served by its own vLLM deployment, with LoRA adapters on top."""
 
@@ -102,6 +114,7 @@ class BaseModelConfig(_Strict):
         description="Extra vLLM engine flags, e.g. {gpu-memory-utilization: 0.9}; "
         "keys are the `vllm serve` flag names without dashes in front.",
     )
+    price_per_mtok: Price | None = Field(None, description=PRICE_DESCRIPTION)
 
 
 
@@ -118,6 +131,7 @@ class UpstreamConfig(_Strict):
                                     "API key, sent as `Authorization: Bearer`; null: no key.")
     timeout_s: float = Field(120.0, gt=0, description="An answer slower than this is a 504.")
     max_connections: int = Field(64, ge=1, description="Requests in flight to the API per ingress replica.")
+    price_per_mtok: Price | None = Field(None, description=PRICE_DESCRIPTION)
 
 
     @field_validator("base_url")
@@ -185,6 +199,10 @@ class ServeConfig(_Strict):
         "comma-separated $FLYWHEEL_API_KEYS); empty: no key needed.")
     shadow_max_in_flight: int = Field(
         4, ge=0, description="Shadow requests running at once per ingress replica; more are skipped, not queued.")
+
+    def price_list(self) -> dict[str, Price]:
+        """The models (and upstreams) that have their own prices."""
+        return {model.name: model.price_per_mtok for model in [*self.models, *self.upstreams] if model.price_per_mtok}
 
     @model_validator(mode="after")
     def _routes_point_at_served_models(self) -> ServeConfig:

@@ -197,7 +197,7 @@ def _cost_table(config: FlywheelConfig) -> dict[str, Any]:
 
     store = open_store(config.store_url)
     try:
-        report = savings_report(store, config.turn, workload=WORKLOAD_ID)
+        report = savings_report(store, config.turn, config.serve.price_list(), workload=WORKLOAD_ID)
     finally:
         store.close()
     row = report["workloads"][WORKLOAD_ID]

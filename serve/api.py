@@ -412,7 +412,8 @@ def make_api(
             if window is not None and not (0 <= window < math.inf):
                 raise ApiError(400, "`days` must be a number of days >= 0", "days")
             since = None if window is None else time.time() - window * 86400
-            return await asyncio.to_thread(savings_report, await log_store(), prices, workload=workload, since=since)
+            return await asyncio.to_thread(savings_report, await log_store(), prices, config.price_list(),
+                                           workload=workload, since=since)
 
     @app.get("/health")
     async def health() -> JSONResponse:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from flywheel.config import TurnConfig, load_config
+from flywheel.config import Price, TurnConfig, load_config
 from flywheel.evaluation import EVAL_WORKLOAD
 from flywheel.records import LogRecord
 from flywheel.savings import savings_report
@@ -93,6 +93,27 @@ def test_the_window_and_workload_narrow_what_is_counted(store):
     assert savings_report(store, PRICES, workload="absent")["total"]["student_share"] is None
 
 
+def test_models_with_their_own_prices_are_priced_by_input_and_output_tokens(tmp_path):
+    """A hosted teacher at $2.50 / $10 per million input / output tokens answers 2 requests
+    (100 + 20 tokens each); a student on `small`, which has no price of its own, 3 (40 + 10).
+    Had the teacher answered the students' requests, it would have charged its own prices."""
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.write_batch([*(answer("support", DAY_1 + i, 100, 20).model_copy(update={"base_model": "hosted"})
+                         for i in range(2)),
+                       *(answer("support", DAY_1 + 10 + i, 40, 10, adapter="s1") for i in range(3))])
+    report = savings_report(store, PRICES, {"hosted": Price(input=2.5, output=10.0)})
+    support = report["workloads"]["support"]
+    assert report["teacher_models"] == {"support": "hosted"}
+    assert support["teacher"]["usd"] == pytest.approx(2 * (100 * 2.5 + 20 * 10) / 1e6)
+    assert support["student"]["usd"] == pytest.approx(3 * 50 * 0.2 / 1e6)  # the flat student price
+    assert support["usd_all_teacher"] == pytest.approx((2 * 450 + 3 * (40 * 2.5 + 10 * 10)) / 1e6)
+    assert support["saved_usd"] == pytest.approx(support["usd_all_teacher"] - (900 + 30) / 1e6)
+    assert report["prices_per_mtok"]["models"] == {"hosted": {"input": 2.5, "output": 10.0}}
+    flat = savings_report(store, PRICES)["workloads"]["support"]  # without it: $10 per million, any token
+    assert flat["usd_all_teacher"] == pytest.approx((240 + 150) * 10 / 1e6)
+    store.close()
+
+
 def test_flywheel_savings_reads_the_configured_store(tmp_path):
     home = tmp_path / "home"
     assert "no logged requests" in flywheel("savings", home=home).stdout
@@ -102,7 +123,7 @@ def test_flywheel_savings_reads_the_configured_store(tmp_path):
     store.close()
 
     report = last_json(flywheel("savings", "--workload", "support", "--json", home=home))
-    expected = savings_report(open_store(config.store_url), config.turn, workload="support")
+    expected = savings_report(open_store(config.store_url), config.turn, config.serve.price_list(), workload="support")
     assert report["total"] == expected["total"] and list(report["workloads"]) == ["support"]
     assert last_json(flywheel("savings", "--days", "1", "--json", home=home))["workloads"] == {}  # all older
     shown = flywheel("savings", "--by-day", home=home, columns=250)
@@ -111,6 +132,14 @@ def test_flywheel_savings_reads_the_configured_store(tmp_path):
                                                  "total"))
     assert "answers with no token usage, priced at $0: 1" in shown.stdout
     assert flywheel("savings", "--days", "-1", home=home).returncode == 2
+
+    priced = tmp_path / "priced.yaml"  # `small`, the traffic's base, with prices of its own
+    priced.write_text(json.dumps({"serve": {"models": [{"name": "small", "source": "x",
+                                                        "price_per_mtok": {"input": 1.0, "output": 4.0}}]}}))
+    report = last_json(flywheel("savings", "--config", str(priced), "--json", home=home))
+    assert report["prices_per_mtok"]["models"] == {"small": {"input": 1.0, "output": 4.0}}
+    assert report["workloads"]["billing"]["usd"] == pytest.approx((150 * 1.0 + 50 * 4.0) / 1e6)
+    assert "small $1 in / $4 out" in flywheel("savings", "--config", str(priced), home=home, columns=250).stdout
 
 
 def test_the_savings_benchmark_prices_every_student_answer():
