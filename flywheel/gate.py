@@ -2,16 +2,17 @@
 
 Offline, it reads an evaluation report (flywheel/evaluation.py) and passes a candidate
 only when (1) its score (with `require_confidence`, a 95% lower bound on it) reaches
-`min_teacher_ratio` of the teacher's on the gate metric, (2) the lower bound of the paired 95% interval (candidate - incumbent student, same
-items) is at least `-max_regression`, and (3) at least `min_eval_size` items were scored.
-`gate_and_promote` then moves the alias: straight to the candidate (`gate.rollout:
-promote`), or into a shadow trial (`shadow`).
+`min_teacher_ratio` of the teacher's on the gate metric, (2) the lower bound of the paired
+95% interval (candidate - incumbent student, same items) is at least `-max_regression`,
+and (3) at least `min_eval_size` items were scored. `gate_and_promote` then moves the
+alias: straight to the candidate (`gate.rollout: promote`), or into a shadow trial
+(`shadow`).
 
 Online, `gate_shadow` judges a trial on live traffic (flywheel/shadow.py): once
 `shadow_min_pairs` requests were answered by both, the candidate is promoted when its
-answers score `min_teacher_ratio` against the teacher's (or, with `require_confidence`, once
-a bound valid at every look says so), and withdrawn otherwise. Every
-decision is written to `<decisions_dir>/<alias>/` with its reasons, whatever it decided.
+answers score `min_teacher_ratio` against the teacher's (or, with `require_confidence`,
+once a bound valid at every look says so), and withdrawn otherwise. Every decision is
+written to `<decisions_dir>/<alias>/` with its reasons, whatever it decided.
 """
 
 from __future__ import annotations
