@@ -18,7 +18,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
 from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig, UpstreamConfig
+from flywheel.curation import prepare_in_process
+from flywheel.examples import ExampleRules
 from flywheel.routes import RouteBook, adapter_checker, seed_states
+from flywheel.store import LogFilter, open_store
 from serve.api import make_api
 from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
@@ -134,6 +137,14 @@ def test_a_hosted_teacher_answers_through_the_service_and_is_logged(hosted, tmp_
     assert plain.response["choices"][0]["message"]["content"] == ANSWER and plain.workload_id != "support"
     assert (alias.workload_id, alias.tags["role"]) == ("support", "teacher")  # training data for the alias
     assert stream.response["choices"][0]["message"]["content"] == ANSWER and stream.usage["total_tokens"] == 19
+
+    # what the ingress logged is teacher data for curation: `curate.teacher_models: [hosted]` keeps it
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.write_batch(logged)
+    for teachers, kept in ((("hosted",), len(logged)), (("small",), 0)):
+        reasons = prepare_in_process(store, LogFilter(), ExampleRules(teacher_models=teachers))["reason"].to_pylist()
+        assert reasons.count("") == kept and reasons.count("not_teacher") == len(logged) - kept
+    store.close()
 
 
 def test_the_apis_failures_come_back_as_openai_errors(hosted, tmp_path):
