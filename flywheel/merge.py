@@ -59,8 +59,8 @@ def merge_adapter(config: FlywheelConfig, adapter_id: str, out: Path | None = No
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     tokenizer.chat_template = Path(chat_template_path(served.chat_template or "chatml_tools")).read_text()
     probe = tokenizer.apply_chat_template(PROBE, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    # merged in float32 and rounded once to `dtype`: merging in bfloat16 would round the small
-    # LoRA update into the base weights' precision and lose much of it
+    # merged in float32 and rounded once to `dtype`, so the reference logits are the adapter's
+    # exact ones and the result carries a single rounding
     tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32),
                                       version.path)
     with torch.no_grad():
