@@ -488,7 +488,12 @@ class FlywheelConfig(_Strict):
         return self.store.url or f"sqlite:///{self.home / 'logs.db'}"
 
     def model(self, name: str) -> BaseModelConfig:
-        return next(m for m in self.serve.models if m.name == name)
+        """The served base model `name`; a ValueError naming the served ones when there is none."""
+        found = next((m for m in self.serve.models if m.name == name), None)
+        if found is None:
+            raise ValueError(f"unknown base model {name!r}; serve.models has "
+                             f"{', '.join(m.name for m in self.serve.models)}")
+        return found
 
     @property
     def default_base(self) -> str:

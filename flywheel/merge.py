@@ -40,10 +40,7 @@ def merge_adapter(config: FlywheelConfig, adapter_id: str, out: Path | None = No
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     version = load_adapter(config.adapters_dir, adapter_id)
-    served = next((model for model in config.serve.models if model.name == version.base_model), None)
-    if served is None:
-        raise ValueError(f"adapter {adapter_id!r} was trained on {version.base_model!r}, which the config does not "
-                         "serve (serve.models)")
+    served = config.model(version.base_model)
     base_path = resolve_model_path(served.source, config.models_dir)
     out = Path(out or config.home / "exports" / adapter_id).expanduser().resolve()
     if out.exists() and not force:

@@ -87,11 +87,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 
 def _resolved(config: FlywheelConfig, candidate: Candidate) -> tuple[str, TrainConfig]:
     base = candidate.base_model or config.default_base
-    if base not in {model.name for model in config.serve.models}:
-        raise ValueError(f"unknown base model {base!r}; serve.models has "
-                         f"{', '.join(model.name for model in config.serve.models)}")
-    settings = TrainConfig.model_validate({**config.train.model_dump(), **candidate.overrides})
     served = config.model(base)
+    settings = TrainConfig.model_validate({**config.train.model_dump(), **candidate.overrides})
     if settings.lora_r > served.max_lora_rank:
         raise ValueError(f"train.lora_r {settings.lora_r} exceeds {base}'s served max_lora_rank "
                          f"{served.max_lora_rank}: the adapter could not be served")
