@@ -117,7 +117,6 @@ class BaseModelConfig(_Strict):
     price_per_mtok: Price | None = Field(None, description=PRICE_DESCRIPTION)
 
 
-
 class UpstreamConfig(_Strict):
     """A model another OpenAI-compatible API serves (a hosted teacher: OpenAI, a NIM, vLLM on
     other machines). The ingress forwards the requests that name it and logs them like any
@@ -132,7 +131,6 @@ class UpstreamConfig(_Strict):
     timeout_s: float = Field(120.0, gt=0, description="An answer slower than this is a 504.")
     max_connections: int = Field(64, ge=1, description="Requests in flight to the API per ingress replica.")
     price_per_mtok: Price | None = Field(None, description=PRICE_DESCRIPTION)
-
 
     @field_validator("base_url")
     @classmethod
@@ -366,7 +364,7 @@ class GateConfig(_Strict):
                                   "(candidate - incumbent) must be >= -epsilon.")
     min_eval_size: int = Field(50, ge=1, description="Fewest scored eval items a decision may rest on.")
     require_confidence: bool = Field(False, description="The candidate must reach `min_teacher_ratio` with 95% "
-                                     "confidence, not on average: offline, the low end of its bootstrap interval; in "
+                                     "confidence, not on average: offline, a Chernoff lower bound on its score; in "
                                      "a shadow trial, a lower bound valid at every look, so the trial is promoted "
                                      "once it is sure, withdrawn once it cannot pass, and otherwise keeps gathering "
                                      "pairs (until `shadow_max_hours`, if set).")

@@ -116,14 +116,14 @@ def list_datasets(root: Path, workload_id: str | None = None) -> list[dict[str, 
 def trained_rows(root: Path, workload_id: str, dataset_ids: set[str]) -> tuple[set[str], list[str]]:
     """The record ids an adapter learned from in each of the workload's `dataset_ids` still on
     disk: its train split, and its val split, which decided when its training stopped early.
-    Also which of those versions were found (the rest were deleted, or
-    belong to another workload)."""
+    Also which of those versions were found (the rest were deleted, or belong to another
+    workload)."""
     rows, found = set(), []
     for dataset_id in sorted(dataset_ids):
-        folder = root / workload_id / dataset_id
-        if (folder / "train.parquet").is_file():
-            for split in ("train", "val"):
-                if (folder / f"{split}.parquet").is_file():
-                    rows.update(pyarrow.parquet.read_table(folder / f"{split}.parquet", columns=["id"])["id"].to_pylist())
-            found.append(dataset_id)
+        splits = [root / workload_id / dataset_id / f"{split}.parquet" for split in ("train", "val")]
+        if not splits[0].is_file():
+            continue
+        for path in filter(Path.is_file, splits):
+            rows.update(pyarrow.parquet.read_table(path, columns=["id"])["id"].to_pylist())
+        found.append(dataset_id)
     return rows, found

@@ -174,7 +174,7 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
     hours = (time.time() - since) / 3600
     expired = policy.shadow_max_hours is not None and hours >= policy.shadow_max_hours
     ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
-    floor = lower_bound(score, pairs, anytime=True) if score is not None else None
+    floor = lower_bound(score, pairs, anytime=True) if sure and score is not None else None
     # cannot pass: ends a trial before its pairs (early withdrawal) or, when sure is needed, after them
     hopeless = ceiling is not None and ceiling < ratio and (sure if enough else policy.shadow_early_withdraw)
     reasons = [("pass: " if enough else "fail: ") + f"{pairs} live shadow pairs, {errors} failed answers "

@@ -60,13 +60,12 @@ def _add(tally: dict[str, Any], kind: str, usage: dict[str, Any] | None, price: 
     row["usd"] += _cost(prompt, completion, tokens, price)
 
 
-def _merge(into: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any]:
+def _merge(into: dict[str, Any], cell: dict[str, Any]) -> None:
     for key, value in cell.items():
         if isinstance(value, dict):
             _merge(into[key], value)
         else:
             into[key] += value
-    return into
 
 
 def _summed(tally: dict[str, Any]) -> dict[str, Any]:
