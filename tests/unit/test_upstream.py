@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 
@@ -21,6 +20,7 @@ from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeCon
 from flywheel.curation import prepare_in_process
 from flywheel.examples import ExampleRules
 from flywheel.routes import RouteBook, adapter_checker, seed_states
+from flywheel.service import free_port
 from flywheel.store import LogFilter, open_store
 from serve.api import make_api
 from serve.inference_log import InferenceLog
@@ -73,12 +73,6 @@ def stand_in(seen: list) -> FastAPI:
         return {"object": "list", "data": [{"id": "gpt-up", "object": "model"}]}
 
     return api
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
