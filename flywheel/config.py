@@ -279,7 +279,8 @@ class CurateConfig(_Strict):
     teacher_models: list[str] = Field(
         default_factory=list,
         description="Models whose answers are ground truth: the model that answered (`base` or "
-        "`base:adapter`, whatever alias was asked), for imported records their `model`; empty: every model.")
+        "`base:adapter`, whatever alias was asked), for imported records their `model`; empty: every model "
+        "without an adapter (a student never learns from its own answers).")
     window_days: float | None = Field(None, gt=0, description="Only records from the last N days; null: all.")
     min_tokens: int = Field(1, ge=0, description="Drop examples shorter than this (estimated tokens, chars / 4).")
     max_tokens: int = Field(4096, ge=1, description="Drop examples longer than this (estimated tokens, chars / 4).")
@@ -385,6 +386,13 @@ class GateConfig(_Strict):
     shadow_max_latency_ratio: float | None = Field(None, gt=0, description="A trial also needs the candidate's "
                                                    "mean latency <= this times the teacher's on the same requests; "
                                                    "null: latency is not checked.")
+    audit_percent: float = Field(5.0, ge=0, le=100, description="Share of the requests an alias's student (or "
+                                 "canary candidate) answers that its teacher also answers in the background, both "
+                                 "logged and linked: the teacher's answers keep coming as training data once a "
+                                 "student serves the traffic, and the pairs measure the student live. 0: no audits.")
+    audit_demote: bool = Field(True, description="The watcher demotes a student (its alias goes back to the "
+                               "teacher) once a 95% upper bound on its audited score, valid at every look, is below "
+                               "`min_teacher_ratio`: quality that drifted after promotion is caught, not assumed.")
 
     def alias_for(self, workload: str) -> str:
         return self.aliases.get(workload, workload)

@@ -161,11 +161,19 @@ def answered_by(record: _Record) -> str:
     return f"{record.base_model}:{record.adapter}" if record.adapter else record.base_model
 
 
+def is_teacher(record: _Record, teacher_models: tuple[str, ...]) -> bool:
+    """Whether the answer is ground truth: one of `teacher_models` gave it (none listed: any
+    model without an adapter, so a student never learns from its own answers), and not as a
+    candidate's shadow. A teacher's audit of a student (`tags.role` teacher) is one."""
+    if "shadow_of" in record.tags and record.tags.get("role") != "teacher":
+        return False
+    return answered_by(record) in teacher_models if teacher_models else record.adapter is None
+
+
 def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) -> dict[str, Any]:
     """The example's columns (see `OUTPUT`), or `Rejected` with the reason."""
-    if _correction(record.feedback) is None and ("shadow_of" in record.tags
-                          or (rules.teacher_models and answered_by(record) not in rules.teacher_models)):
-        raise Rejected("not_teacher")  # a reviewer's correction is ground truth whoever answered; shadows never
+    if _correction(record.feedback) is None and not is_teacher(record, rules.teacher_models):
+        raise Rejected("not_teacher")  # a reviewer's correction is ground truth whoever answered
     answer, source = _answer({"response": record.response, "feedback": record.feedback}, rules.min_score)
     if not isinstance(record.request.messages, list) or not record.request.messages:
         raise Rejected("invalid_format")

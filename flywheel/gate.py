@@ -11,7 +11,9 @@ alias: straight to the candidate (`gate.rollout: promote`), or into a shadow tri
 Online, `gate_shadow` judges a trial on live traffic (flywheel/shadow.py): once
 `shadow_min_pairs` requests were answered by both, the candidate is promoted when its
 answers score `min_teacher_ratio` against the teacher's (or, with `require_confidence`,
-once a bound valid at every look says so), and withdrawn otherwise. Every decision is
+once a bound valid at every look says so), and withdrawn otherwise. After promotion,
+`gate_audit` keeps judging the student on the teacher's audits of its live answers
+(`gate.audit_percent`) and demotes it once they clearly fall short. Every decision is
 written to `<decisions_dir>/<alias>/` with its reasons, whatever it decided.
 """
 
@@ -46,7 +48,8 @@ class Decision(BaseModel):
     versus_incumbent: dict[str, float] | None = Field(description="Paired difference: mean, low, high, n.")
     eval_size: int
     report_id: str = Field(description="The evaluation run, or `shadow:<since>` for live shadow evidence.")
-    outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, withdrawn, unchanged.")
+    outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, withdrawn, "
+                         "unchanged, demoted (an audited student).")
     pending: bool = Field(False, description="Too little live evidence yet: nothing recorded or changed.")
     decided_at: float = Field(default_factory=time.time)
     path: Path | None = None
@@ -234,4 +237,48 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
         book.promote(alias, state.candidate, reason=reason)
     else:
         book.set_mode(alias, "student" if state.student else "teacher", reason=reason)
+    return decision
+
+
+def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, student: str, alias: str,
+                 since: float) -> Decision:
+    """The verdict on a serving student from the teacher's audits of its live answers
+    (`evidence`: its `shadow_report` row, the newest pairs since it took over): demoted
+    once even a 95% upper bound on its score, valid at every look, is below
+    `min_teacher_ratio`; otherwise pending (nothing recorded or changed)."""
+    policy = config.gate
+    metric, ratio = policy.metric or metric, policy.min_teacher_ratio
+    pairs = evidence.get("n", 0)
+    score = evidence.get("metrics", {}).get(metric, {}).get("mean")
+    ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
+    drifted = ceiling is not None and ceiling < ratio
+    reasons = [f"info: {pairs} of the student's live answers audited by the teacher since it took over"]
+    if ceiling is not None:
+        reasons.append(("fail: " if drifted else "pass: ") + f"{metric} {score:.3f} against the teacher's answers "
+                       f"to the same requests; {ceiling:.3f}, the 95% upper bound that holds however often it is "
+                       f"checked, {'is below' if drifted else 'reaches'} {ratio:.0%}")
+    return Decision(alias=alias, candidate=student, incumbent=student, promote=False, reasons=reasons,
+                    metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
+                    versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}", pending=not drifted)
+
+
+def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:
+    """Judge the alias's student on the teacher's audits since it took over (None: no
+    student answers the alias). One that clearly falls short is demoted: the decision is
+    recorded and the alias goes back to its teacher, which answers everything (and so
+    logs fresh training data) until a turn promotes a better student; the demoted one
+    stays the incumbent that student must not regress from."""
+    from flywheel.shadow import shadow_report
+
+    state = book.get(alias)
+    if state is None or state.mode != "student" or state.student is None:
+        return None
+    report = shadow_report(store, None, since=state.changed_at, candidate=state.student, alias=alias)
+    decision = decide_audit(config, report["candidates"].get(state.student, {}), report["primary_metric"],
+                            state.student_adapter, alias, state.changed_at)
+    telemetry.shadow_trial(alias, state.student, decision.eval_size, decision.candidate_score)
+    if decision.pending:
+        return decision
+    decision = record_decision(config, decision.model_copy(update={"outcome": "demoted"}))
+    book.set_mode(alias, "teacher", reason=f"audit failed: {decision.path.name}")
     return decision

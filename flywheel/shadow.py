@@ -2,7 +2,9 @@
 
 While an alias is in shadow mode the teacher answers each request and the candidate
 answers the same request in the background; the candidate's record names the teacher's
-(`tags.shadow_of`, serve/api.py). Scoring each candidate answer against the teacher answer
+(`tags.shadow_of`, serve/api.py). An audit is the other way round: a student answers and
+the teacher answers the same request in the background (its record's `tags.role` is
+`teacher`). Scoring each candidate answer against the teacher answer
 to the same live request measures the candidate on the workload as it is now, before it
 serves anyone, with no eval split: the same metrics the judge uses offline, the teacher's
 answer as the reference.
@@ -31,11 +33,11 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
                  candidate: str | None = None, alias: str | None = None
                  ) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
     """(teacher record, candidate record) pairs of `workload` (None: all), newest first, at most
-    `limit` in all, grouped by the candidate that answered (`base:adapter`; only
-    `candidate` when given). `alias` keeps the requests that named it, and the store
-    filters on that, so a trial's scan reads its alias's traffic, not everyone's. A shadow
-    that failed is kept (it scores as a wrong answer); one whose teacher answer failed or
-    is gone is skipped: there is nothing to compare with."""
+    `limit` in all, grouped by the candidate (or audited student) that answered
+    (`base:adapter`; only `candidate` when given). `alias` keeps the requests that named
+    it, and the store filters on that, so a trial's scan reads its alias's traffic, not
+    everyone's. A shadow that failed is kept (it scores as a wrong answer); one whose
+    teacher answer failed or is gone is skipped: there is nothing to compare with."""
     pairs: dict[str, list[tuple[LogRecord, LogRecord]]] = defaultdict(list)
     found, cursor = 0, None
     while found < limit:
@@ -46,13 +48,16 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
                 break
             if "shadow_of" not in record.tags:
                 continue
-            name = f"{record.base_model}:{record.adapter}" if record.adapter else str(record.base_model)
+            linked = store.get(record.tags["shadow_of"])
+            teacher, answer = (record, linked) if record.tags.get("role") == "teacher" else (linked, record)
+            if answer is None:
+                continue
+            name = f"{answer.base_model}:{answer.adapter}" if answer.adapter else str(answer.base_model)
             if candidate is not None and name != candidate:
                 continue
-            primary = store.get(record.tags["shadow_of"])
-            if primary is None or primary.status != "ok" or _message(primary) is None:
+            if teacher is None or teacher.status != "ok" or _message(teacher) is None:
                 continue
-            pairs[name].append((primary, record))
+            pairs[name].append((teacher, answer))
             found += 1
         if page.cursor is None:
             break

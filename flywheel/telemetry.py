@@ -109,12 +109,12 @@ def decided(alias: str, outcome: str) -> None:
 
 
 def shadow_trial(alias: str, candidate: str, pairs: int, score: float | None) -> None:
-    pairs_gauge = _metric("Gauge", "flywheel_shadow_pairs", "A shadow trial's live pairs so far.",
+    pairs_gauge = _metric("Gauge", "flywheel_shadow_pairs", "Live pairs against the teacher so far: a shadow trial's, or an audited student's.",
                           ("alias", "candidate"))
     if pairs_gauge is None:
         return
     tags = {"alias": alias, "candidate": candidate}
     pairs_gauge.set(pairs, tags=tags)
     if score is not None:
-        _metric("Gauge", "flywheel_shadow_score", "A shadow trial's score against the teacher's live answers.",
+        _metric("Gauge", "flywheel_shadow_score", "A shadow candidate's or audited student's score against the teacher's live answers.",
                 ("alias", "candidate")).set(score, tags=tags)

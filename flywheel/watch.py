@@ -4,7 +4,8 @@ and anything new arrived; it also runs turns queued over HTTP (`POST /v1/flywhee
 creates a pending run). One turn per workload at a time (run-record locks), at most
 `turn.max_concurrent` at once. With `gate.rollout: shadow` it also judges each watched
 workload's alias while it is in a shadow trial (`gate.gate_shadow`): promoted or
-withdrawn once enough live pairs exist.
+withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
+serving student on the teacher's audits (`gate.gate_audit`): demoted once they fall short.
 
 `due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
 inputs from the store and the run records and starts what is due, each turn in a thread.
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flywheel.config import FlywheelConfig, TurnConfig
-from flywheel.gate import Decision, gate_shadow
+from flywheel.gate import Decision, gate_audit, gate_shadow
 from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord, TurnBusy
@@ -96,18 +97,25 @@ class Watcher:
         for workload, why in due(self.config.turn, views, len(self.threads), now or time.time()):
             logger.info("starting a turn of %s: %s", workload, why)
             started.append(self._start(workload, None, {"trigger": why}))
-        if self.config.gate.rollout == "shadow":
-            self.judge_trials([view.workload for view in views])
+        self.judge_trials([view.workload for view in views])
         return [run_id for run_id in started if run_id]
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
-        """Decide the shadow trials of these workloads' aliases that have enough evidence."""
+        """Decide what live evidence settles for these workloads' aliases: shadow trials
+        (with `gate.rollout: shadow`; otherwise they are an operator's) and audited
+        students (with `gate.audit_demote`)."""
+        policy, judges = self.config.gate, []
+        if policy.rollout == "shadow":
+            judges.append(gate_shadow)
+        if policy.audit_demote and policy.audit_percent > 0:
+            judges.append(gate_audit)
         decisions = []
-        for alias in dict.fromkeys(self.config.gate.alias_for(workload) for workload in workloads):
-            decision = gate_shadow(self.config, self.routes, self.store, alias)
-            if decision is not None and not decision.pending:
-                logger.info("shadow trial of %s on %s: %s", decision.candidate, alias, decision.outcome)
-                decisions.append(decision)
+        for alias in dict.fromkeys(policy.alias_for(workload) for workload in workloads):
+            for judge in judges:
+                decision = judge(self.config, self.routes, self.store, alias)
+                if decision is not None and not decision.pending:
+                    logger.info("live evidence on %s for %s: %s", alias, decision.candidate, decision.outcome)
+                    decisions.append(decision)
         return decisions
 
     def _start(self, workload: str, run_id: str | None, options: dict) -> str | None:

@@ -1,8 +1,8 @@
 """The HTTP surface: OpenAI routes in front of one `ModelEngine` per base model.
 
 This module owns what is ours — body limits, API keys, routing a `model` name to a base
-and adapter (and, for an alias in shadow mode, a second model answering in the
-background), the admin endpoints that move aliases, health, and turning every failure
+and adapter (and, for an alias in shadow mode or a student's audited request, a second
+model answering in the background), the admin endpoints that move aliases, health, and turning every failure
 into OpenAI error JSON — and forwards the request body to the engine, where vLLM's
 OpenAI layer does the rest. Engines are injected: Ray Serve handles in production
 (`serve/app.py`), plain objects in unit tests.
@@ -159,7 +159,7 @@ def make_api(
         link it in); the primary's record and the shadow's name each other."""
         if dispatch.shadow is None or primary is None or reserved[0] >= config.shadow_max_in_flight:
             return None
-        tags = {**dispatch.tags(), "role": "candidate", "shadow_of": primary.id}
+        tags = {**dispatch.tags(), "role": dispatch.shadow_role, "shadow_of": primary.id}
         pending = inference_log.begin(request.headers, original, dispatch.shadow[0], tags, dispatch.alias, force=True)
         if pending is not None:
             primary.tags["shadow"] = pending.id

@@ -6,7 +6,9 @@ from the route book (flywheel/routes.py), re-read when it changes, so promotions
 rollbacks apply from the next request with no restart. A canary is sticky per end user:
 a request carrying OpenAI's `user` field lands in a fixed bucket for that alias and
 candidate, so one user sees one model (and stays on the candidate as its percent grows);
-requests without `user` are drawn at random. Adapters are folders
+requests without `user` are drawn at random. An audit (`gate.audit_percent`) has the
+teacher also answer, in the background, a random share of what a student or candidate
+answers: fresh teacher answers to learn from, and live pairs to measure the student by. Adapters are folders
 `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
 is routable at once.
 
@@ -61,6 +63,7 @@ class Dispatch:
     role: str | None = None  # teacher, student or candidate: which of the alias's models answered
     note: str | None = None  # why the teacher answered instead of a student
     shadow: tuple[Route, dict[str, Any]] | None = None
+    shadow_role: str = "candidate"  # what the shadow is: a candidate on trial, or the teacher auditing
 
     def tags(self) -> dict[str, str]:
         """What the log record keeps of this routing."""
@@ -70,11 +73,12 @@ class Dispatch:
 
 class RoutingTable:
     def __init__(self, bases: list[str], book: RouteBook, adapters_dir: Path,
-                 rng: Callable[[], float] = random.random):
+                 rng: Callable[[], float] = random.random, audit_percent: float = 0.0):
         self.bases = list(bases)
         self.book = book
         self.adapters_dir = adapters_dir
         self.rng = rng
+        self.audit_percent = audit_percent
         self._prefixes: dict[tuple[str, str], dict | None] = {}
 
     def has_adapter(self, base: str, adapter: str) -> bool:
@@ -110,7 +114,8 @@ class RoutingTable:
             route = self._usable(pick, via)
             fitted = self._fitted(route, body) if route else None
             if fitted is not None:
-                return Dispatch(route, fitted, model, state.mode, role)
+                audit = (teacher, body) if self.audit_percent and self.rng() * 100 < self.audit_percent else None
+                return Dispatch(route, fitted, model, state.mode, role, shadow=audit, shadow_role="teacher")
             note = f"{role} {pick} unavailable" if route is None else f"request lacks {role} {pick}'s learned prefix"
         return Dispatch(teacher, body, model, state.mode, "teacher", note, shadow)
 

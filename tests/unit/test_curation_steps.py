@@ -108,12 +108,26 @@ def test_served_traffic_counts_by_the_model_that_answered_not_the_alias_asked():
         _record(model="support-tools", base_model=TEACHER, tags={"shadow_of": "01J"}),  # never ground truth
         _record(model="support-tools", base_model="small", adapter="v1",  # a student answer a reviewer corrected
                 feedback=[Feedback(rating=-1, correction={"role": "assistant", "content": "Fixed."})]),
+        _record(model="support-tools", base_model=TEACHER,  # the teacher auditing a student's answer
+                tags={"shadow_of": "01J", "role": "teacher"}),
     ])
-    assert [row["reason"] for row in rows] == ["", "not_teacher", "not_teacher", ""]
+    assert [row["reason"] for row in rows] == ["", "not_teacher", "not_teacher", "", ""]
     assert rows[3]["source"] == "correction"
-    assert [row["reason"] for row in _prepare([_record(base_model="small", adapter="v1"),
-                                               _record(tags={"shadow_of": "01J"})], teacher_models=())] == \
-        ["", "not_teacher"]
+
+
+def test_with_no_teacher_models_listed_students_never_learn_from_their_own_answers():
+    """After a promotion a student answers the alias: with an empty `teacher_models` its
+    answers must not become the next turn's training data (or its eval references); the
+    teacher's audits of them must."""
+    rows = _prepare([
+        _record(model="support-tools", base_model=TEACHER),
+        _record(model="support-tools", base_model="small", adapter="v1", tags={"role": "student"}),
+        _record(model="support-tools", base_model="small", adapter="v2", tags={"shadow_of": "01J",
+                                                                            "role": "candidate"}),
+        _record(model="support-tools", base_model=TEACHER, tags={"shadow_of": "01J", "role": "teacher"}),
+        _record(model="imported-model"),  # imported history: whatever answered it
+    ], teacher_models=())
+    assert [row["reason"] for row in rows] == ["", "not_teacher", "not_teacher", "", ""]
 
 
 def test_prepare_redacts_pii_everywhere_and_keys_ignore_spacing_and_case():
