@@ -846,10 +846,10 @@ def cancel_command(
 
 @app.command("status")
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
-    """Where the flywheel stands: each alias's route (and shadow trial), each workload's latest
-    turn, records."""
+    """Where the flywheel stands: each alias's route (and shadow trial, or its student's audits),
+    each workload's latest turn, records."""
     from flywheel.routes import describe, open_route_book
-    from flywheel.shadow import shadow_pairs
+    from flywheel.shadow import shadow_pairs, shadow_report
     from flywheel.turns import RunBook
 
     cfg = config_from(config)
@@ -865,6 +865,12 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
                                   "needed": cfg.gate.shadow_min_pairs, "judged_by_watcher": cfg.gate.rollout == "shadow"}
+            elif state["mode"] == "student" and cfg.gate.audit_percent > 0:
+                report = shadow_report(store, None, since=state["changed_at"], candidate=state["student"], alias=alias)
+                metric = cfg.gate.metric or report["primary_metric"]
+                row = report["candidates"].get(state["student"], {})
+                state["audit"] = {"percent": cfg.gate.audit_percent, "pairs": row.get("n", 0), "metric": metric,
+                                  "score": row.get("metrics", {}).get(metric, {}).get("mean")}
     except Exception as error:
         fail(f"could not read the log store {cfg.store_url}: {error}")
     finally:
@@ -882,10 +888,13 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         emit_json(result)
         return
     for alias, state in routes.items():
-        trial = state.get("trial")
+        trial, audit = state.get("trial"), state.get("audit")
+        evidence = f"; trial of {state['candidate']}: {trial['pairs']}/{trial['needed']} live pairs" if trial else ""
+        if audit:
+            score = f", {audit['metric']} {audit['score']:.3f}" if audit["score"] is not None else ""
+            evidence = f"; audited by the teacher ({audit['percent']:g}%): {audit['pairs']} live pairs{score}"
         out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
-                  f"teacher {state['teacher']}" + (f"; trial of {state['candidate']}: {trial['pairs']}/"
-                                                   f"{trial['needed']} live pairs" if trial else ""))
+                  f"teacher {state['teacher']}{evidence}")
     for workload, count in sorted(records.items()):
         run = result["latest_runs"].get(workload)
         out.print(f"workload {workload}: {count} records; latest turn "

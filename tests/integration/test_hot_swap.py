@@ -2,7 +2,9 @@
 promote B (CLI), roll back (HTTP) — no request fails, every request sent after a change
 returned is answered by the new target, and no replica restarts. Shadow mode answers
 with the teacher and logs the candidate's answer to the same request, linked; its trial is
-judged on those live pairs."""
+judged on those live pairs. A serving student is audited: the teacher answers its requests
+too (the service audits every one), and a student whose answers are far from the
+teacher's is demoted on those live pairs."""
 
 from __future__ import annotations
 
@@ -152,6 +154,35 @@ def test_the_live_admin_endpoints_refuse_missing_and_wrong_tokens(service, adapt
     wrong = httpx.post(url, json={"adapter": "swap-bravo"}, headers={"Authorization": "Bearer nope"}, timeout=30)
     assert wrong.status_code == 403 and wrong.json()["error"]["code"] == 403
     assert httpx.get(f"{service.base_url}/flywheel/routes", timeout=30).status_code == 401
+
+
+def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(service, adapters):
+    from flywheel.config import load_config
+    from flywheel.gate import gate_audit
+    from flywheel.routes import open_route_book
+    from flywheel.store import open_store
+
+    admin(service, {"adapter": "swap-alpha", "reason": "audit test"})
+    body = {"model": ALIAS, "messages": ASK, "max_tokens": 8, "temperature": 0}
+    for _ in range(5):
+        response = httpx.post(f"{service.base_url}/chat/completions", json=body, timeout=120)
+        assert response.status_code == 200 and response.json()["model"] == f"{MODEL}:swap-alpha"
+        student = logged_record(service, response.headers["X-Flywheel-Log-Id"])
+        audit = logged_record(service, student.tags["shadow"], timeout_s=60)  # answered after the reply
+        assert (audit.base_model, audit.adapter, audit.status, audit.tags["role"]) == (MODEL, None, "ok", "teacher")
+        assert audit.tags["shadow_of"] == student.id and audit.request == student.request
+    shown = run_cli("status", env=service.env)["aliases"][ALIAS]["audit"]
+    assert shown["pairs"] == 5 and shown["metric"] == "token_f1" and shown["score"] < 0.5
+    # alpha's fixed reply is far from what the teacher says: judged on the live pairs, it is demoted
+    config = load_config(service.home / "config.yaml", {"home": str(service.home)})
+    store = open_store(service.store_url)
+    try:
+        decision = gate_audit(config, open_route_book(config), store, ALIAS)
+    finally:
+        store.close()
+    assert decision.outcome == "demoted" and decision.eval_size == 5, decision.reasons
+    state = run_cli("routes", env=service.env)["aliases"][ALIAS]
+    assert (state["mode"], state["student"]) == ("teacher", f"{MODEL}:swap-alpha")
 
 
 def test_shadow_mode_logs_the_candidate_linked_to_the_teacher_answer(service, adapters):

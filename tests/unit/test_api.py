@@ -294,6 +294,10 @@ ADMIN = {"Authorization": "Bearer admin-s3cret"}
 
 @pytest.fixture
 def secured(tmp_path, engine, logged, log_store):
+    return secured_api(tmp_path, engine, logged, log_store)
+
+
+def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0):
     """An API with an admin token, an API key, two adapters, a logging sink and a log store."""
     for name in ("tuned", "next"):
         (tmp_path / "small" / name).mkdir(parents=True)
@@ -301,7 +305,7 @@ def secured(tmp_path, engine, logged, log_store):
     config = ServeConfig(models=[{"name": "small", "source": "x"}], admin_token="admin-s3cret", api_keys=["key-1"],
                          aliases={"router": RouteTarget(base="small")})
     book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small", adapter_checker(["small"], tmp_path))
-    routing = RoutingTable(["small"], book, tmp_path)
+    routing = RoutingTable(["small"], book, tmp_path, audit_percent=audit_percent)
     return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
                                inference_log=InferenceLog(LoggingConfig(), logged.append),
                                decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES))
@@ -394,6 +398,28 @@ def test_shadow_mode_answers_with_the_teacher_and_logs_the_candidate_linked(secu
     assert primary.adapter is None and shadow.adapter == "next"
     assert primary.tags["shadow"] == shadow.id and shadow.tags["shadow_of"] == primary.id
     assert shadow.tags["role"] == "candidate" and shadow.request == primary.request
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_teacher_audits_a_students_answer_in_the_background_linked_in_the_log(tmp_path, engine, logged,
+                                                                                  log_store, stream):
+    client = secured_api(tmp_path, engine, logged, log_store, audit_percent=100)
+    engine.reply = (200, {"id": "x", "object": "chat.completion", "model": "m",
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+    assert client.post("/v1/flywheel/routes/router", json={"adapter": "tuned"}, headers=ADMIN).status_code == 200
+    body = {**CHAT, "model": "router", "stream": stream}
+    with client.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer key-1"}) as reply:
+        assert reply.status_code == 200 and reply.headers["X-Flywheel-Model"] == "small:tuned"
+        reply.read()
+    deadline = time.monotonic() + 5
+    while len(logged) < 2 and time.monotonic() < deadline:  # the teacher answers after the client got its reply
+        time.sleep(0.01)
+    assert [adapter for _, _, adapter in engine.calls] == ["tuned", None] and engine.calls[1][1]["stream"] is False
+    student, teacher = logged
+    assert (student.adapter, student.tags["role"], teacher.adapter, teacher.tags["role"]) == ("tuned", "student",
+                                                                                            None, "teacher")
+    assert student.tags["shadow"] == teacher.id and teacher.tags["shadow_of"] == student.id
+    assert teacher.request == student.request and teacher.status == "ok"
 
 
 def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):

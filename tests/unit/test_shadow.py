@@ -17,7 +17,7 @@ import pytest
 
 from flywheel import telemetry
 from flywheel.config import FlywheelConfig
-from flywheel.gate import decide_shadow, gate_shadow, list_decisions
+from flywheel.gate import decide_shadow, gate_audit, gate_shadow, list_decisions
 from flywheel.records import LogRecord
 from flywheel.routes import open_route_book
 from flywheel.shadow import shadow_pairs, shadow_report
@@ -230,6 +230,12 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     decided = json.loads(promote("--shadow", "--alias", "support", "--min-pairs", "1", "--json").stdout.splitlines()[-1])
     assert (decided["outcome"], decided["route"]["mode"], decided["route"]["student"]) == (
         "promoted", "student", "smollm2-135m-instruct:trial")
+    store = open_store(f"sqlite:///{home / 'logs.db'}")  # now serving: the teacher audits it
+    store.write_batch(audited(call("lookup", n=1), call("lookup", n=2), "trial", base="smollm2-135m-instruct"))
+    store.close()
+    shown = subprocess.run([sys.executable, "-m", "flywheel.cli", "status"], check=False, text=True,
+                           capture_output=True, env=env, timeout=120).stdout
+    assert "audited by the teacher (5%): 1 live pairs, function_name_and_args 0.000" in shown
 
     def decisions(*args):
         return subprocess.run([sys.executable, "-m", "flywheel.cli", "decisions", *args], check=False, text=True,
@@ -339,6 +345,71 @@ def test_a_latency_limit_fails_a_trial_whose_answers_are_too_slow(trial_config):
     quick = trial(0.5)
     assert quick.promote and quick.outcome == "promoted" and quick.eval_size == 10  # this trial's pairs only
     assert book.get("support").student == "small:trial"
+    store.close()
+
+
+def audited(student: dict, teacher: dict | None, adapter: str = "old", base: str = "small",
+            **fields) -> list[LogRecord]:
+    """A student's answer and the teacher's audit of it (`teacher` None: the audit failed)."""
+    primary = answered(student, 100, base_model=base, adapter=adapter, latency_ms=300.0,
+                       tags={"mode": "student", "role": "student"}, **fields)
+    tags = {"mode": "student", "role": "teacher", "shadow_of": primary.id}
+    if teacher is None:
+        audit = LogRecord(workload_id="support", client_id="c", model="support", request=REQUEST, base_model="big",
+                          status="error", error="HTTP 504: timed out", tags=tags, **fields)
+    else:
+        audit = answered(teacher, 1000, base_model="big", latency_ms=900.0, tags=tags, **fields)
+    return [primary, audit]
+
+
+def test_audits_measure_a_serving_student_and_demote_it_once_it_clearly_falls_short(trial_config, metrics):
+    """At a 0.9 ratio, after 20 right answers: 13 wrong ones leave the anytime upper bound at
+    0.901 (kept), the 14th takes it to 0.889 (demoted). Audits from before the student took
+    over and failed audits do not count."""
+    config = trial_config.model_copy(update={"gate": trial_config.gate.model_copy(update={"rollout": "promote"})})
+    store, book = open_store(config.store_url), open_route_book(config)
+    status, wrong = call("get_order_status", order_id="ORD-1"), call("cancel_order", order_id="ORD-1")
+    store.write_batch(audited(wrong, status, timestamp=time.time() - 60) * 5)  # an earlier student's time
+    book.promote("support", "old")
+    assert gate_audit(config, book, store, "elsewhere") is None  # no student there
+    for _ in range(20):
+        store.write_batch(audited(status, status))
+    store.write_batch(audited(wrong, None))  # the teacher failed: nothing to compare with
+    (teacher, student), *_ = shadow_pairs(store, None, alias="support", since=book.get("support").changed_at
+                                          )["small:old"]
+    assert (teacher.base_model, teacher.tags["role"], student.adapter) == ("big", "teacher", "old")
+    kept = gate_audit(config, book, store, "support")
+    assert kept.pending and (kept.eval_size, kept.candidate_score) == (20, 1.0)
+    assert metrics[("flywheel_shadow_pairs", "support", "small:old")] == 20
+    for _ in range(13):
+        store.write_batch(audited(wrong, status))
+    assert gate_audit(config, book, store, "support").pending and book.get("support").mode == "student"
+    assert list_decisions(config, "support") == []
+    store.write_batch(audited(wrong, status))
+    demoted = gate_audit(config, book, store, "support")
+    assert not demoted.pending and demoted.outcome == "demoted" and demoted.candidate_score == pytest.approx(20 / 34)
+    assert demoted.reasons[-1].startswith("fail: function_name_and_args 0.588") and "0.889" in demoted.reasons[-1]
+    state = book.get("support")  # the teacher answers; the student stays the incumbent to beat
+    assert (state.mode, state.student) == ("teacher", "small:old") and "audit failed" in state.reason
+    assert [d["outcome"] for d in list_decisions(config, "support")] == ["demoted"]
+    assert gate_audit(config, book, store, "support") is None  # nothing serving to audit
+    store.close()
+
+
+def test_the_watcher_demotes_a_drifted_student_unless_audit_demote_is_off(trial_config):
+    store, book = open_store(trial_config.store_url), open_route_book(trial_config)
+    book.promote("support", "old")
+    for _ in range(5):
+        store.write_batch(audited(call("lookup", n=1), call("lookup", n=2)))
+    turn = trial_config.turn.model_copy(update={"min_new_records": 10**6})
+
+    def watcher(**gate):
+        config = trial_config.model_copy(update={"turn": turn, "gate": trial_config.gate.model_copy(update=gate)})
+        return Watcher(config, store, lambda *args: pytest.fail("no turn is due"))
+
+    assert watcher(audit_demote=False).tick() == [] and book.get("support").mode == "student"
+    assert watcher(audit_percent=0).tick() == [] and book.get("support").mode == "student"  # no audits asked for
+    assert watcher(rollout="promote").tick() == [] and book.get("support").mode == "teacher"
     store.close()
 
 
