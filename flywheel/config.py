@@ -408,8 +408,9 @@ class TurnConfig(_Strict):
     baselines: list[str] = Field(default_factory=list, description="Also evaluated every turn, for the report: "
                                  "`base`, `icl` (the gate needs neither).")
     eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N eval rows; null: all.")
-    min_new_records: int = Field(500, ge=1, description="The watcher starts a turn once this many successful "
-                                 "records arrived since the workload's last turn.")
+    min_new_records: int = Field(500, ge=1, description="The watcher starts a turn once this many new answers to "
+                                 "learn from (what curation keeps as the teacher's, audits included; a student's "
+                                 "own answers never) arrived since the workload's last turn.")
     interval_s: float | None = Field(None, gt=0, description="Also start a turn this long after the last one "
                                      "when any new record arrived; null: on records only.")
     poll_s: float = Field(30.0, gt=0, description="How often the watcher looks.")

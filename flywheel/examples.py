@@ -24,6 +24,7 @@ import msgspec
 import pyarrow
 
 from flywheel.pii import Redactor
+from flywheel.store import LogFilter, LogStore
 
 NO_TOOL = "no_tool"
 ROLES = {"system", "user", "assistant", "tool"}
@@ -161,19 +162,31 @@ def answered_by(record: _Record) -> str:
     return f"{record.base_model}:{record.adapter}" if record.adapter else record.base_model
 
 
-def is_teacher(record: _Record, teacher_models: tuple[str, ...]) -> bool:
-    """Whether the answer is ground truth: one of `teacher_models` gave it (none listed: any
-    model without an adapter, so a student never learns from its own answers), and not as a
+def is_ground_truth(record: _Record, teacher_models: tuple[str, ...]) -> bool:
+    """Whether curation may learn from the record's answer: a reviewer corrected it (ground
+    truth whoever answered), or one of `teacher_models` gave it (none listed: any model
+    without an adapter, so a student never learns from its own answers), and not as a
     candidate's shadow. A teacher's audit of a student (`tags.role` teacher) is one."""
+    if _correction(record.feedback) is not None:
+        return True
     if "shadow_of" in record.tags and record.tags.get("role") != "teacher":
         return False
     return answered_by(record) in teacher_models if teacher_models else record.adapter is None
 
 
+def count_ground_truth(store: LogStore, filter: LogFilter, teacher_models: tuple[str, ...]) -> int:
+    """How many of the records `filter` selects curation may learn from, read through the
+    store's bulk scan (what starts a turn: flywheel/watch.py)."""
+    counted = 0
+    for partition in store.partitions(filter, 1):
+        counted += sum(is_ground_truth(_DECODE(raw), teacher_models) for *_, raw in store.scan(partition))
+    return counted
+
+
 def to_example(record: _Record, rules: ExampleRules, redactor: Redactor | None) -> dict[str, Any]:
     """The example's columns (see `OUTPUT`), or `Rejected` with the reason."""
-    if _correction(record.feedback) is None and not is_teacher(record, rules.teacher_models):
-        raise Rejected("not_teacher")  # a reviewer's correction is ground truth whoever answered
+    if not is_ground_truth(record, rules.teacher_models):
+        raise Rejected("not_teacher")
     answer, source = _answer({"response": record.response, "feedback": record.feedback}, rules.min_score)
     if not isinstance(record.request.messages, list) or not record.request.messages:
         raise Rejected("invalid_format")

@@ -1,6 +1,7 @@
-"""Turning by itself: the watcher starts a turn for a workload when enough new records
-arrived since its last turn (`turn.min_new_records`), or when `turn.interval_s` passed
-and anything new arrived; it also runs turns queued over HTTP (`POST /v1/flywheel/runs`
+"""Turning by itself: the watcher starts a turn for a workload when enough new answers to
+learn from arrived since its last turn (`turn.min_new_records`: what curation would keep as
+the teacher's, so a serving student's own answers do not count, the teacher's audits of
+them do), or when `turn.interval_s` passed and any such answer arrived; it also runs turns queued over HTTP (`POST /v1/flywheel/runs`
 creates a pending run). One turn per workload at a time (run-record locks), at most
 `turn.max_concurrent` at once. With `gate.rollout: shadow` it also judges each watched
 workload's alias while it is in a shadow trial (`gate.gate_shadow`): promoted or
@@ -20,18 +21,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
 from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord, TurnBusy
 
 logger = logging.getLogger(__name__)
+# Records reach the store up to the log writer's flush (or a spool retry) after their
+# timestamp: older ones are counted once and remembered, newer ones at every tick.
+SETTLED_S = 60.0
 
 
 @dataclass(frozen=True)
 class WorkloadView:
     workload: str
-    new_records: int  # successful records since the last turn started (all of them before any turn)
+    new_records: int  # answers to learn from since the last turn started (all of them before any turn)
     last_turn_at: float | None  # when the workload's last turn was created
     running: bool  # a turn of the workload is running or pending
 
@@ -67,10 +72,11 @@ class Watcher:
         self.book = RunBook(config.turns_dir)
         self.routes = open_route_book(config)
         self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
+        self._tally: dict[str, tuple[float | None, float | None, int]] = {}  # workload -> since, counted to, count
 
     def views(self, runs: list[RunRecord] | None = None) -> list[WorkloadView]:
-        """Per workload: new records since its last run and whether one is active (`runs`:
-        the run records, newest first, when the caller has just read them)."""
+        """Per workload: new answers to learn from since its last run and whether one is
+        active (`runs`: the run records, newest first, when the caller has just read them)."""
         runs = self.book.list() if runs is None else runs
         workloads = self.config.turn.workloads or sorted(self.store.stats(LogFilter(status="ok"))["by_workload"])
         views = []
@@ -78,9 +84,26 @@ class Watcher:
             mine = [run for run in runs if run.workload == workload]
             last = mine[0].created_at if mine else None
             active = any(run.status == "pending" or self.book.running(run.run_id) for run in mine)
-            count = self.store.count(LogFilter(workload_id=workload, status="ok", since=last))
-            views.append(WorkloadView(workload, count, last, active))
+            views.append(WorkloadView(workload, self._ground_truth(workload, last, time.time()), last, active))
         return views
+
+    def _ground_truth(self, workload: str, since: float | None, now: float) -> int:
+        """The workload's answers curation may learn from, logged since `since`. Those
+        older than `SETTLED_S` are counted once and remembered: a tick reads only what
+        arrived since the last one, not everything since the last turn."""
+        start, counted_to, count = self._tally.get(workload, (since, since, 0))
+        if start != since:  # another turn began: count afresh
+            counted_to, count = since, 0
+        cutoff = now - SETTLED_S
+        if counted_to is None or counted_to < cutoff:
+            count += self._count(workload, counted_to, cutoff)
+            counted_to = cutoff
+        self._tally[workload] = (since, counted_to, count)
+        return count + self._count(workload, counted_to, None)
+
+    def _count(self, workload: str, since: float | None, until: float | None) -> int:
+        window = LogFilter(workload_id=workload, status="ok", since=since, until=until)
+        return count_ground_truth(self.store, window, tuple(self.config.curate.teacher_models))
 
     def tick(self, now: float | None = None) -> list[str]:
         """Start what is due; the run ids started."""

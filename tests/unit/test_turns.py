@@ -145,3 +145,46 @@ def test_watcher_starts_due_and_queued_turns_and_counts_records_since_the_last_t
     assert {v.workload: v.new_records for v in watcher.views()} == {"support": 0, "tiny": 0}  # since their turns
     assert watcher.tick() == []
     store.close()
+
+
+class ScanCounter:
+    """The store, counting the rows its bulk scan hands out."""
+
+    def __init__(self, store):
+        self.store, self.rows = store, 0
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def scan(self, partition):
+        for row in self.store.scan(partition):
+            self.rows += 1
+            yield row
+
+
+def test_the_watcher_counts_answers_to_learn_from_not_a_serving_students_own(config):
+    """After a promotion most of a workload's records are the student's: they must not start
+    turns (the turn would learn nothing new); the teacher's audits of them must count."""
+    store = ScanCounter(open_store(config.store_url))
+
+    def logged(age_s, count, **fields):
+        store.write_batch([LogRecord(workload_id="support", client_id="c", model="support", request={},
+                                     timestamp=time.time() - age_s, **fields) for _ in range(count)])
+
+    logged(3600, 3, base_model="small")  # the teacher answering
+    logged(3600, 20, base_model="small", adapter="s1", tags={"role": "student"})
+    logged(3600, 1, base_model="small", tags={"role": "teacher", "shadow_of": "x"})  # auditing a student
+    logged(3600, 1, base_model="small", adapter="s2", tags={"role": "candidate", "shadow_of": "y"})
+    logged(3600, 1, base_model="small", status="error", error="HTTP 500")
+    watcher = Watcher(config, store, lambda *args: pytest.fail("no turn is due"))
+    assert [(v.workload, v.new_records) for v in watcher.views()] == [("support", 4)]
+    assert store.rows == 25  # every successful record, read once
+
+    logged(5, 2, base_model="small", tags={"role": "teacher", "shadow_of": "z"})
+    logged(5, 30, base_model="small", adapter="s1", tags={"role": "student"})
+    store.rows = 0
+    assert watcher.views()[0].new_records == 6 and watcher.tick() == []  # 6 < min_new_records 10
+    assert store.rows == 2 * 32  # each look reads only the last minute's records, not the hour's
+    strict = config.model_copy(update={"curate": config.curate.model_copy(update={"teacher_models": ["big"]})})
+    assert Watcher(strict, store, None).views()[0].new_records == 0  # `small` is not a teacher here
+    store.close()
