@@ -380,46 +380,29 @@ def test_bad_route_changes_get_openai_errors_and_change_nothing(secured, body, s
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_shadow_mode_answers_with_the_teacher_and_logs_the_candidate_linked(secured, engine, logged, stream):
+@pytest.mark.parametrize(("change", "audit_percent", "adapters", "roles"), [
+    ({"mode": "shadow", "candidate": "next"}, 0, (None, "next"), ("teacher", "candidate")),  # a shadow trial
+    ({"adapter": "tuned"}, 100, ("tuned", None), ("student", "teacher")),  # the teacher auditing a student
+])
+def test_a_second_model_answers_in_the_background_linked_in_the_log(tmp_path, engine, logged, log_store, stream,
+                                                                    change, audit_percent, adapters, roles):
+    client = secured_api(tmp_path, engine, logged, log_store, audit_percent=audit_percent)
     engine.reply = (200, {"id": "x", "object": "chat.completion", "model": "m",
                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
-    assert secured.post("/v1/flywheel/routes/router", json={"mode": "shadow", "candidate": "next"},
-                        headers=ADMIN).status_code == 200
-    body = {**CHAT, "model": "router", "stream": stream}
-    with secured.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer key-1"}) as reply:
-        assert reply.status_code == 200 and reply.headers["X-Flywheel-Model"] == "small"
-        reply.read()
-    deadline = time.monotonic() + 5
-    while len(logged) < 2 and time.monotonic() < deadline:  # the shadow answers after the client got its reply
-        time.sleep(0.01)
-    assert [adapter for _, _, adapter in engine.calls] == [None, "next"]
-    assert engine.calls[1][1]["stream"] is False
-    primary, shadow = logged
-    assert primary.adapter is None and shadow.adapter == "next"
-    assert primary.tags["shadow"] == shadow.id and shadow.tags["shadow_of"] == primary.id
-    assert shadow.tags["role"] == "candidate" and shadow.request == primary.request
-
-
-@pytest.mark.parametrize("stream", [False, True])
-def test_the_teacher_audits_a_students_answer_in_the_background_linked_in_the_log(tmp_path, engine, logged,
-                                                                                  log_store, stream):
-    client = secured_api(tmp_path, engine, logged, log_store, audit_percent=100)
-    engine.reply = (200, {"id": "x", "object": "chat.completion", "model": "m",
-                          "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
-    assert client.post("/v1/flywheel/routes/router", json={"adapter": "tuned"}, headers=ADMIN).status_code == 200
+    assert client.post("/v1/flywheel/routes/router", json=change, headers=ADMIN).status_code == 200
     body = {**CHAT, "model": "router", "stream": stream}
     with client.stream("POST", "/v1/chat/completions", json=body, headers={"Authorization": "Bearer key-1"}) as reply:
-        assert reply.status_code == 200 and reply.headers["X-Flywheel-Model"] == "small:tuned"
+        answered = f"small:{adapters[0]}" if adapters[0] else "small"
+        assert reply.status_code == 200 and reply.headers["X-Flywheel-Model"] == answered
         reply.read()
     deadline = time.monotonic() + 5
-    while len(logged) < 2 and time.monotonic() < deadline:  # the teacher answers after the client got its reply
+    while len(logged) < 2 and time.monotonic() < deadline:  # the second answers after the client got its reply
         time.sleep(0.01)
-    assert [adapter for _, _, adapter in engine.calls] == ["tuned", None] and engine.calls[1][1]["stream"] is False
-    student, teacher = logged
-    assert (student.adapter, student.tags["role"], teacher.adapter, teacher.tags["role"]) == ("tuned", "student",
-                                                                                            None, "teacher")
-    assert student.tags["shadow"] == teacher.id and teacher.tags["shadow_of"] == student.id
-    assert teacher.request == student.request and teacher.status == "ok"
+    assert tuple(adapter for _, _, adapter in engine.calls) == adapters and engine.calls[1][1]["stream"] is False
+    primary, second = logged
+    assert (primary.adapter, second.adapter) == adapters and (primary.tags["role"], second.tags["role"]) == roles
+    assert primary.tags["shadow"] == second.id and second.tags["shadow_of"] == primary.id
+    assert second.request == primary.request and second.status == "ok"
 
 
 def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):
