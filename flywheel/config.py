@@ -412,7 +412,7 @@ class TurnConfig(_Strict):
                                  "learn from (what curation keeps as the teacher's, audits included; a student's "
                                  "own answers never) arrived since the workload's last turn.")
     interval_s: float | None = Field(None, gt=0, description="Also start a turn this long after the last one "
-                                     "when any new record arrived; null: on records only.")
+                                     "when any new answer to learn from arrived; null: on answers only.")
     poll_s: float = Field(30.0, gt=0, description="How often the watcher looks.")
     max_concurrent: int = Field(1, ge=1, description="Turns running at once across workloads (one per workload).")
     warm_start: bool = Field(True, description="Candidates start from the alias's current student when it has "

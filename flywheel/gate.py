@@ -34,6 +34,9 @@ from flywheel.routes import RouteBook
 from flywheel.stats import lower_bound, paired_difference, upper_bound
 from flywheel.store import LogStore
 
+# A student is judged on its newest audits: drift shows in them, and a tick stays cheap.
+AUDIT_WINDOW = 500
+
 
 class Decision(BaseModel):
     alias: str
@@ -243,8 +246,8 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
 def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, student: str, alias: str,
                  since: float) -> Decision:
     """The verdict on a serving student from the teacher's audits of its live answers
-    (`evidence`: its `shadow_report` row, the newest pairs since it took over): demoted
-    once even a 95% upper bound on its score, valid at every look, is below
+    (`evidence`: its `shadow_report` row, on the newest `AUDIT_WINDOW` pairs since it took
+    over): demoted once even a 95% upper bound on its score, valid at every look, is below
     `min_teacher_ratio`; otherwise pending (nothing recorded or changed)."""
     policy = config.gate
     metric, ratio = policy.metric or metric, policy.min_teacher_ratio
@@ -273,7 +276,8 @@ def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: 
     state = book.get(alias)
     if state is None or state.mode != "student" or state.student is None:
         return None
-    report = shadow_report(store, None, since=state.changed_at, candidate=state.student, alias=alias)
+    report = shadow_report(store, None, since=state.changed_at, candidate=state.student, alias=alias,
+                           limit=AUDIT_WINDOW)
     decision = decide_audit(config, report["candidates"].get(state.student, {}), report["primary_metric"],
                             state.student_adapter, alias, state.changed_at)
     telemetry.shadow_trial(alias, state.student, decision.eval_size, decision.candidate_score)

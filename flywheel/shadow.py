@@ -2,12 +2,12 @@
 
 While an alias is in shadow mode the teacher answers each request and the candidate
 answers the same request in the background; the candidate's record names the teacher's
-(`tags.shadow_of`, serve/api.py). An audit is the other way round: a student answers and
-the teacher answers the same request in the background (its record's `tags.role` is
-`teacher`). Scoring each candidate answer against the teacher answer
+(`tags.shadow_of`, serve/api.py). Scoring each candidate answer against the teacher answer
 to the same live request measures the candidate on the workload as it is now, before it
 serves anyone, with no eval split: the same metrics the judge uses offline, the teacher's
-answer as the reference.
+answer as the reference. An audit is the same pair the other way round: a student answers
+and the teacher answers the same request in the background (its record's `tags.role` is
+`teacher`), which measures a student while it serves.
 """
 
 from __future__ import annotations

@@ -109,12 +109,13 @@ def decided(alias: str, outcome: str) -> None:
 
 
 def shadow_trial(alias: str, candidate: str, pairs: int, score: float | None) -> None:
-    pairs_gauge = _metric("Gauge", "flywheel_shadow_pairs", "Live pairs against the teacher so far: a shadow trial's, or an audited student's.",
-                          ("alias", "candidate"))
+    """A shadow trial's candidate, or an audited student (flywheel/gate.py), on live pairs."""
+    pairs_gauge = _metric("Gauge", "flywheel_shadow_pairs", "Live pairs against the teacher so far: a shadow "
+                          "trial's, or an audited student's.", ("alias", "candidate"))
     if pairs_gauge is None:
         return
     tags = {"alias": alias, "candidate": candidate}
     pairs_gauge.set(pairs, tags=tags)
     if score is not None:
-        _metric("Gauge", "flywheel_shadow_score", "A shadow candidate's or audited student's score against the teacher's live answers.",
-                ("alias", "candidate")).set(score, tags=tags)
+        _metric("Gauge", "flywheel_shadow_score", "A shadow candidate's or audited student's score against the "
+                "teacher's live answers.", ("alias", "candidate")).set(score, tags=tags)

@@ -1,8 +1,8 @@
 """Turning by itself: the watcher starts a turn for a workload when enough new answers to
 learn from arrived since its last turn (`turn.min_new_records`: what curation would keep as
 the teacher's, so a serving student's own answers do not count, the teacher's audits of
-them do), or when `turn.interval_s` passed and any such answer arrived; it also runs turns queued over HTTP (`POST /v1/flywheel/runs`
-creates a pending run). One turn per workload at a time (run-record locks), at most
+them do), or when `turn.interval_s` passed and any such answer arrived; it also runs
+turns queued over HTTP (`POST /v1/flywheel/runs` creates a pending run). One turn per workload at a time (run-record locks), at most
 `turn.max_concurrent` at once. With `gate.rollout: shadow` it also judges each watched
 workload's alias while it is in a shadow trial (`gate.gate_shadow`): promoted or
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
