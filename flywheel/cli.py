@@ -912,7 +912,8 @@ def shadow_report_command(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Score shadow-mode candidates against the teacher's answers to the same live requests."""
+    """Score shadow-mode candidates, and students the teacher audits, against the teacher's
+    answers to the same live requests."""
     from flywheel.shadow import shadow_report
 
     cfg = config_from(config)

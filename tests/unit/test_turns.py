@@ -2,8 +2,12 @@
 tests/integration/test_turn.py): records, resume, cancel, exclusivity, and the watcher's
 trigger logic."""
 
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +192,14 @@ def test_the_watcher_counts_answers_to_learn_from_not_a_serving_students_own(con
     strict = config.model_copy(update={"curate": config.curate.model_copy(update={"teacher_models": ["big"]})})
     assert Watcher(strict, store, None).views()[0].new_records == 0  # `small` is not a teacher here
     store.close()
+
+
+def test_the_watch_scan_benchmark_counts_every_audit():
+    """bench/watch_scan.py at a small size: each reading must find what was written (it asserts so)."""
+    result = subprocess.run([sys.executable, "bench/watch_scan.py", "--records", "2000", "--recent", "40",
+                             "--repeat", "1"], check=False, text=True, capture_output=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (report["benchmark"], report["records"], report["audits"], len(report["seconds"])) == (
+        "watch_scan", 2040, 102, 4)
