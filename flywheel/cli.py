@@ -955,8 +955,8 @@ def savings_command(
     as_json: bool = JsonOption,
 ) -> None:
     """What answering with students saved, measured from the logs: requests and tokens by
-    teacher, student and shadow, priced at turn.*_price_per_mtok, against the teacher
-    answering everything."""
+    teacher and student, and the flywheel's own (shadow trials, audits, evaluation), priced
+    at turn.*_price_per_mtok or a model's own prices, against the teacher answering everything."""
     from flywheel.savings import savings_report
 
     cfg = config_from(config)
@@ -973,7 +973,7 @@ def savings_command(
         out.print(f"no logged requests{' for ' + workload if workload else ''} in {cfg.store_url}")
         return
     prices = report["prices_per_mtok"]
-    table = Table("", "teacher answers", "student answers", "student share", "shadow + eval answers", "failed",
+    table = Table("", "teacher answers", "student answers", "student share", "trial / audit / eval answers", "failed",
                   "spent", "all-teacher cost", "saved",
                   title=f"savings measured from the logs (per 1M tokens: teacher ${prices['teacher']:g}, "
                         f"student ${prices['student']:g}"
@@ -986,7 +986,8 @@ def savings_command(
             table.add_row(name, *(f"{row[kind]['requests']:,} ({row[kind]['tokens']:,} tok)"
                                   for kind in ("teacher", "student")),
                           f"{share:.0%}" if share is not None else "-",
-                          f"{row['shadow']['requests'] + row['evaluation']['requests']:,}", f"{row['errors']:,}",
+                          " / ".join(f"{row[kind]['requests']:,}" for kind in ("shadow", "audit", "evaluation")),
+                          f"{row['errors']:,}",
                           _usd(row["usd"]), _usd(row["usd_all_teacher"]),
                           _usd(row["saved_usd"]) + (f" ({saved:.0%})" if saved is not None else ""))
         table.add_section()
@@ -1006,8 +1007,9 @@ def watch_command(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Start turns by themselves: when enough new records arrived (turn.min_new_records), on a
-    schedule (turn.interval_s), or queued over HTTP. Runs until Ctrl-C unless --once."""
+    """Start turns by themselves: when enough new answers to learn from arrived
+    (turn.min_new_records), on a schedule (turn.interval_s), or queued over HTTP; judge shadow
+    trials and audited students. Runs until Ctrl-C unless --once."""
     from flywheel.ray_runtime import start_ray
     from flywheel.turn import run_turn
     from flywheel.turns import RunBook

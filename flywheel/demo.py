@@ -63,8 +63,9 @@ def demo_config(config: FlywheelConfig, size: DemoSize) -> FlywheelConfig:
                          cpus_per_worker=cores)  # the engine idles while the student trains: every core trains
     if data["ray"]["address"] == "local":  # logical CPUs: the engine, the ingress and a worker using every core
         data["ray"]["num_cpus"] = max(data["ray"]["num_cpus"] or 0, cores + 4)
+    # no audits: the sample's teacher is imported history, not the served model an audit would ask
     data["gate"].update(min_eval_size=min(data["gate"]["min_eval_size"], size.eval_size),
-                        min_teacher_ratio=size.min_teacher_ratio)
+                        min_teacher_ratio=size.min_teacher_ratio, audit_percent=0)
     data["serve"]["access_log"] = False
     data["ray"]["log_to_driver"] = False  # the demo's own lines only; replicas still log to Ray's files
     return FlywheelConfig.model_validate(data)

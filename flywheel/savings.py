@@ -4,8 +4,9 @@ Every logged answer is priced by who gave it. A model with its own prices
 (`serve.models[].price_per_mtok`, `serve.upstreams[].price_per_mtok`) costs its input and
 output prices; otherwise an adapter (a fine-tuned student, whether promoted, a canary or
 named directly) costs `turn.student_price_per_mtok` per token, anything else
-`turn.teacher_price_per_mtok`. Two kinds of answer served nobody and are the flywheel's
-own cost, added to what was spent: shadow answers (`tags.shadow_of`, a trial's) and
+`turn.teacher_price_per_mtok`. Three kinds of answer served nobody and are the flywheel's
+own cost, added to what was spent: a shadow trial's candidate answers (`tags.shadow_of`),
+the teacher's audits of a serving student (`tags.shadow_of` with `role: teacher`) and
 evaluation traffic (the `flywheel-eval` workload). The counterfactual prices every served
 token at the teacher's price (the workload's teacher: the model that answered most of it
 without an adapter), so the saving is conservative: a student's requests often carry fewer
@@ -30,7 +31,7 @@ from flywheel.evaluation import EVAL_WORKLOAD
 from flywheel.store import LogFilter, LogStore
 
 SERVED = ("teacher", "student")
-KINDS = (*SERVED, "shadow", "evaluation")  # the last two: the flywheel's own cost
+KINDS = (*SERVED, "shadow", "audit", "evaluation")  # the last three: the flywheel's own cost
 SCAN_ROWS = 20_000  # records per partition: bounds what one read holds in memory
 
 
@@ -98,14 +99,16 @@ def savings_report(store: LogStore, prices: TurnConfig, model_prices: Mapping[st
                 continue
             record = json.loads(raw)
             base, adapter = record.get("base_model") or record.get("model"), record.get("adapter")
-            kind = ("evaluation" if workload_id == EVAL_WORKLOAD else "shadow" if "shadow_of" in record.get("tags", {})
+            tags = record.get("tags", {})
+            kind = ("evaluation" if workload_id == EVAL_WORKLOAD
+                    else ("audit" if tags.get("role") == "teacher" else "shadow") if "shadow_of" in tags
                     else "student" if adapter else "teacher")
             flat = prices.student_price_per_mtok if adapter else prices.teacher_price_per_mtok
             _add(cell, kind, record.get("usage"), model_prices.get(base, flat))
-            if kind == "teacher":
+            if kind in ("teacher", "audit"):
                 teachers[workload_id][base] += 1
     # what the teacher would have charged for the students' tokens: the workload's teacher is
-    # the model that answered most of it without an adapter, at its own prices when it has them
+    # the model that answered (or audited) most of it without an adapter, at its own prices when it has them
     teacher_of = {name: counts.most_common(1)[0][0] for name, counts in teachers.items()}
     for (workload_id, _), cell in cells.items():
         price = model_prices.get(teacher_of.get(workload_id), prices.teacher_price_per_mtok)

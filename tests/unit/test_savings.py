@@ -114,6 +114,25 @@ def test_models_with_their_own_prices_are_priced_by_input_and_output_tokens(tmp_
     store.close()
 
 
+def test_the_teachers_audits_of_a_student_are_the_flywheels_own_cost_at_the_teachers_price(tmp_path):
+    """A student serves 3 requests (40 + 10 tokens each) and a hosted teacher audits one of
+    them (100 + 20): the audit served nobody, so it counts against the saving, at the
+    teacher's own prices; and it tells whose answers the students replace."""
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.write_batch([*(answer("support", DAY_1 + i, 40, 10, adapter="s1") for i in range(3)),
+                       answer("support", DAY_1 + 5, 100, 20, tags={"shadow_of": "x", "role": "teacher"}
+                              ).model_copy(update={"base_model": "hosted"})])
+    report = savings_report(store, PRICES, {"hosted": Price(input=2.5, output=10.0)})
+    support = report["workloads"]["support"]
+    assert [support[kind]["requests"] for kind in ("teacher", "student", "shadow", "audit")] == [0, 3, 0, 1]
+    assert report["teacher_models"] == {"support": "hosted"} and support["student_share"] == 1.0
+    assert support["audit"]["usd"] == pytest.approx((100 * 2.5 + 20 * 10) / 1e6)
+    assert support["usd_all_teacher"] == pytest.approx(3 * (40 * 2.5 + 10 * 10) / 1e6)
+    assert support["saved_usd"] == pytest.approx(support["usd_all_teacher"] - support["audit"]["usd"]
+                                                 - 3 * 50 * 0.2 / 1e6)
+    store.close()
+
+
 def test_flywheel_savings_reads_the_configured_store(tmp_path):
     home = tmp_path / "home"
     assert "no logged requests" in flywheel("savings", home=home).stdout
