@@ -848,6 +848,7 @@ def cancel_command(
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Where the flywheel stands: each alias's route (and shadow trial, or its student's audits),
     each workload's latest turn, records."""
+    from flywheel.gate import AUDIT_WINDOW
     from flywheel.routes import describe, open_route_book
     from flywheel.shadow import shadow_pairs, shadow_report
     from flywheel.turns import RunBook
@@ -866,7 +867,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
                                   "needed": cfg.gate.shadow_min_pairs, "judged_by_watcher": cfg.gate.rollout == "shadow"}
             elif state["mode"] == "student" and cfg.gate.audit_percent > 0:
-                report = shadow_report(store, None, since=state["changed_at"], candidate=state["student"], alias=alias)
+                report = shadow_report(store, None, since=state["changed_at"], candidate=state["student"], alias=alias,
+                                       limit=AUDIT_WINDOW)  # what the watcher judges it on
                 metric = cfg.gate.metric or report["primary_metric"]
                 row = report["candidates"].get(state["student"], {})
                 state["audit"] = {"percent": cfg.gate.audit_percent, "pairs": row.get("n", 0), "metric": metric,
