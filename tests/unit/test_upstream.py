@@ -89,12 +89,12 @@ def hosted():
     thread.join(10)
 
 
-def service(tmp_path, upstream: UpstreamConfig, logged: list) -> TestClient:
+def service(tmp_path, upstream: UpstreamConfig, logged: list, audit_percent: float = 0.0) -> TestClient:
     config = ServeConfig(models=[{"name": "small", "source": "x"}], upstreams=[upstream],
                          aliases={"support": RouteTarget(base="small", teacher=upstream.name)})
     book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small",
                      adapter_checker(["small"], tmp_path))
-    routing = RoutingTable(["small", upstream.name], book, tmp_path)
+    routing = RoutingTable(["small", upstream.name], book, tmp_path, audit_percent=audit_percent)
     engines = {"small": RecordingEngine(), upstream.name: UpstreamEngine(upstream)}
     return TestClient(make_api(config, routing, engines, store=None,
                                inference_log=InferenceLog(LoggingConfig(), logged.append)))
@@ -138,6 +138,32 @@ def test_a_hosted_teacher_answers_through_the_service_and_is_logged(hosted, tmp_
     for teachers, kept in ((("hosted",), len(logged)), (("small",), 0)):
         reasons = prepare_in_process(store, LogFilter(), ExampleRules(teacher_models=teachers))["reason"].to_pylist()
         assert reasons.count("") == kept and reasons.count("not_teacher") == len(logged) - kept
+    store.close()
+
+
+def test_a_hosted_teacher_audits_a_local_student_and_its_audits_are_training_data(hosted, tmp_path):
+    url, seen = hosted
+    (tmp_path / "small" / "tuned").mkdir(parents=True)
+    (tmp_path / "small" / "tuned" / "adapter_config.json").write_text("{}")
+    logged: list = []
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, model="gpt-up"), logged,
+                 audit_percent=100) as client:
+        RouteBook(tmp_path / "routes.json", seed_states({"support": RouteTarget(base="small", teacher="hosted")}),
+                  "small", adapter_checker(["small"], tmp_path)).promote("support", "tuned")  # as `flywheel promote`
+        answer = client.post("/v1/chat/completions", json=ask("where is ORD-3?", model="support"))
+        assert answer.status_code == 200 and answer.headers["x-flywheel-model"] == "small:tuned"
+        deadline = time.monotonic() + 5
+        while len(logged) < 2 and time.monotonic() < deadline:  # the audit answers after the client's reply
+            time.sleep(0.01)
+    student, audit = logged
+    assert seen[-1][1]["model"] == "gpt-up" and seen[-1][1]["messages"][-1]["content"] == "where is ORD-3?"
+    assert (audit.base_model, audit.tags["role"], audit.tags["shadow_of"]) == ("hosted", "teacher", student.id)
+    assert audit.response["choices"][0]["message"]["content"] == ANSWER
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.write_batch(logged)
+    kept = prepare_in_process(store, LogFilter(), ExampleRules(teacher_models=("hosted",)))
+    assert dict(zip(kept["id"].to_pylist(), kept["reason"].to_pylist(), strict=True)) == {
+        student.id: "not_teacher", audit.id: ""}
     store.close()
 
 
