@@ -35,7 +35,7 @@ from flywheel.stats import lower_bound, paired_difference, upper_bound
 from flywheel.store import LogStore
 
 # A student is judged on its newest audits: drift shows in them, and a tick stays cheap.
-AUDIT_WINDOW = 500
+AUDIT_WINDOW = 200
 
 
 class Decision(BaseModel):
