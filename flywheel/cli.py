@@ -654,6 +654,41 @@ def promote_command(
         out.print(f"[yellow]{alias} {outcome}[/yellow] (mode {state.mode if state else 'teacher'})")
 
 
+@app.command("audit")
+def audit_command(
+    alias: str = typer.Option(..., "--alias", help="The alias whose serving student to judge."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Judge an alias's serving student now on the teacher's audits of its live answers
+    (gate.audit_percent): demote it (the alias goes back to its teacher) once they clearly
+    fall short of gate.min_teacher_ratio, as the watcher does at every tick."""
+    from flywheel.gate import gate_audit
+    from flywheel.routes import open_route_book
+
+    cfg = config_from(config)
+    book = open_route_book(cfg)
+    store = store_from(cfg)
+    try:
+        decision = gate_audit(cfg, book, store, alias)
+    finally:
+        store.close()
+    if decision is None:
+        fail(f"alias {alias!r} has no student answering it (see `flywheel routes`)")
+    state = book.get(alias)
+    result = {"alias": alias, "demoted": not decision.pending, "outcome": decision.outcome or "kept",
+              "route": state.model_dump(mode="json"), "decision": decision.model_dump(mode="json")}
+    if as_json:
+        emit_json(result)
+        return
+    for line in decision.reasons:
+        out.print(f"  {line}")
+    if result["demoted"]:
+        out.print(f"[red]{alias}: {state.student} demoted[/red]: the teacher answers until a turn promotes a student")
+    else:
+        out.print(f"[green]{alias}: {state.student} kept[/green]")
+
+
 @app.command("decisions")
 def decisions_command(
     alias: str | None = typer.Option(None, "--alias", help="Only this alias's decisions."),

@@ -157,11 +157,6 @@ def test_the_live_admin_endpoints_refuse_missing_and_wrong_tokens(service, adapt
 
 
 def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(service, adapters):
-    from flywheel.config import load_config
-    from flywheel.gate import gate_audit
-    from flywheel.routes import open_route_book
-    from flywheel.store import open_store
-
     admin(service, {"adapter": "swap-alpha", "reason": "audit test"})
     body = {"model": ALIAS, "messages": ASK, "max_tokens": 8, "temperature": 0}
     for _ in range(5):
@@ -174,15 +169,9 @@ def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(servi
     shown = run_cli("status", env=service.env)["aliases"][ALIAS]["audit"]
     assert shown["pairs"] == 5 and shown["metric"] == "token_f1" and shown["score"] < 0.5
     # alpha's fixed reply is far from what the teacher says: judged on the live pairs, it is demoted
-    config = load_config(service.home / "config.yaml", {"home": str(service.home)})
-    store = open_store(service.store_url)
-    try:
-        decision = gate_audit(config, open_route_book(config), store, ALIAS)
-    finally:
-        store.close()
-    assert decision.outcome == "demoted" and decision.eval_size == 5, decision.reasons
-    state = run_cli("routes", env=service.env)["aliases"][ALIAS]
-    assert (state["mode"], state["student"]) == ("teacher", f"{MODEL}:swap-alpha")
+    verdict = run_cli("audit", "--alias", ALIAS, env=service.env)
+    assert verdict["outcome"] == "demoted" and verdict["decision"]["eval_size"] == 5, verdict["decision"]["reasons"]
+    assert (verdict["route"]["mode"], verdict["route"]["student"]) == ("teacher", f"{MODEL}:swap-alpha")
 
 
 def test_shadow_mode_logs_the_candidate_linked_to_the_teacher_answer(service, adapters):

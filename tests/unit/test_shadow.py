@@ -247,6 +247,21 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     assert "trial" in decisions("--alias", "support") and "every check passed" in decisions()
     assert "no gate decisions for elsewhere" in decisions("--alias", "elsewhere")
 
+    def audit(*args):
+        return subprocess.run([sys.executable, "-m", "flywheel.cli", "audit", *args], check=False, text=True,
+                              capture_output=True, env=env, timeout=120)
+
+    kept = json.loads(audit("--alias", "support", "--json").stdout.splitlines()[-1])
+    assert (kept["outcome"], kept["demoted"], kept["decision"]["eval_size"]) == ("kept", False, 1)
+    store = open_store(f"sqlite:///{home / 'logs.db'}")  # a second wrong answer: clearly short of 0.95
+    store.write_batch(audited(call("lookup", n=1), call("lookup", n=2), "trial", base="smollm2-135m-instruct"))
+    store.close()
+    demoted = audit("--alias", "support")
+    assert demoted.returncode == 0 and "demoted" in demoted.stdout and "is below 95%" in demoted.stdout
+    assert "has no student answering it" in audit("--alias", "support").stderr  # the teacher answers it now
+    assert [d["outcome"] for d in json.loads(decisions("--json").splitlines()[-1])["decisions"]] == ["demoted",
+                                                                                                   "promoted"]
+
 
 def test_the_watcher_decides_trials_only_when_rollout_is_shadow(trial_config):
     store = open_store(trial_config.store_url)
