@@ -196,7 +196,8 @@ class ServeConfig(_Strict):
         default_factory=list, description="Bearer keys accepted on the inference endpoints (plus the "
         "comma-separated $FLYWHEEL_API_KEYS); empty: no key needed.")
     shadow_max_in_flight: int = Field(
-        4, ge=0, description="Shadow requests running at once per ingress replica; more are skipped, not queued.")
+        4, ge=0, description="Background answers (a shadow trial's candidate, the teacher's audits) running at once "
+        "per ingress replica; more are skipped, not queued.")
 
     def price_list(self) -> dict[str, Price]:
         """The models (and upstreams) that have their own prices."""
