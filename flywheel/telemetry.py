@@ -12,9 +12,12 @@ Names as Prometheus sees them carry Ray's `ray_` prefix (counters also get `_tot
 - `flywheel_candidate_score{workload, candidate, metric}` — the latest turn's scores
 - `flywheel_promoted{alias, model}` — 1 for what each alias's student is now, 0 for the former
 - `flywheel_gate_decisions{alias, outcome}` — recorded gate decisions: promoted, shadow trial,
-  withdrawn, unchanged
+  withdrawn, unchanged, demoted
 - `flywheel_shadow_pairs{alias, candidate}`, `flywheel_shadow_score{alias, candidate}` — a shadow
-  trial's live pairs so far and its score on them, as of the watcher's latest look
+  trial's (or an audited student's) live pairs so far and its score on them, as of the
+  watcher's latest look
+- `flywheel_shadows_skipped{alias, role}` — background answers (a trial's candidate, the
+  teacher's audit) not run because `serve.shadow_max_in_flight` were running
 
 Every function does nothing outside a Ray process, so library code calls them freely.
 """
@@ -119,3 +122,10 @@ def shadow_trial(alias: str, candidate: str, pairs: int, score: float | None) ->
     if score is not None:
         _metric("Gauge", "flywheel_shadow_score", "A shadow candidate's or audited student's score against the "
                 "teacher's live answers.", ("alias", "candidate")).set(score, tags=tags)
+
+
+def shadow_skipped(alias: str | None, role: str) -> None:
+    counter = _metric("Counter", "flywheel_shadows_skipped", "Background answers (a trial's candidate, the "
+                      "teacher's audit) skipped: serve.shadow_max_in_flight were running.", ("alias", "role"))
+    if counter is not None:
+        counter.inc(1, tags={"alias": alias or "", "role": role})

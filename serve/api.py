@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from flywheel import telemetry
 from flywheel.config import ServeConfig, TurnConfig
 from flywheel.gate import recent_decisions
 from flywheel.records import Feedback
@@ -157,7 +158,10 @@ def make_api(
     def begin_shadow(request: Request, original: dict, dispatch: Dispatch, primary: Pending | None) -> Pending | None:
         """Reserve a shadow run for this request (None when there is no room or no log to
         link it in); the primary's record and the shadow's name each other."""
-        if dispatch.shadow is None or primary is None or reserved[0] >= config.shadow_max_in_flight:
+        if dispatch.shadow is None or primary is None:
+            return None
+        if reserved[0] >= config.shadow_max_in_flight:
+            telemetry.shadow_skipped(dispatch.alias, dispatch.shadow_role)
             return None
         tags = {**dispatch.tags(), "role": dispatch.shadow_role, "shadow_of": primary.id}
         pending = inference_log.begin(request.headers, original, dispatch.shadow[0], tags, dispatch.alias, force=True)

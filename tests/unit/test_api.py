@@ -11,6 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
+from flywheel import telemetry
 from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig
 from flywheel.gate import Decision, record_decision
 from flywheel.routes import RouteBook, adapter_checker, seed_states
@@ -297,13 +298,13 @@ def secured(tmp_path, engine, logged, log_store):
     return secured_api(tmp_path, engine, logged, log_store)
 
 
-def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0):
+def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_max_in_flight=4):
     """An API with an admin token, an API key, two adapters, a logging sink and a log store."""
     for name in ("tuned", "next"):
         (tmp_path / "small" / name).mkdir(parents=True)
         (tmp_path / "small" / name / "adapter_config.json").write_text("{}")
     config = ServeConfig(models=[{"name": "small", "source": "x"}], admin_token="admin-s3cret", api_keys=["key-1"],
-                         aliases={"router": RouteTarget(base="small")})
+                         aliases={"router": RouteTarget(base="small")}, shadow_max_in_flight=shadow_max_in_flight)
     book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small", adapter_checker(["small"], tmp_path))
     routing = RoutingTable(["small"], book, tmp_path, audit_percent=audit_percent)
     return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
@@ -403,6 +404,20 @@ def test_a_second_model_answers_in_the_background_linked_in_the_log(tmp_path, en
     assert (primary.adapter, second.adapter) == adapters and (primary.tags["role"], second.tags["role"]) == roles
     assert primary.tags["shadow"] == second.id and second.tags["shadow_of"] == primary.id
     assert second.request == primary.request and second.status == "ok"
+
+
+def test_background_answers_past_the_in_flight_limit_are_skipped_and_counted(tmp_path, engine, logged, log_store,
+                                                                           monkeypatch):
+    skipped = []
+    monkeypatch.setattr(telemetry, "shadow_skipped", lambda alias, role: skipped.append((alias, role)))
+    client = secured_api(tmp_path, engine, logged, log_store, audit_percent=100, shadow_max_in_flight=0)
+    assert client.post("/v1/flywheel/routes/router", json={"adapter": "tuned"}, headers=ADMIN).status_code == 200
+    answer = client.post("/v1/chat/completions", json={**CHAT, "model": "router"},
+                         headers={"Authorization": "Bearer key-1"})
+    assert answer.status_code == 200 and answer.headers["X-Flywheel-Model"] == "small:tuned"
+    time.sleep(0.1)
+    assert [adapter for _, _, adapter in engine.calls] == ["tuned"] and len(logged) == 1
+    assert "shadow" not in logged[0].tags and skipped == [("router", "teacher")]
 
 
 def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):
