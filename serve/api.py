@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +202,22 @@ def make_api(
     async def forward(endpoint: Endpoint, request: Request) -> Response:
         authorized(request)
         original = await read_body(request, config.max_body_bytes)
-        dispatch = dispatch_of(original)
+        return await answer(endpoint, request, original, dispatch_of(original))
+
+    async def hand_over(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch,
+                        pending: Pending | None, status: int, message: str | None = None,
+                        payload: dict | None = None) -> Response:
+        """A student or candidate failed an alias's request: log its failure, and the
+        teacher answers instead (what failed is in the teacher's record's `route_note`)."""
+        if pending:
+            inference_log.finish(pending, status, payload, error=message)
+        logger.warning("%s failed a request to %s (HTTP %s); the teacher answers it", dispatch.route.name,
+                       dispatch.alias, status)
+        note = f"{dispatch.role} {dispatch.route.name} failed with HTTP {status}" + (
+            f" (log {pending.id})" if pending else "")
+        return await answer(endpoint, request, original, replace(dispatch.fallback, note=note))
+
+    async def answer(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch) -> Response:
         route, body = dispatch.route, dispatch.body
         engine = engines[route.base]
         headers = {"X-Flywheel-Model": route.name}
@@ -212,12 +228,17 @@ def make_api(
         if pending:
             headers["X-Flywheel-Log-Id"] = pending.id
         if body.get("stream") is True:
-            return await forward_stream(engine, endpoint, body, dispatch, headers, pending, shadow)
+            return await forward_stream(engine, endpoint, request, original, dispatch, headers, pending, shadow)
         try:
             status, payload = await asyncio.wait_for(engine.respond(endpoint, body, route.adapter), timeout)
         except Exception as error:
             run_shadow(endpoint, dispatch, shadow, False)
+            if dispatch.fallback:
+                return await hand_over(endpoint, request, original, dispatch, pending, *classify(error))
             return failure(error, pending)
+        if status != 200 and dispatch.fallback:
+            run_shadow(endpoint, dispatch, shadow, False)
+            return await hand_over(endpoint, request, original, dispatch, pending, status, payload=payload)
         if pending:
             if status == 200:
                 payload = {**payload, "id": pending.id}
@@ -225,16 +246,23 @@ def make_api(
         run_shadow(endpoint, dispatch, shadow, status == 200)
         return JSONResponse(payload, status_code=status, headers=headers)
 
-    async def forward_stream(engine: ModelEngine, endpoint: Endpoint, body: dict, dispatch: Dispatch, headers: dict,
-                             pending: Pending | None, shadow: Pending | None) -> Response:
-        chunks = engine.stream(endpoint, body, dispatch.route.adapter)
+    async def forward_stream(engine: ModelEngine, endpoint: Endpoint, request: Request, original: dict,
+                             dispatch: Dispatch, headers: dict, pending: Pending | None,
+                             shadow: Pending | None) -> Response:
+        """Streamed: a failure before the first chunk is handed over like any other; once
+        chunks flow, it can only be reported in-band."""
+        chunks = engine.stream(endpoint, dispatch.body, dispatch.route.adapter)
         try:
             status, error = await asyncio.wait_for(anext(chunks), timeout)
         except Exception as failed:
             run_shadow(endpoint, dispatch, shadow, False)
+            if dispatch.fallback:
+                return await hand_over(endpoint, request, original, dispatch, pending, *classify(failed))
             return failure(failed, pending)
         if status != 200:
             run_shadow(endpoint, dispatch, shadow, False)
+            if dispatch.fallback:
+                return await hand_over(endpoint, request, original, dispatch, pending, status, payload=error)
             if pending:
                 inference_log.finish(pending, status, error)
             return JSONResponse(error, status_code=status, headers=headers)

@@ -6,7 +6,9 @@ from the route book (flywheel/routes.py), re-read when it changes, so promotions
 rollbacks apply from the next request with no restart. A canary is sticky per end user:
 a request carrying OpenAI's `user` field lands in a fixed bucket for that alias and
 candidate, so one user sees one model (and stays on the candidate as its percent grows);
-requests without `user` are drawn at random. An audit (`gate.audit_percent`) has the
+requests without `user` are drawn at random. A student or candidate that fails a request
+(an error status, a timeout, an adapter that will not load, a prompt past its context)
+hands it to the alias's teacher (`Dispatch.fallback`, serve/api.py). An audit (`gate.audit_percent`) has the
 teacher also answer, in the background, a random share of what a student or candidate
 answers: fresh teacher answers to learn from, and live pairs to measure the student by. Adapters are folders
 `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
@@ -64,6 +66,7 @@ class Dispatch:
     note: str | None = None  # why the teacher answered instead of a student
     shadow: tuple[Route, dict[str, Any]] | None = None
     shadow_role: str = "candidate"  # what the shadow is: a candidate on trial, or the teacher auditing
+    fallback: Dispatch | None = None  # the alias's teacher, should the student or candidate fail
 
     def tags(self) -> dict[str, str]:
         """What the log record keeps of this routing."""
@@ -115,7 +118,8 @@ class RoutingTable:
             fitted = self._fitted(route, body) if route else None
             if fitted is not None:
                 audit = (teacher, body) if self.audit_percent and self.rng() * 100 < self.audit_percent else None
-                return Dispatch(route, fitted, model, state.mode, role, shadow=audit, shadow_role="teacher")
+                return Dispatch(route, fitted, model, state.mode, role, shadow=audit, shadow_role="teacher",
+                                fallback=Dispatch(teacher, body, model, state.mode, "teacher"))
             note = f"{role} {pick} unavailable" if route is None else f"request lacks {role} {pick}'s learned prefix"
         return Dispatch(teacher, body, model, state.mode, "teacher", note, shadow)
 

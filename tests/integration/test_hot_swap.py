@@ -8,6 +8,8 @@ teacher's is demoted on those live pairs."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -172,6 +174,30 @@ def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(servi
     verdict = run_cli("audit", "--alias", ALIAS, env=service.env)
     assert verdict["outcome"] == "demoted" and verdict["decision"]["eval_size"] == 5, verdict["decision"]["reasons"]
     assert (verdict["route"]["mode"], verdict["route"]["student"]) == ("teacher", f"{MODEL}:swap-alpha")
+
+
+def test_a_student_the_engine_will_not_serve_hands_its_requests_to_the_teacher(service, adapters):
+    """The adapter trains a module this deployment does not serve LoRA on, so the engine
+    refuses it (HTTP 400): through the alias, the client still gets an answer."""
+    broken = service.adapter_dir("swap-broken")
+    shutil.copytree(service.adapter_dir("swap-alpha"), broken)
+    config = json.loads((broken / "adapter_config.json").read_text())
+    (broken / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["q_proj", "gate_proj"]}))
+    admin(service, {"adapter": "swap-broken", "reason": "fallback test"})
+    body = {"model": ALIAS, "messages": ASK, "max_tokens": 8, "temperature": 0}
+    response = httpx.post(f"{service.base_url}/chat/completions", json=body, timeout=120)
+    assert response.status_code == 200 and response.json()["model"] == MODEL  # the teacher answered
+    answered = logged_record(service, response.headers["X-Flywheel-Log-Id"])
+    note = answered.tags["route_note"]
+    assert answered.tags["role"] == "teacher" and note.startswith(f"student {MODEL}:swap-broken failed with HTTP 400")
+    failed = logged_record(service, note.rpartition("log ")[2].rstrip(")"))
+    assert (failed.adapter, failed.status, failed.tags["role"]) == ("swap-broken", "error", "student")
+    assert "gate_proj" in failed.error
+    direct = httpx.post(f"{service.base_url}/chat/completions", json={**body, "model": f"{MODEL}:swap-broken"},
+                        timeout=120)
+    assert direct.status_code == 400 and "gate_proj" in direct.json()["error"]["message"]
+    admin(service, {"adapter": "swap-alpha", "reason": "fallback test done"})
+    shutil.rmtree(broken)
 
 
 def test_shadow_mode_logs_the_candidate_linked_to_the_teacher_answer(service, adapters):

@@ -19,6 +19,7 @@ from flywheel.savings import savings_report
 from flywheel.turns import RunBook
 from serve.api import make_api
 from serve.app import classify_serve_failure
+from serve.errors import error_body
 from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
 from tests.unit.test_savings import PRICES, traffic
@@ -418,6 +419,60 @@ def test_background_answers_past_the_in_flight_limit_are_skipped_and_counted(tmp
     time.sleep(0.1)
     assert [adapter for _, _, adapter in engine.calls] == ["tuned"] and len(logged) == 1
     assert "shadow" not in logged[0].tags and skipped == [("router", "teacher")]
+
+
+class BrokenStudent(RecordingEngine):
+    """The base answers; an adapter fails as `failure` says: a (status, body) the engine
+    returns (an adapter vLLM will not load: 400), or an exception (a timeout)."""
+
+    def __init__(self, failure):
+        super().__init__()
+        self.failure = failure
+        self.reply = (200, {"id": "x", "object": "chat.completion", "model": "m",
+                            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+
+    async def respond(self, endpoint, body, adapter):
+        if adapter is None:
+            return await super().respond(endpoint, body, adapter)
+        self.calls.append((endpoint, body, adapter))
+        if isinstance(self.failure, BaseException):
+            raise self.failure
+        return self.failure
+
+    async def stream(self, endpoint, body, adapter):
+        if adapter is None:
+            async for item in super().stream(endpoint, body, adapter):
+                yield item
+            return
+        self.calls.append((endpoint, body, adapter))
+        if isinstance(self.failure, BaseException):
+            raise self.failure
+        yield self.failure
+
+
+LOAD_FAILED = (400, error_body(400, "adapter 'tuned' could not be loaded: bad safetensors header", "model"))
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("failure", "status"), [(LOAD_FAILED, 400), (TimeoutError(), 504)])
+def test_a_student_that_fails_an_aliass_request_hands_it_to_the_teacher(tmp_path, logged, log_store, stream,
+                                                                        failure, status):
+    engine = BrokenStudent(failure)
+    client = secured_api(tmp_path, engine, logged, log_store)
+    assert client.post("/v1/flywheel/routes/router", json={"adapter": "tuned"}, headers=ADMIN).status_code == 200
+    key = {"Authorization": "Bearer key-1"}
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT, "model": "router", "stream": stream},
+                       headers=key) as reply:
+        assert reply.status_code == 200 and reply.headers["X-Flywheel-Model"] == "small"
+        assert ("Hel" if stream else "hi") in reply.read().decode()
+    assert [adapter for _, _, adapter in engine.calls] == ["tuned", None]
+    failed, answered = logged
+    assert (failed.adapter, failed.status, failed.tags["role"]) == ("tuned", "error", "student")
+    assert failed.error.startswith(f"HTTP {status}") and answered.id == reply.headers["X-Flywheel-Log-Id"]
+    assert (answered.adapter, answered.status, answered.tags["role"]) == (None, "ok", "teacher")
+    assert answered.tags["route_note"] == f"student small:tuned failed with HTTP {status} (log {failed.id})"
+    direct = client.post("/v1/chat/completions", json={**CHAT, "model": "small:tuned"}, headers=key)
+    assert direct.status_code == status  # named directly, not through an alias: the client sees the failure
 
 
 def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):
