@@ -656,13 +656,14 @@ def promote_command(
 
 @app.command("audit")
 def audit_command(
-    alias: str = typer.Option(..., "--alias", help="The alias whose serving student to judge."),
+    alias: str = typer.Option(..., "--alias", help="The alias whose student (or canary candidate) to judge."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Judge an alias's serving student now on the teacher's audits of its live answers
-    (gate.audit_percent): demote it (the alias goes back to its teacher) once they clearly
-    fall short of gate.min_teacher_ratio, as the watcher does at every tick."""
+    """Judge what serves an alias now (its student, or a canary's candidate) on the teacher's
+    audits of its live answers (gate.audit_percent), as the watcher does at every tick: once
+    they clearly fall short of gate.min_teacher_ratio, a student is demoted (the teacher
+    answers) and a candidate withdrawn."""
     from flywheel.gate import gate_audit
     from flywheel.routes import open_route_book
 
@@ -674,19 +675,17 @@ def audit_command(
     finally:
         store.close()
     if decision is None:
-        fail(f"alias {alias!r} has no student answering it (see `flywheel routes`)")
+        fail(f"alias {alias!r}: its teacher answers everything, nothing to judge (see `flywheel routes`)")
     state = book.get(alias)
-    result = {"alias": alias, "demoted": not decision.pending, "outcome": decision.outcome or "kept",
+    result = {"alias": alias, "adapter": decision.candidate, "outcome": decision.outcome or "kept",
               "route": state.model_dump(mode="json"), "decision": decision.model_dump(mode="json")}
     if as_json:
         emit_json(result)
         return
     for line in decision.reasons:
         out.print(f"  {line}")
-    if result["demoted"]:
-        out.print(f"[red]{alias}: {state.student} demoted[/red]: the teacher answers until a turn promotes a student")
-    else:
-        out.print(f"[green]{alias}: {state.student} kept[/green]")
+    colour = "green" if decision.pending else "red"
+    out.print(f"[{colour}]{alias}: {decision.candidate} {result['outcome']}[/{colour}] (mode {state.mode})")
 
 
 @app.command("decisions")

@@ -394,8 +394,9 @@ class GateConfig(_Strict):
                                  "`serve.shadow_max_in_flight` with shadow trials: past it, audits are skipped. "
                                  "0: no audits.")
     audit_demote: bool = Field(True, description="The watcher demotes a student (its alias goes back to the "
-                               "teacher) once a 95% upper bound on its audited score, valid at every look, is below "
-                               "`min_teacher_ratio`: quality that drifted after promotion is caught, not assumed.")
+                               "teacher), or withdraws a canary's candidate, once a 95% upper bound on its audited "
+                               "score, valid at every look, is below `min_teacher_ratio`: quality that drifted after "
+                               "promotion is caught, not assumed.")
 
     def alias_for(self, workload: str) -> str:
         return self.aliases.get(workload, workload)

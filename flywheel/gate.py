@@ -243,46 +243,51 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
     return decision
 
 
-def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, student: str, alias: str,
-                 since: float) -> Decision:
-    """The verdict on a serving student from the teacher's audits of its live answers
-    (`evidence`: its `shadow_report` row, on the newest `AUDIT_WINDOW` pairs since it took
-    over): demoted once even a 95% upper bound on its score, valid at every look, is below
-    `min_teacher_ratio`; otherwise pending (nothing recorded or changed)."""
+def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, adapter: str, alias: str,
+                 since: float, incumbent: str | None, role: str = "student") -> Decision:
+    """The verdict on an adapter serving an alias (its student, or a canary's candidate)
+    from the teacher's audits of its live answers (`evidence`: its `shadow_report` row, on
+    the newest `AUDIT_WINDOW` pairs since it began serving): it fails once even a 95% upper
+    bound on its score, valid at every look, is below `min_teacher_ratio`; otherwise the
+    decision is pending (nothing recorded or changed)."""
     policy = config.gate
     metric, ratio = policy.metric or metric, policy.min_teacher_ratio
     pairs = evidence.get("n", 0)
     score = evidence.get("metrics", {}).get(metric, {}).get("mean")
     ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
     drifted = ceiling is not None and ceiling < ratio
-    reasons = [f"info: {pairs} of the student's live answers audited by the teacher since it took over"]
+    reasons = [f"info: {pairs} of the {role}'s live answers audited by the teacher since it began serving"]
     if ceiling is not None:
         reasons.append(("fail: " if drifted else "pass: ") + f"{metric} {score:.3f} against the teacher's answers "
                        f"to the same requests; {ceiling:.3f}, the 95% upper bound that holds however often it is "
                        f"checked, {'is below' if drifted else 'reaches'} {ratio:.0%}")
-    return Decision(alias=alias, candidate=student, incumbent=student, promote=False, reasons=reasons,
+    return Decision(alias=alias, candidate=adapter, incumbent=incumbent, promote=False, reasons=reasons,
                     metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
                     versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}", pending=not drifted)
 
 
 def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:
-    """Judge the alias's student on the teacher's audits since it took over (None: no
-    student answers the alias). One that clearly falls short is demoted: the decision is
-    recorded and the alias goes back to its teacher, which answers everything (and so
-    logs fresh training data) until a turn promotes a better student; the demoted one
-    stays the incumbent that student must not regress from."""
+    """Judge what serves the alias on the teacher's audits since it began (None: the
+    teacher answers everything): its student, or in a canary its candidate. One that
+    clearly falls short is taken off and the decision recorded. A student is demoted: the
+    alias goes back to its teacher, which answers everything (and so logs fresh training
+    data) until a turn promotes a better student; the demoted one stays the incumbent that
+    student must not regress from. A canary's candidate is withdrawn: the alias goes back
+    to its student, or its teacher."""
     from flywheel.shadow import shadow_report
 
     state = book.get(alias)
-    if state is None or state.mode != "student" or state.student is None:
+    if state is None or state.mode not in ("student", "canary"):  # each mode has what it needs (AliasState)
         return None
-    report = shadow_report(store, None, since=state.changed_at, candidate=state.student, alias=alias,
-                           limit=AUDIT_WINDOW)
-    decision = decide_audit(config, report["candidates"].get(state.student, {}), report["primary_metric"],
-                            state.student_adapter, alias, state.changed_at)
-    telemetry.shadow_trial(alias, state.student, decision.eval_size, decision.candidate_score)
+    role, model = ("student", state.student) if state.mode == "student" else ("candidate", state.candidate)
+    report = shadow_report(store, None, since=state.changed_at, candidate=model, alias=alias, limit=AUDIT_WINDOW)
+    decision = decide_audit(config, report["candidates"].get(model, {}), report["primary_metric"],
+                            model.partition(":")[2], alias, state.changed_at, state.student_adapter, role)
+    telemetry.shadow_trial(alias, model, decision.eval_size, decision.candidate_score)
     if decision.pending:
         return decision
-    decision = record_decision(config, decision.model_copy(update={"outcome": "demoted"}))
-    book.set_mode(alias, "teacher", reason=f"audit failed: {decision.path.name}")
+    outcome = "demoted" if role == "student" else "withdrawn"
+    decision = record_decision(config, decision.model_copy(update={"outcome": outcome}))
+    mode = "teacher" if role == "student" or not state.student else "student"
+    book.set_mode(alias, mode, reason=f"audit failed: {decision.path.name}")
     return decision

@@ -6,7 +6,8 @@ turns queued over HTTP (`POST /v1/flywheel/runs` creates a pending run). One tur
 `turn.max_concurrent` at once. With `gate.rollout: shadow` it also judges each watched
 workload's alias while it is in a shadow trial (`gate.gate_shadow`): promoted or
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
-serving student on the teacher's audits (`gate.gate_audit`): demoted once they fall short.
+serving student (or canary candidate) on the teacher's audits (`gate.gate_audit`):
+demoted (withdrawn) once they clearly fall short.
 
 `due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
 inputs from the store and the run records and starts what is due, each turn in a thread.

@@ -252,13 +252,13 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
                               capture_output=True, env=env, timeout=120)
 
     kept = json.loads(audit("--alias", "support", "--json").stdout.splitlines()[-1])
-    assert (kept["outcome"], kept["demoted"], kept["decision"]["eval_size"]) == ("kept", False, 1)
+    assert (kept["outcome"], kept["adapter"], kept["decision"]["eval_size"]) == ("kept", "trial", 1)
     store = open_store(f"sqlite:///{home / 'logs.db'}")  # a second wrong answer: clearly short of 0.95
     store.write_batch(audited(call("lookup", n=1), call("lookup", n=2), "trial", base="smollm2-135m-instruct"))
     store.close()
     demoted = audit("--alias", "support")
     assert demoted.returncode == 0 and "demoted" in demoted.stdout and "is below 95%" in demoted.stdout
-    assert "has no student answering it" in audit("--alias", "support").stderr  # the teacher answers it now
+    assert "nothing to judge" in audit("--alias", "support").stderr  # the teacher answers it now
     assert [d["outcome"] for d in json.loads(decisions("--json").splitlines()[-1])["decisions"]] == ["demoted",
                                                                                                    "promoted"]
 
@@ -408,6 +408,26 @@ def test_audits_measure_a_serving_student_and_demote_it_once_it_clearly_falls_sh
     assert (state.mode, state.student) == ("teacher", "small:old") and "audit failed" in state.reason
     assert [d["outcome"] for d in list_decisions(config, "support")] == ["demoted"]
     assert gate_audit(config, book, store, "support") is None  # nothing serving to audit
+    store.close()
+
+
+def test_a_canarys_candidate_that_audits_show_clearly_short_is_withdrawn(trial_config):
+    store, book = open_store(trial_config.store_url), open_route_book(trial_config)
+    status, wrong = call("get_order_status", order_id="ORD-1"), call("cancel_order", order_id="ORD-1")
+    book.promote("support", "old")
+    book.set_mode("support", "canary", percent=20, candidate="trial")
+    for _ in range(3):
+        store.write_batch(audited(status, status, "trial"))
+        store.write_batch(audited(wrong, status, "old"))  # the student's answers are not the candidate's
+    kept = gate_audit(trial_config, book, store, "support")
+    assert kept.pending and (kept.candidate, kept.incumbent, kept.eval_size) == ("trial", "old", 3)
+    for _ in range(6):  # 3 right of 9: the anytime upper bound is 0.883, below the 0.9 ratio
+        store.write_batch(audited(wrong, status, "trial"))
+    withdrawn = gate_audit(trial_config, book, store, "support")
+    assert not withdrawn.pending and withdrawn.outcome == "withdrawn" and "candidate's live answers" in \
+        withdrawn.reasons[0]
+    state = book.get("support")
+    assert (state.mode, state.student) == ("student", "small:old") and "audit failed" in state.reason
     store.close()
 
 
