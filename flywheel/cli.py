@@ -900,13 +900,14 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
                                   "needed": cfg.gate.shadow_min_pairs, "judged_by_watcher": cfg.gate.rollout == "shadow"}
-            elif state["mode"] == "student" and cfg.gate.audit_percent > 0:
-                report = shadow_report(store, None, since=state["changed_at"], candidate=state["student"], alias=alias,
+            elif state["mode"] in ("student", "canary") and cfg.gate.audit_percent > 0:
+                judged = state["student"] if state["mode"] == "student" else state["candidate"]
+                report = shadow_report(store, None, since=state["changed_at"], candidate=judged, alias=alias,
                                        limit=AUDIT_WINDOW)  # what the watcher judges it on
                 metric = cfg.gate.metric or report["primary_metric"]
-                row = report["candidates"].get(state["student"], {})
-                state["audit"] = {"percent": cfg.gate.audit_percent, "pairs": row.get("n", 0), "metric": metric,
-                                  "score": row.get("metrics", {}).get(metric, {}).get("mean")}
+                row = report["candidates"].get(judged, {})
+                state["audit"] = {"model": judged, "percent": cfg.gate.audit_percent, "pairs": row.get("n", 0),
+                                  "metric": metric, "score": row.get("metrics", {}).get(metric, {}).get("mean")}
     except Exception as error:
         fail(f"could not read the log store {cfg.store_url}: {error}")
     finally:
@@ -928,7 +929,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         evidence = f"; trial of {state['candidate']}: {trial['pairs']}/{trial['needed']} live pairs" if trial else ""
         if audit:
             score = f", {audit['metric']} {audit['score']:.3f}" if audit["score"] is not None else ""
-            evidence = f"; audited by the teacher ({audit['percent']:g}%): {audit['pairs']} live pairs{score}"
+            evidence = (f"; {audit['model']} audited by the teacher ({audit['percent']:g}%): {audit['pairs']} live "
+                        f"pairs{score}")
         out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
                   f"teacher {state['teacher']}{evidence}")
     for workload, count in sorted(records.items()):

@@ -235,7 +235,7 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     store.close()
     shown = subprocess.run([sys.executable, "-m", "flywheel.cli", "status"], check=False, text=True,
                            capture_output=True, env=env, timeout=120).stdout
-    assert "audited by the teacher (5%): 1 live pairs, function_name_and_args 0.000" in shown
+    assert "trial audited by the teacher (5%): 1 live pairs, function_name_and_args 0.000" in shown
 
     def decisions(*args):
         return subprocess.run([sys.executable, "-m", "flywheel.cli", "decisions", *args], check=False, text=True,
