@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
@@ -619,11 +619,7 @@ def promote_command(
     book = open_route_book(cfg)
     try:
         if shadow:
-            store = store_from(cfg)
-            try:
-                decision = gate_shadow(cfg, book, store, alias)
-            finally:
-                store.close()
+            decision = _judge_live(cfg, book, alias, gate_shadow)
             if decision is None:
                 fail(f"alias {alias!r} is not in a shadow trial (see `flywheel routes`)")
         elif report is None:
@@ -654,6 +650,15 @@ def promote_command(
         out.print(f"[yellow]{alias} {outcome}[/yellow] (mode {state.mode if state else 'teacher'})")
 
 
+def _judge_live(cfg: FlywheelConfig, book: Any, alias: str, judge: Callable) -> Any:
+    """`judge` (`gate_shadow`, `gate_audit`) on the alias's live pairs in the configured store."""
+    store = store_from(cfg)
+    try:
+        return judge(cfg, book, store, alias)
+    finally:
+        store.close()
+
+
 @app.command("audit")
 def audit_command(
     alias: str = typer.Option(..., "--alias", help="The alias whose student (or canary candidate) to judge."),
@@ -669,11 +674,7 @@ def audit_command(
 
     cfg = config_from(config)
     book = open_route_book(cfg)
-    store = store_from(cfg)
-    try:
-        decision = gate_audit(cfg, book, store, alias)
-    finally:
-        store.close()
+    decision = _judge_live(cfg, book, alias, gate_audit)
     if decision is None:
         fail(f"alias {alias!r}: its teacher answers everything, nothing to judge (see `flywheel routes`)")
     state = book.get(alias)
