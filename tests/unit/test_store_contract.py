@@ -167,3 +167,19 @@ def test_sqlite_busy_timeout_bounds_the_wait_for_a_lock(tmp_path):
     assert time.monotonic() - started < 5
     locker.execute("COMMIT")
     assert store.write_batch([make(1)]) == 1
+
+
+def test_answers_to_learn_from_are_counted_alike_by_every_backend(store):
+    """What starts a turn (flywheel/watch.py) reads the bulk scan of a time window: the
+    teacher's answers and its audits count, a student's own answers do not."""
+    from flywheel.examples import count_ground_truth
+
+    records = [make(i).model_copy(update={"base_model": "small", "adapter": "tuned" if i % 2 else None})
+               for i in range(12)]
+    records[3] = records[3].model_copy(update={"adapter": None, "tags": {"role": "teacher", "shadow_of": "x"}})
+    records[5] = records[5].model_copy(update={"tags": {"role": "candidate", "shadow_of": "y"}})
+    store.write_batch(records)
+    everything, window = LogFilter(), LogFilter(since=1_700_000_002, until=1_700_000_008)
+    assert count_ground_truth(store, everything, ()) == 7  # 6 teacher answers and 1 audit
+    assert count_ground_truth(store, window, ()) == 4  # 2, 3 (the audit), 4, 6
+    assert count_ground_truth(store, everything, ("small:tuned",)) == 4  # 1, 7, 9, 11: not 5, a trial's shadow
