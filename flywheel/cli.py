@@ -896,7 +896,11 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
     store = store_from(cfg)
     try:
         records = store.stats()["by_workload"]
+        teachers = cfg.curate.teacher_models
         for alias, state in routes.items():
+            if teachers and state["teacher"] not in teachers:
+                state["warning"] = (f"its teacher {state['teacher']} is not in curate.teacher_models: what it answers "
+                                    "(audits too) is not training data, and audits measure students against it")
             if state["mode"] == "shadow":
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
@@ -934,6 +938,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                         f"pairs{score}")
         out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
                   f"teacher {state['teacher']}{evidence}")
+        if state.get("warning"):
+            out.print(f"  [yellow]warning[/yellow]: {state['warning']}")
     for workload, count in sorted(records.items()):
         run = result["latest_runs"].get(workload)
         out.print(f"workload {workload}: {count} records; latest turn "

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flywheel import telemetry
 from flywheel.config import FlywheelConfig
@@ -236,6 +237,14 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     shown = subprocess.run([sys.executable, "-m", "flywheel.cli", "status"], check=False, text=True,
                            capture_output=True, env=env, timeout=120).stdout
     assert "trial audited by the teacher (5%): 1 live pairs, function_name_and_args 0.000" in shown
+    assert "warning" not in shown  # no curate.teacher_models: any model without an adapter is a teacher
+    strict = tmp_path / "strict.yaml"
+    local = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "local.yaml").read_text())
+    strict.write_text(yaml.safe_dump({**local, "curate": {"teacher_models": ["gpt-teacher"]}}))
+    flagged = json.loads(subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--config", str(strict),
+                                         "--json"], check=False, text=True, capture_output=True, env=env,
+                                        timeout=120).stdout.splitlines()[-1])["aliases"]["support"]
+    assert "smollm2-135m-instruct is not in curate.teacher_models" in flagged["warning"]
 
     def decisions(*args):
         return subprocess.run([sys.executable, "-m", "flywheel.cli", "decisions", *args], check=False, text=True,
