@@ -595,22 +595,23 @@ def promote_command(
     alias: str | None = AliasOption,
     report: str | None = typer.Option(None, "--report", help="Evaluation run id: promote only if the gate passes "
                                       "on it (the decision is recorded either way)."),
-    shadow: bool = typer.Option(False, "--shadow", help="Judge the alias's shadow trial now on the live pairs "
-                                "since it began: promote its candidate or withdraw it (after gate.shadow_min_pairs)."),
+    shadow: bool = typer.Option(False, "--shadow", help="Judge the alias's trial (shadow or canary) now on the "
+                                "live pairs since it began: promote its candidate or withdraw it (after "
+                                "gate.shadow_min_pairs)."),
     min_pairs: int | None = typer.Option(None, "--min-pairs", min=1, help="With --shadow: decide on this many live "
                                          "pairs instead of gate.shadow_min_pairs."),
     reason: str = typer.Option("", "--reason", help="Why (recorded in the route history)."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Move an alias to an adapter, or judge its shadow trial; the running service routes by
-    the result from the next request."""
+    """Move an alias to an adapter, or judge its trial (shadow or canary); the running service
+    routes by the result from the next request."""
     from flywheel.evaluation import load_report
     from flywheel.gate import gate_and_promote, gate_shadow
     from flywheel.routes import RouteError, open_route_book
 
     if shadow == (adapter is not None):
-        fail("name an adapter (--adapter) or judge the alias's shadow trial (--shadow --alias A)"
+        fail("name an adapter (--adapter) or judge the alias's trial (--shadow --alias A)"
              + (", not both" if shadow else ""))
     if shadow and alias is None:
         fail("--shadow needs --alias")
@@ -621,7 +622,7 @@ def promote_command(
         if shadow:
             decision = _judge_live(cfg, book, alias, gate_shadow)
             if decision is None:
-                fail(f"alias {alias!r} is not in a shadow trial (see `flywheel routes`)")
+                fail(f"alias {alias!r} is not in a shadow or canary trial (see `flywheel routes`)")
         elif report is None:
             decision = None
             book.promote(alias, adapter, reason or "manual promotion (no gate)")
@@ -642,10 +643,10 @@ def promote_command(
         out.print(f"  {line}")
     if result["promoted"]:
         out.print(f"[green]{alias}[/green] -> {state.student} (mode {state.mode})")
-    elif outcome == "shadow trial":
-        out.print(f"[cyan]{alias}[/cyan]: {state.candidate} on trial in shadow mode")
+    elif outcome in ("shadow trial", "canary trial"):
+        out.print(f"[cyan]{alias}[/cyan]: {state.candidate} on trial in {state.mode} mode")
     elif decision and decision.pending:
-        out.print(f"[yellow]{alias} unchanged[/yellow]: too few live shadow pairs yet")
+        out.print(f"[yellow]{alias} unchanged[/yellow]: too few live pairs yet")
     else:
         out.print(f"[yellow]{alias} {outcome}[/yellow] (mode {state.mode if state else 'teacher'})")
 
@@ -901,10 +902,10 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
             if teachers and state["teacher"] not in teachers:
                 state["warning"] = (f"its teacher {state['teacher']} is not in curate.teacher_models: what it answers "
                                     "(audits too) is not training data, and audits measure students against it")
-            if state["mode"] == "shadow":
+            if state["mode"] == "shadow" or state["mode"] == cfg.gate.rollout == "canary":
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
-                state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])),
-                                  "needed": cfg.gate.shadow_min_pairs, "judged_by_watcher": cfg.gate.rollout == "shadow"}
+                state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": cfg.gate.shadow_min_pairs,
+                                  "judged_by_watcher": cfg.gate.rollout == state["mode"]}
             elif state["mode"] in ("student", "canary") and cfg.gate.audit_percent > 0:
                 judged = state["student"] if state["mode"] == "student" else state["candidate"]
                 report = shadow_report(store, None, since=state["changed_at"], candidate=judged, alias=alias,

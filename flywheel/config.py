@@ -372,11 +372,15 @@ class GateConfig(_Strict):
                                      "pairs (until `shadow_max_hours`, if set).")
     aliases: dict[str, str] = Field(default_factory=dict, description="Workload -> the alias its students are "
                                     "promoted to; a workload not listed uses its own name.")
-    rollout: Literal["promote", "shadow"] = Field(
+    rollout: Literal["promote", "shadow", "canary"] = Field(
         "promote", description="What a candidate that passes the offline gate gets: `promote` (it answers the "
-        "alias's traffic at once) or `shadow` (a trial: the teacher keeps answering, the candidate answers the "
-        "same requests in the background, and it is promoted once `shadow_min_pairs` live answers reach "
-        "`min_teacher_ratio` of the teacher's, withdrawn otherwise; the watcher decides).")
+        "alias's traffic at once), `shadow` (a trial: the teacher keeps answering, the candidate answers the "
+        "same requests in the background) or `canary` (a trial: the candidate answers `canary_percent`% of the "
+        "traffic and the teacher audits every answer it gives). A trial's candidate is promoted once "
+        "`shadow_min_pairs` live pairs reach `min_teacher_ratio` of the teacher's, withdrawn otherwise; the "
+        "watcher decides.")
+    canary_percent: float = Field(10.0, gt=0, lt=100, description="With `rollout: canary`, the share of the "
+                                  "alias's traffic a candidate on trial answers.")
     shadow_min_pairs: int = Field(50, ge=1, description="Fewest live shadow pairs a trial's decision may rest on.")
     shadow_max_hours: float | None = Field(None, gt=0, description="A shadow trial that has not gathered "
                                            "`shadow_min_pairs` pairs this long after it began is withdrawn; "

@@ -5,10 +5,12 @@ only when (1) its score (with `require_confidence`, a 95% lower bound on it) rea
 `min_teacher_ratio` of the teacher's on the gate metric, (2) the lower bound of the paired
 95% interval (candidate - incumbent student, same items) is at least `-max_regression`,
 and (3) at least `min_eval_size` items were scored. `gate_and_promote` then moves the
-alias: straight to the candidate (`gate.rollout: promote`), or into a shadow trial
-(`shadow`).
+alias: straight to the candidate (`gate.rollout: promote`), or into a trial on live
+traffic: `shadow` (the teacher answers, the candidate answers the same requests in the
+background) or `canary` (the candidate answers `canary_percent`% of the traffic, and the
+teacher audits every answer it gives).
 
-Online, `gate_shadow` judges a trial on live traffic (flywheel/shadow.py): once
+Online, `gate_shadow` judges a trial on its live pairs (flywheel/shadow.py): once
 `shadow_min_pairs` requests were answered by both, the candidate is promoted when its
 answers score `min_teacher_ratio` against the teacher's (or, with `require_confidence`,
 once a bound valid at every look says so), and withdrawn otherwise. After promotion,
@@ -51,8 +53,8 @@ class Decision(BaseModel):
     versus_incumbent: dict[str, float] | None = Field(description="Paired difference: mean, low, high, n.")
     eval_size: int
     report_id: str = Field(description="The evaluation run, or `shadow:<since>` for live shadow evidence.")
-    outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, withdrawn, "
-                         "unchanged, demoted (an audited student).")
+    outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, canary "
+                         "trial, withdrawn, unchanged, demoted (an audited student).")
     pending: bool = Field(False, description="Too little live evidence yet: nothing recorded or changed.")
     decided_at: float = Field(default_factory=time.time)
     path: Path | None = None
@@ -149,17 +151,18 @@ def recent_decisions(decisions_dir: Path, alias: str | None = None, limit: int |
 def gate_and_promote(config: FlywheelConfig, book: RouteBook, report: EvalReport, candidate: str,
                      alias: str) -> Decision:
     """Decide against the alias's current student, record the decision, and on a pass
-    promote the candidate or start its shadow trial (`gate.rollout`)."""
+    promote the candidate or start its trial on live traffic (`gate.rollout`: shadow or canary)."""
     state = book.get(alias)
     decision = decide(config, report, candidate, alias, state.student_adapter if state else None)
-    trial = config.gate.rollout == "shadow"
-    outcome = ("shadow trial" if trial else "promoted") if decision.promote else "unchanged"
+    rollout = config.gate.rollout
+    outcome = ("promoted" if rollout == "promote" else f"{rollout} trial") if decision.promote else "unchanged"
     decision = record_decision(config, decision.model_copy(update={"outcome": outcome}))
     reason = f"gate passed: {decision.path.name} (report {report.run_id})"
-    if decision.promote and trial:
-        book.set_mode(alias, "shadow", candidate=candidate, reason=f"{reason}; on trial against live traffic")
-    elif decision.promote:
+    if decision.promote and rollout == "promote":
         book.promote(alias, candidate, reason=reason)
+    elif decision.promote:
+        book.set_mode(alias, rollout, candidate=candidate, reason=f"{reason}; on trial against live traffic",
+                      percent=config.gate.canary_percent if rollout == "canary" else None)
     return decision
 
 
@@ -183,7 +186,7 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
     floor = lower_bound(score, pairs, anytime=True) if sure and score is not None else None
     # cannot pass: ends a trial before its pairs (early withdrawal) or, when sure is needed, after them
     hopeless = ceiling is not None and ceiling < ratio and (sure if enough else policy.shadow_early_withdraw)
-    reasons = [("pass: " if enough else "fail: ") + f"{pairs} live shadow pairs, {errors} failed answers "
+    reasons = [("pass: " if enough else "fail: ") + f"{pairs} live pairs with the teacher, {errors} failed answers "
                f"(the gate needs >= {policy.shadow_min_pairs})"
                + (f" in the trial's {policy.shadow_max_hours:g} h limit" if expired and not enough else "")]
     good = score is not None and (floor if sure else score) >= ratio
@@ -216,15 +219,16 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
                     pending=not (settled or expired or hopeless))
 
 
-def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:
-    """Judge the alias's shadow trial on the live pairs since it began (None: the alias is
-    not in shadow mode). Once there is enough evidence the decision is recorded and acted
-    on: a pass promotes the candidate, a fail withdraws it (the alias goes back to its
-    student, or its teacher). A pending decision changes nothing."""
+def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str,
+                modes: tuple[str, ...] = ("shadow", "canary")) -> Decision | None:
+    """Judge the alias's trial (in one of `modes`: shadow, or canary) on the live pairs
+    since it began (None: no such trial). Once there is enough evidence the decision is
+    recorded and acted on: a pass promotes the candidate, a fail withdraws it (the alias
+    goes back to its student, or its teacher). A pending decision changes nothing."""
     from flywheel.shadow import shadow_report
 
     state = book.get(alias)
-    if state is None or state.mode != "shadow" or state.candidate is None:
+    if state is None or state.mode not in modes:
         return None
     # every workload (requests may name their own): the alias, candidate and start time pick the trial's pairs
     report = shadow_report(store, None, since=state.changed_at, candidate=state.candidate, alias=alias)
@@ -235,7 +239,7 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
         return decision
     decision = record_decision(config, decision.model_copy(update={
         "outcome": "promoted" if decision.promote else "withdrawn"}))
-    reason = f"shadow trial {'passed' if decision.promote else 'failed'}: {decision.path.name}"
+    reason = f"{state.mode} trial {'passed' if decision.promote else 'failed'}: {decision.path.name}"
     if decision.promote:
         book.promote(alias, state.candidate, reason=reason)
     else:

@@ -3,8 +3,8 @@ learn from arrived since its last turn (`turn.min_new_records`: what curation wo
 the teacher's, so a serving student's own answers do not count, the teacher's audits of
 them do), or when `turn.interval_s` passed and any such answer arrived; it also runs
 turns queued over HTTP (`POST /v1/flywheel/runs` creates a pending run). One turn per workload at a time (run-record locks), at most
-`turn.max_concurrent` at once. With `gate.rollout: shadow` it also judges each watched
-workload's alias while it is in a shadow trial (`gate.gate_shadow`): promoted or
+`turn.max_concurrent` at once. With `gate.rollout: shadow` (or `canary`) it also judges
+each watched workload's alias while it is in such a trial (`gate.gate_shadow`): promoted or
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
 serving student (or canary candidate) on the teacher's audits (`gate.gate_audit`):
 demoted (withdrawn) once they clearly fall short.
@@ -125,12 +125,12 @@ class Watcher:
         return [run_id for run_id in started if run_id]
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
-        """Decide what live evidence settles for these workloads' aliases: shadow trials
-        (with `gate.rollout: shadow`; otherwise they are an operator's) and audited
-        students (with `gate.audit_demote`)."""
+        """Decide what live evidence settles for these workloads' aliases: trials of the
+        kind `gate.rollout` starts (shadow or canary; any other is an operator's) and what
+        serves under audit (with `gate.audit_demote`)."""
         policy, judges = self.config.gate, []
-        if policy.rollout == "shadow":
-            judges.append(gate_shadow)
+        if policy.rollout != "promote":
+            judges.append(lambda *args: gate_shadow(*args, modes=(policy.rollout,)))
         if policy.audit_demote and policy.audit_percent > 0:
             judges.append(gate_audit)
         decisions = []

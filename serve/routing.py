@@ -10,7 +10,8 @@ requests without `user` are drawn at random. A student or candidate that fails a
 (an error status, a timeout, an adapter that will not load, a prompt past its context)
 hands it to the alias's teacher (`Dispatch.fallback`, serve/api.py). An audit (`gate.audit_percent`) has the
 teacher also answer, in the background, a random share of what a student or candidate
-answers: fresh teacher answers to learn from, and live pairs to measure the student by. Adapters are folders
+answers (all that a canary's candidate answers: it is on trial): fresh teacher answers
+to learn from, and live pairs to measure the student or candidate by. Adapters are folders
 `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
 is routable at once.
 
@@ -116,8 +117,9 @@ class RoutingTable:
         if pick is not None:
             route = self._usable(pick, via)
             fitted = self._fitted(route, body) if route else None
-            if fitted is not None:
-                audit = (teacher, body) if self.audit_percent and self.rng() * 100 < self.audit_percent else None
+            if fitted is not None:  # a candidate is on trial: the teacher audits all it answers
+                audited = role == "candidate" or (self.audit_percent and self.rng() * 100 < self.audit_percent)
+                audit = (teacher, body) if audited else None
                 return Dispatch(route, fitted, model, state.mode, role, shadow=audit, shadow_role="teacher",
                                 fallback=Dispatch(teacher, body, model, state.mode, "teacher"))
             note = f"{role} {pick} unavailable" if route is None else f"request lacks {role} {pick}'s learned prefix"

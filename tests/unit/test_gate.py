@@ -101,17 +101,20 @@ def test_gate_and_promote_records_every_decision_and_moves_the_alias_only_on_a_p
     assert json.loads(passed.path.read_text())["reasons"] == passed.reasons
 
 
-def test_with_shadow_rollout_a_pass_starts_a_trial_and_the_student_keeps_its_place(config, tmp_path):
-    config = config.model_copy(update={"gate": config.gate.model_copy(update={"rollout": "shadow"})})
+@pytest.mark.parametrize(("rollout", "percent"), [("shadow", 0.0), ("canary", 25.0)])
+def test_with_a_trial_rollout_a_pass_starts_a_trial_and_the_student_keeps_its_place(config, tmp_path, rollout,
+                                                                                    percent):
+    config = config.model_copy(update={"gate": config.gate.model_copy(update={"rollout": rollout,
+                                                                              "canary_percent": 25})})
     book = open_route_book(config)
     book.promote("support", "old")
     passed = gate_and_promote(config, book, make_report(tmp_path, {"new": items(100, 100), "old": items(99, 100)}),
                               "new", "support")
     state = book.get("support")
-    assert passed.promote and passed.outcome == "shadow trial"
-    assert (state.mode, state.student, state.candidate) == ("shadow", "small:old", "small:new")
+    assert passed.promote and passed.outcome == f"{rollout} trial"
+    assert (state.mode, state.student, state.candidate, state.percent) == (rollout, "small:old", "small:new", percent)
     assert "on trial" in state.reason
     refused = gate_and_promote(config, book, make_report(tmp_path, {"new": items(50, 100), "old": items(99, 100)}),
                                "new", "support")
     assert refused.outcome == "unchanged" and book.get("support").changed_at == state.changed_at
-    assert [d["outcome"] for d in list_decisions(config, "support")] == ["shadow trial", "unchanged"]
+    assert [d["outcome"] for d in list_decisions(config, "support")] == [f"{rollout} trial", "unchanged"]

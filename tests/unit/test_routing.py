@@ -160,13 +160,14 @@ def test_a_student_missing_from_disk_leaves_the_teacher_answering(tmp_path):
     assert dispatch.route == Route("big") and "unavailable" in dispatch.note
 
 
-def test_the_teacher_audits_a_share_of_what_students_and_candidates_answer(tmp_path):
-    """Each request an adapter answers draws once against `audit_percent`; the teacher then
-    also answers it, with the body the client sent (the student's has its prefix stripped)."""
+def test_the_teacher_audits_a_share_of_what_students_answer_and_all_that_candidates_do(tmp_path):
+    """Each request a student answers draws once against `audit_percent`; a canary's
+    candidate is on trial, so all it answers is audited. The teacher gets the body the
+    client sent (the student's has its prefix stripped)."""
     make_adapter(tmp_path, "small", "pruned", prefix={"system": SYSTEM, "tools": TOOLS})
     make_adapter(tmp_path, "small", "trial")
     table = make_table(tmp_path, {"router": RouteTarget(base="big", adapter=None)}, audit_percent=10,
-                       rng=Dice(0.05, 0.5, 0.01, 0.05, 0.5))
+                       rng=Dice(0.05, 0.5, 0.01, 0.5))
     assert table.dispatch(FULL).shadow is None  # teacher mode: nothing to audit, no draw
     table.book.promote("router", "pruned")
     audited, plain = table.dispatch(FULL), table.dispatch(FULL)  # draws 0.05 (< 10%), 0.5
@@ -174,9 +175,10 @@ def test_the_teacher_audits_a_share_of_what_students_and_candidates_answer(tmp_p
     assert audited.shadow == (Route("big"), FULL) and audited.body["messages"] == FULL["messages"][1:]
     assert plain.route == Route("small", "pruned") and plain.shadow is None
     table.book.set_mode("router", "canary", percent=10, candidate="trial")
-    candidate = table.dispatch(FULL)  # canary draw 0.01: the candidate answers; audit draw 0.05
+    candidate = table.dispatch(FULL)  # canary draw 0.01: the candidate answers, audited without a draw
     assert (candidate.route, candidate.role, candidate.shadow) == (Route("small", "trial"), "candidate",
                                                                     (Route("big"), FULL))
+    assert candidate.fallback.route == Route("big") and candidate.fallback.body is FULL
     table.book.set_mode("router", "shadow")
     trial = table.dispatch(FULL)  # the teacher answers: its shadow is the candidate's, not an audit
     assert (trial.route, trial.shadow[0], trial.shadow_role) == (Route("big"), Route("small", "trial"), "candidate")

@@ -208,7 +208,7 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
         return subprocess.run([sys.executable, "-m", "flywheel.cli", "promote", *args], check=False, text=True,
                               capture_output=True, env=env, timeout=120)
 
-    assert "not in a shadow trial" in promote("--shadow", "--alias", "support").stderr
+    assert "not in a shadow or canary trial" in promote("--shadow", "--alias", "support").stderr
     refused = promote("--shadow", "--alias", "support", "--adapter", "trial")
     assert refused.returncode != 0 and "not both" in refused.stderr
     neither = promote("--alias", "support")
@@ -437,6 +437,33 @@ def test_a_canarys_candidate_that_audits_show_clearly_short_is_withdrawn(trial_c
         withdrawn.reasons[0]
     state = book.get("support")
     assert (state.mode, state.student) == ("student", "small:old") and "audit failed" in state.reason
+    store.close()
+
+
+def test_a_canary_trial_is_judged_on_the_teachers_audits_of_its_candidate(trial_config):
+    """`gate.rollout: canary`: the candidate answers part of the traffic and the teacher
+    audits all of it; the watcher promotes it once `shadow_min_pairs` audits pass (a
+    watcher set for shadow trials leaves a canary alone)."""
+    store, book = open_store(trial_config.store_url), open_route_book(trial_config)
+    status = call("get_order_status", order_id="ORD-1")
+    book.promote("support", "old")
+    book.set_mode("support", "canary", percent=10, candidate="trial")
+    for _ in range(trial_config.gate.shadow_min_pairs):
+        store.write_batch(audited(status, status, "trial"))
+    store.write_batch(audited(status, None, "old"))  # the student's answers are not the trial's
+    turn = trial_config.turn.model_copy(update={"min_new_records": 10**6})
+
+    def watcher(rollout):
+        config = trial_config.model_copy(update={"turn": turn, "gate": trial_config.gate.model_copy(
+            update={"rollout": rollout})})
+        return Watcher(config, store, lambda *args: pytest.fail("no turn is due"))
+
+    assert watcher("shadow").tick() == [] and book.get("support").mode == "canary"
+    assert watcher("canary").tick() == []
+    state = book.get("support")
+    assert (state.mode, state.student) == ("student", "small:trial") and "canary trial passed" in state.reason
+    (decision,) = list_decisions(trial_config, "support")
+    assert (decision["outcome"], decision["eval_size"], decision["incumbent"]) == ("promoted", 10, "old")
     store.close()
 
 
