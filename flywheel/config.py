@@ -391,12 +391,12 @@ class GateConfig(_Strict):
     shadow_max_latency_ratio: float | None = Field(None, gt=0, description="A trial also needs the candidate's "
                                                    "mean latency <= this times the teacher's on the same requests; "
                                                    "null: latency is not checked.")
-    audit_percent: float = Field(5.0, ge=0, le=100, description="Share of the requests an alias's student (or "
-                                 "canary candidate) answers that its teacher also answers in the background, both "
-                                 "logged and linked: the teacher's answers keep coming as training data once a "
-                                 "student serves the traffic, and the pairs measure the student live. They share "
-                                 "`serve.shadow_max_in_flight` with shadow trials: past it, audits are skipped. "
-                                 "0: no audits.")
+    audit_percent: float = Field(5.0, ge=0, le=100, description="Share of the requests an alias's student "
+                                 "answers that its teacher also answers in the background (a canary's candidate, on "
+                                 "trial: all of them), both logged and linked: the teacher's answers keep coming as "
+                                 "training data once a student serves the traffic, and the pairs measure the student "
+                                 "live. They share `serve.shadow_max_in_flight` with shadow trials: past it, audits "
+                                 "are skipped. 0: no audits of students.")
     audit_demote: bool = Field(True, description="The watcher demotes a student (its alias goes back to the "
                                "teacher), or withdraws a canary's candidate, once a 95% upper bound on its audited "
                                "score, valid at every look, is below `min_teacher_ratio`: quality that drifted after "
