@@ -52,7 +52,8 @@ class Decision(BaseModel):
     teacher_ratio: float | None
     versus_incumbent: dict[str, float] | None = Field(description="Paired difference: mean, low, high, n.")
     eval_size: int
-    report_id: str = Field(description="The evaluation run, or `shadow:<since>` for live shadow evidence.")
+    report_id: str = Field(description="The evaluation run, or `shadow:<since>` / `audit:<since>` for live "
+                           "evidence (a trial's pairs / the teacher's audits).")
     outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, canary "
                          "trial, withdrawn, unchanged, demoted (an audited student).")
     pending: bool = Field(False, description="Too little live evidence yet: nothing recorded or changed.")
