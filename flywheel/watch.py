@@ -2,8 +2,8 @@
 learn from arrived since its last turn (`turn.min_new_records`: what curation would keep as
 the teacher's, so a serving student's own answers do not count, the teacher's audits of
 them do), or when `turn.interval_s` passed and any such answer arrived; it also runs
-turns queued over HTTP (`POST /v1/flywheel/runs` creates a pending run). One turn per workload at a time (run-record locks), at most
-`turn.max_concurrent` at once. With `gate.rollout: shadow` (or `canary`) it also judges
+turns queued over HTTP (`POST /v1/flywheel/runs` creates a pending run). One turn per
+workload at a time (run-record locks), at most `turn.max_concurrent` at once. With `gate.rollout: shadow` (or `canary`) it also judges
 each watched workload's alias while it is in such a trial (`gate.gate_shadow`): promoted or
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
 serving student (or canary candidate) on the teacher's audits (`gate.gate_audit`):

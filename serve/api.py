@@ -2,8 +2,9 @@
 
 This module owns what is ours — body limits, API keys, routing a `model` name to a base
 and adapter (and, for an alias in shadow mode or a student's audited request, a second
-model answering in the background), the admin endpoints that move aliases, health, and turning every failure
-into OpenAI error JSON — and forwards the request body to the engine, where vLLM's
+model answering in the background; for a student that fails, the teacher answering
+instead), the admin endpoints that move aliases, health, and turning every failure into
+OpenAI error JSON — and forwards the request body to the engine, where vLLM's
 OpenAI layer does the rest. Engines are injected: Ray Serve handles in production
 (`serve/app.py`), plain objects in unit tests.
 """
@@ -218,6 +219,10 @@ def make_api(
         return await answer(endpoint, request, original, replace(dispatch.fallback, note=note))
 
     async def answer(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch) -> Response:
+        """Forward to what `dispatch` names. The engine's first word (the whole answer, or a
+        stream's head) decides: an error goes to the client or, from an alias's student or
+        candidate, to the teacher instead (`hand_over`); a stream that started is relayed,
+        and a failure after that can only be reported in-band."""
         route, body = dispatch.route, dispatch.body
         engine = engines[route.base]
         headers = {"X-Flywheel-Model": route.name}
@@ -227,45 +232,33 @@ def make_api(
         shadow = begin_shadow(request, original, dispatch, pending)
         if pending:
             headers["X-Flywheel-Log-Id"] = pending.id
-        if body.get("stream") is True:
-            return await forward_stream(engine, endpoint, request, original, dispatch, headers, pending, shadow)
+        streamed = body.get("stream") is True
+        chunks = engine.stream(endpoint, body, route.adapter) if streamed else None
         try:
-            status, payload = await asyncio.wait_for(engine.respond(endpoint, body, route.adapter), timeout)
+            status, payload = await asyncio.wait_for(
+                anext(chunks) if streamed else engine.respond(endpoint, body, route.adapter), timeout)
         except Exception as error:
             run_shadow(endpoint, dispatch, shadow, False)
             if dispatch.fallback:
                 return await hand_over(endpoint, request, original, dispatch, pending, *classify(error))
             return failure(error, pending)
-        if status != 200 and dispatch.fallback:
-            run_shadow(endpoint, dispatch, shadow, False)
-            return await hand_over(endpoint, request, original, dispatch, pending, status, payload=payload)
-        if pending:
-            if status == 200:
-                payload = {**payload, "id": pending.id}
-            inference_log.finish(pending, status, payload)
-        run_shadow(endpoint, dispatch, shadow, status == 200)
-        return JSONResponse(payload, status_code=status, headers=headers)
-
-    async def forward_stream(engine: ModelEngine, endpoint: Endpoint, request: Request, original: dict,
-                             dispatch: Dispatch, headers: dict, pending: Pending | None,
-                             shadow: Pending | None) -> Response:
-        """Streamed: a failure before the first chunk is handed over like any other; once
-        chunks flow, it can only be reported in-band."""
-        chunks = engine.stream(endpoint, dispatch.body, dispatch.route.adapter)
-        try:
-            status, error = await asyncio.wait_for(anext(chunks), timeout)
-        except Exception as failed:
-            run_shadow(endpoint, dispatch, shadow, False)
-            if dispatch.fallback:
-                return await hand_over(endpoint, request, original, dispatch, pending, *classify(failed))
-            return failure(failed, pending)
         if status != 200:
             run_shadow(endpoint, dispatch, shadow, False)
             if dispatch.fallback:
-                return await hand_over(endpoint, request, original, dispatch, pending, status, payload=error)
+                return await hand_over(endpoint, request, original, dispatch, pending, status, payload=payload)
             if pending:
-                inference_log.finish(pending, status, error)
-            return JSONResponse(error, status_code=status, headers=headers)
+                inference_log.finish(pending, status, payload)
+            return JSONResponse(payload, status_code=status, headers=headers)
+        if streamed:
+            return relay_stream(endpoint, chunks, dispatch, headers, pending, shadow)
+        if pending:
+            payload = {**payload, "id": pending.id}
+            inference_log.finish(pending, status, payload)
+        run_shadow(endpoint, dispatch, shadow, True)
+        return JSONResponse(payload, status_code=status, headers=headers)
+
+    def relay_stream(endpoint: Endpoint, chunks: AsyncIterator[Any], dispatch: Dispatch, headers: dict,
+                     pending: Pending | None, shadow: Pending | None) -> Response:
         assembler = StreamAssembler(pending.id, endpoint) if pending else None
 
         async def relay() -> AsyncIterator[Any]:

@@ -8,11 +8,11 @@ a request carrying OpenAI's `user` field lands in a fixed bucket for that alias 
 candidate, so one user sees one model (and stays on the candidate as its percent grows);
 requests without `user` are drawn at random. A student or candidate that fails a request
 (an error status, a timeout, an adapter that will not load, a prompt past its context)
-hands it to the alias's teacher (`Dispatch.fallback`, serve/api.py). An audit (`gate.audit_percent`) has the
-teacher also answer, in the background, a random share of what a student or candidate
-answers (all that a canary's candidate answers: it is on trial): fresh teacher answers
-to learn from, and live pairs to measure the student or candidate by. Adapters are folders
-`<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
+hands it to the alias's teacher (`Dispatch.fallback`, serve/api.py). An audit
+(`gate.audit_percent`) has the teacher also answer, in the background, a random share of
+what a student answers (all that a canary's candidate answers: it is on trial): fresh
+teacher answers to learn from, and live pairs to measure the student or candidate by.
+Adapters are folders `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
 is routable at once.
 
 An adapter trained on prefix-pruned data (its `flywheel_adapter.json` records the
