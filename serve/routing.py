@@ -12,8 +12,8 @@ hands it to the alias's teacher (`Dispatch.fallback`, serve/api.py). An audit
 (`gate.audit_percent`) has the teacher also answer, in the background, a random share of
 what a student answers (all that a canary's candidate answers: it is on trial): fresh
 teacher answers to learn from, and live pairs to measure the student or candidate by.
-Adapters are folders `<adapters_dir>/<base>/<adapter>/` holding a PEFT `adapter_config.json`; a new folder
-is routable at once.
+Adapters are folders `<adapters_dir>/<base>/<adapter>/` holding a PEFT
+`adapter_config.json`; a new folder is routable at once.
 
 An adapter trained on prefix-pruned data (its `flywheel_adapter.json` records the
 prefix) gets requests with that prefix stripped (flywheel/prefix.py). Through an alias,
