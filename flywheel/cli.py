@@ -884,13 +884,14 @@ def cancel_command(
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Where the flywheel stands: each alias's route (and shadow trial, or its student's audits),
     each workload's latest turn, records."""
-    from flywheel.gate import AUDIT_WINDOW
+    from flywheel.gate import audit_evidence
     from flywheel.routes import describe, open_route_book
-    from flywheel.shadow import shadow_pairs, shadow_report
+    from flywheel.shadow import shadow_pairs
     from flywheel.turns import RunBook
 
     cfg = config_from(config)
-    routes = describe(open_route_book(cfg))["aliases"]
+    book = open_route_book(cfg)
+    routes = describe(book)["aliases"]
     latest: dict[str, Any] = {}
     for record in RunBook(cfg.turns_dir).list():
         latest.setdefault(record.workload, record)
@@ -906,12 +907,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": cfg.gate.shadow_min_pairs,
                                   "judged_by_watcher": cfg.gate.rollout == state["mode"]}
-            elif state["mode"] in ("student", "canary") and cfg.gate.audit_percent > 0:
-                judged = state["student"] if state["mode"] == "student" else state["candidate"]
-                report = shadow_report(store, None, since=state["changed_at"], candidate=judged, alias=alias,
-                                       limit=AUDIT_WINDOW)  # what the watcher judges it on
-                metric = cfg.gate.metric or report["primary_metric"]
-                row = report["candidates"].get(judged, {})
+            elif cfg.gate.audit_percent > 0 and (found := audit_evidence(cfg, store, alias, book.get(alias))):
+                _, judged, row, metric = found  # what the watcher judges it on
                 state["audit"] = {"model": judged, "percent": cfg.gate.audit_percent, "pairs": row.get("n", 0),
                                   "metric": metric, "score": row.get("metrics", {}).get(metric, {}).get("mean")}
     except Exception as error:

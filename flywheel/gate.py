@@ -32,7 +32,7 @@ from flywheel import telemetry
 from flywheel.config import MODEL_NAME, FlywheelConfig
 from flywheel.evaluation import EvalReport
 from flywheel.file_state import exclusive, replace_file
-from flywheel.routes import RouteBook
+from flywheel.routes import AliasState, RouteBook
 from flywheel.stats import lower_bound, paired_difference, upper_bound
 from flywheel.store import LogStore
 
@@ -271,6 +271,20 @@ def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, 
                     versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}", pending=not drifted)
 
 
+def audit_evidence(config: FlywheelConfig, store: LogStore, alias: str,
+                   state: AliasState | None) -> tuple[str, str, dict[str, Any], str] | None:
+    """What serves the alias under audit and its evidence: (role, `base:adapter`, its
+    `shadow_report` row on the newest `AUDIT_WINDOW` pairs since it began serving, the
+    metric it is judged on). None when the teacher answers everything."""
+    from flywheel.shadow import shadow_report
+
+    if state is None or state.mode not in ("student", "canary"):  # each mode has what it needs (AliasState)
+        return None
+    role, model = ("student", state.student) if state.mode == "student" else ("candidate", state.candidate)
+    report = shadow_report(store, None, since=state.changed_at, candidate=model, alias=alias, limit=AUDIT_WINDOW)
+    return role, model, report["candidates"].get(model, {}), config.gate.metric or report["primary_metric"]
+
+
 def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:
     """Judge what serves the alias on the teacher's audits since it began (None: the
     teacher answers everything): its student, or in a canary its candidate. One that
@@ -279,15 +293,12 @@ def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: 
     data) until a turn promotes a better student; the demoted one stays the incumbent that
     student must not regress from. A canary's candidate is withdrawn: the alias goes back
     to its student, or its teacher."""
-    from flywheel.shadow import shadow_report
-
     state = book.get(alias)
-    if state is None or state.mode not in ("student", "canary"):  # each mode has what it needs (AliasState)
+    if (found := audit_evidence(config, store, alias, state)) is None:
         return None
-    role, model = ("student", state.student) if state.mode == "student" else ("candidate", state.candidate)
-    report = shadow_report(store, None, since=state.changed_at, candidate=model, alias=alias, limit=AUDIT_WINDOW)
-    decision = decide_audit(config, report["candidates"].get(model, {}), report["primary_metric"],
-                            model.partition(":")[2], alias, state.changed_at, state.student_adapter, role)
+    role, model, evidence, metric = found
+    decision = decide_audit(config, evidence, metric, model.partition(":")[2], alias, state.changed_at,
+                            state.student_adapter, role)
     telemetry.shadow_trial(alias, model, decision.eval_size, decision.candidate_score)
     if decision.pending:
         return decision
