@@ -24,6 +24,7 @@ import msgspec
 import pyarrow
 
 from flywheel.pii import Redactor
+from flywheel.records import is_audit
 from flywheel.store import LogFilter, LogStore
 
 NO_TOOL = "no_tool"
@@ -169,7 +170,7 @@ def is_ground_truth(record: _Record, teacher_models: tuple[str, ...]) -> bool:
     candidate's shadow. A teacher's audit of a student (`tags.role` teacher) is one."""
     if _correction(record.feedback) is not None:
         return True
-    if "shadow_of" in record.tags and record.tags.get("role") != "teacher":
+    if "shadow_of" in record.tags and not is_audit(record.tags):
         return False
     return answered_by(record) in teacher_models if teacher_models else record.adapter is None
 

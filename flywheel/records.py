@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,6 +37,13 @@ class Feedback(BaseModel):
         None, description="A better assistant message ({role, content, tool_calls}) for this request."
     )
     timestamp: float = Field(default_factory=time.time, description="When the feedback was given.")
+
+
+def is_audit(tags: Mapping[str, str]) -> bool:
+    """Whether a record's tags make it the teacher's audit of a student's answer: a
+    background answer (`shadow_of`) the teacher gave. Any other background answer is a
+    trial candidate's."""
+    return "shadow_of" in tags and tags.get("role") == "teacher"
 
 
 class LogRecord(BaseModel):

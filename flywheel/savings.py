@@ -28,6 +28,7 @@ from typing import Any
 
 from flywheel.config import Price, TurnConfig
 from flywheel.evaluation import EVAL_WORKLOAD
+from flywheel.records import is_audit
 from flywheel.store import LogFilter, LogStore
 
 SERVED = ("teacher", "student")
@@ -101,7 +102,7 @@ def savings_report(store: LogStore, prices: TurnConfig, model_prices: Mapping[st
             base, adapter = record.get("base_model") or record.get("model"), record.get("adapter")
             tags = record.get("tags", {})
             kind = ("evaluation" if workload_id == EVAL_WORKLOAD
-                    else ("audit" if tags.get("role") == "teacher" else "shadow") if "shadow_of" in tags
+                    else "audit" if is_audit(tags) else "shadow" if "shadow_of" in tags
                     else "student" if adapter else "teacher")
             flat = prices.student_price_per_mtok if adapter else prices.teacher_price_per_mtok
             _add(cell, kind, record.get("usage"), model_prices.get(base, flat))

@@ -17,7 +17,7 @@ from typing import Any
 
 from flywheel.judge import Judge
 from flywheel.metrics import PRIMARY
-from flywheel.records import LogRecord
+from flywheel.records import LogRecord, is_audit
 from flywheel.stats import interval
 from flywheel.store import LogFilter, LogStore
 
@@ -49,7 +49,7 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
             if "shadow_of" not in record.tags:
                 continue
             linked = store.get(record.tags["shadow_of"])
-            teacher, answer = (record, linked) if record.tags.get("role") == "teacher" else (linked, record)
+            teacher, answer = (record, linked) if is_audit(record.tags) else (linked, record)
             if answer is None:
                 continue
             name = f"{answer.base_model}:{answer.adapter}" if answer.adapter else str(answer.base_model)
