@@ -13,6 +13,11 @@ audit since the student took over):
 - false demotions: students that stay right `--good` of the time, or just above the
   ratio (+0.005), for `--audits` audits; the share of runs ever demoted.
 
+Every window waits for `gate.audit_min_pairs` audits before a verdict. A second table
+compares that floor with none (1) and a higher one (30), on the chosen window: false
+demotions of students at and just above the ratio, and how many audits it takes to demote
+a student that is wrong half the time from its first answer.
+
     python bench/audit_drift.py [--runs 400] [--good 0.97] [--drifted 0.85] [--ratio 0.95]
 """
 
@@ -27,21 +32,26 @@ import numpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flywheel.config import GateConfig
 from flywheel.gate import AUDIT_WINDOW
 from flywheel.stats import upper_bound
 
 WINDOWS = (100, AUDIT_WINDOW, 500, None)  # None: every audit since the student took over
+MIN_PAIRS = GateConfig().audit_min_pairs
+FLOORS = (1, MIN_PAIRS, 30)
 
 
-def first_demotion(right: numpy.ndarray, ratio: float, window: int | None) -> numpy.ndarray:
+def first_demotion(right: numpy.ndarray, ratio: float, window: int | None, min_pairs: int = MIN_PAIRS
+                   ) -> numpy.ndarray:
     """Per run (row of 0/1 scores), the audit at which it is first demoted (-1: never)."""
     sums = numpy.cumsum(right, axis=1, dtype=float)
-    looks = numpy.arange(1, right.shape[1] + 1)
+    audits = numpy.arange(1, right.shape[1] + 1)
+    looks = audits
     before = numpy.zeros_like(sums)
     if window is not None:
         before[:, window:] = sums[:, :-window]
         looks = numpy.minimum(looks, window)
-    demoted = upper_bound((sums - before) / looks, looks, anytime=True) < ratio
+    demoted = (upper_bound((sums - before) / looks, looks, anytime=True) < ratio) & (audits >= min_pairs)
     return numpy.where(demoted.any(axis=1), demoted.argmax(axis=1), -1)
 
 
@@ -61,6 +71,8 @@ def main() -> None:
     share = numpy.where(numpy.arange(args.before + args.after) < args.before, args.good, args.drifted)
     drifting = rng.random((args.runs, len(share))) < share
     steady = {good: rng.random((args.runs, args.audits)) < good for good in (args.good, args.ratio + 0.005)}
+    near = {good: rng.random((args.runs, args.audits)) < good for good in (args.ratio + 0.005, args.ratio)}
+    awful = rng.random((args.runs, 200)) < 0.5
 
     rows = {}
     for window in WINDOWS:
@@ -84,8 +96,24 @@ def main() -> None:
         print(f"{name:>7} {median or 0:>8.0f} {p90 or 0:>6.0f} {(median or 0) * 100 / args.percent:>17,.0f} "
               f"{row['demoted_before_drift']:>6} {row['never_caught']:>7} "
               f"{' / '.join(f'{v:.1%}' for v in row['false_demotion'].values()):>16}")
+    floors = {}
+    for floor in FLOORS:
+        at = first_demotion(awful, args.ratio, AUDIT_WINDOW, floor)
+        floors[str(floor)] = {
+            "false_demotion": {f"{good:g}": float((first_demotion(right, args.ratio, AUDIT_WINDOW, floor) >= 0).mean())
+                               for good, right in near.items()},
+            "awful_median_audits": float(numpy.median(at[at >= 0] + 1)) if (at >= 0).any() else None}
+    nears = [f"{good:g}" for good in near]
+    print(f"\nwindow {AUDIT_WINDOW}, fewest audits before a verdict: runs demoted while right {' / '.join(nears)} of "
+          f"the time; audits to demote a student right half the time from the start")
+    print(f"{'floor':>7} {'false demotions':>16} {'to demote a 0.5':>16}")
+    for floor, row in floors.items():
+        mark = " (chosen)" if floor == str(MIN_PAIRS) else ""
+        print(f"{floor:>7} {' / '.join(f'{v:.2%}' for v in row['false_demotion'].values()):>16} "
+              f"{row['awful_median_audits'] or 0:>16.0f}{mark}")
     print(json.dumps({"benchmark": "audit_drift", "good": args.good, "drifted": args.drifted, "ratio": args.ratio,
-                      "runs": args.runs, "audits": args.audits, "chosen_window": AUDIT_WINDOW, "windows": rows}))
+                      "runs": args.runs, "audits": args.audits, "chosen_window": AUDIT_WINDOW, "windows": rows,
+                      "chosen_min_pairs": MIN_PAIRS, "min_pairs": floors}))
 
 
 if __name__ == "__main__":

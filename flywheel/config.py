@@ -397,6 +397,10 @@ class GateConfig(_Strict):
                                  "training data once a student serves the traffic, and the pairs measure the student "
                                  "live. They share `serve.shadow_max_in_flight` with shadow trials: past it, audits "
                                  "are skipped. 0: no audits of students.")
+    audit_min_pairs: int = Field(10, ge=1, le=200, description="Fewest audited answers a demotion (or a canary "
+                                 "candidate's withdrawal on audits) may rest on: the first few audits after a "
+                                 "promotion are too few to judge (bench/audit_drift.py). At most 200, the window "
+                                 "of newest audits judged.")
     audit_demote: bool = Field(True, description="The watcher demotes a student (its alias goes back to the "
                                "teacher), or withdraws a canary's candidate, once a 95% upper bound on its audited "
                                "score, valid at every look, is below `min_teacher_ratio`: quality that drifted after "

@@ -253,19 +253,23 @@ def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, 
     """The verdict on an adapter serving an alias (its student, or a canary's candidate)
     from the teacher's audits of its live answers (`evidence`: its `shadow_report` row, on
     the newest `AUDIT_WINDOW` pairs since it began serving): it fails once even a 95% upper
-    bound on its score, valid at every look, is below `min_teacher_ratio`; otherwise the
-    decision is pending (nothing recorded or changed)."""
+    bound on its score, valid at every look, is below `min_teacher_ratio` and at least
+    `audit_min_pairs` were audited; otherwise the decision is pending (nothing recorded or
+    changed)."""
     policy = config.gate
     metric, ratio = policy.metric or metric, policy.min_teacher_ratio
     pairs = evidence.get("n", 0)
     score = evidence.get("metrics", {}).get(metric, {}).get("mean")
     ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
-    drifted = ceiling is not None and ceiling < ratio
-    reasons = [f"info: {pairs} of the {role}'s live answers audited by the teacher since it began serving"]
+    short = ceiling is not None and ceiling < ratio
+    enough = pairs >= policy.audit_min_pairs
+    drifted = short and enough
+    reasons = [f"info: {pairs} of the {role}'s live answers audited by the teacher since it began serving"
+               + ("" if enough else f"; a verdict needs >= {policy.audit_min_pairs}")]
     if ceiling is not None:
-        reasons.append(("fail: " if drifted else "pass: ") + f"{metric} {score:.3f} against the teacher's answers "
-                       f"to the same requests; {ceiling:.3f}, the 95% upper bound that holds however often it is "
-                       f"checked, {'is below' if drifted else 'reaches'} {ratio:.0%}")
+        reasons.append(("fail: " if drifted else "pending: " if short else "pass: ") + f"{metric} {score:.3f} "
+                       f"against the teacher's answers to the same requests; {ceiling:.3f}, the 95% upper bound "
+                       f"that holds however often it is checked, {'is below' if short else 'reaches'} {ratio:.0%}")
     return Decision(alias=alias, candidate=adapter, incumbent=incumbent, promote=False, reasons=reasons,
                     metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
                     versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}", pending=not drifted)

@@ -95,7 +95,8 @@ def service(tmp_path_factory, models_dir) -> Service:
     config["serve"]["admin_token"] = ADMIN_TOKEN
     config.update(TURN_SETTINGS)
     config["turn"] = {**TURN_SETTINGS["turn"], "watch_in_service": True}
-    config["gate"] = {**TURN_SETTINGS["gate"], "audit_percent": 100}  # every student answer audited: testable
+    # every student answer audited, and five audits enough to judge: testable in a few requests
+    config["gate"] = {**TURN_SETTINGS["gate"], "audit_percent": 100, "audit_min_pairs": 5}
     port = free_port()
     # `relay`: this service's own /v1 named as an upstream, a real OpenAI-compatible API to forward to
     config["serve"]["upstreams"] = [{"name": RELAY, "base_url": f"http://127.0.0.1:{port}/v1", "model": MODEL,

@@ -262,7 +262,10 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
 
     kept = json.loads(audit("--alias", "support", "--json").stdout.splitlines()[-1])
     assert (kept["outcome"], kept["adapter"], kept["decision"]["eval_size"]) == ("kept", "trial", 1)
-    store = open_store(f"sqlite:///{home / 'logs.db'}")  # a second wrong answer: clearly short of 0.95
+    store = open_store(f"sqlite:///{home / 'logs.db'}")  # wrong answers: clearly short of 0.95, once 10 are in
+    for _ in range(8):
+        store.write_batch(audited(call("lookup", n=1), call("lookup", n=2), "trial", base="smollm2-135m-instruct"))
+    assert json.loads(audit("--alias", "support", "--json").stdout.splitlines()[-1])["outcome"] == "kept"
     store.write_batch(audited(call("lookup", n=1), call("lookup", n=2), "trial", base="smollm2-135m-instruct"))
     store.close()
     demoted = audit("--alias", "support")
@@ -430,8 +433,11 @@ def test_a_canarys_candidate_that_audits_show_clearly_short_is_withdrawn(trial_c
         store.write_batch(audited(wrong, status, "old"))  # the student's answers are not the candidate's
     kept = gate_audit(trial_config, book, store, "support")
     assert kept.pending and (kept.candidate, kept.incumbent, kept.eval_size) == ("trial", "old", 3)
-    for _ in range(6):  # 3 right of 9: the anytime upper bound is 0.883, below the 0.9 ratio
-        store.write_batch(audited(wrong, status, "trial"))
+    for _ in range(6):  # 3 right of 9: the anytime upper bound is 0.883, below the 0.9 ratio, but
+        store.write_batch(audited(wrong, status, "trial"))  # a verdict needs 10 audits
+    early = gate_audit(trial_config, book, store, "support")
+    assert early.pending and early.reasons[-1].startswith("pending:") and "needs >= 10" in early.reasons[0]
+    store.write_batch(audited(wrong, status, "trial"))  # 3 of 10: 0.851
     withdrawn = gate_audit(trial_config, book, store, "support")
     assert not withdrawn.pending and withdrawn.outcome == "withdrawn" and "candidate's live answers" in \
         withdrawn.reasons[0]
@@ -470,7 +476,7 @@ def test_a_canary_trial_is_judged_on_the_teachers_audits_of_its_candidate(trial_
 def test_the_watcher_demotes_a_drifted_student_unless_audit_demote_is_off(trial_config):
     store, book = open_store(trial_config.store_url), open_route_book(trial_config)
     book.promote("support", "old")
-    for _ in range(5):
+    for _ in range(trial_config.gate.audit_min_pairs):
         store.write_batch(audited(call("lookup", n=1), call("lookup", n=2)))
     turn = trial_config.turn.model_copy(update={"min_new_records": 10**6})
 
@@ -496,7 +502,8 @@ def test_the_shadow_scan_benchmark_finds_the_trials_pairs_both_ways():
 
 def test_the_audit_drift_benchmark_catches_every_drift_without_demoting_good_students():
     """bench/audit_drift.py at a small size (seeded): with the chosen window every drifted
-    student is caught after the drift, and a student well above the ratio never is."""
+    student is caught after the drift, and a student well above the ratio never is; a
+    student wrong half the time is demoted as soon as the floor of audits allows."""
     result = subprocess.run([sys.executable, "bench/audit_drift.py", "--runs", "20", "--before", "300", "--after",
                              "1500", "--audits", "2000"], check=False, text=True, capture_output=True, timeout=120,
                             cwd=Path(__file__).resolve().parents[2])
@@ -505,3 +512,6 @@ def test_the_audit_drift_benchmark_catches_every_drift_without_demoting_good_stu
     chosen = report["windows"][str(report["chosen_window"])]
     assert (chosen["demoted_before_drift"], chosen["never_caught"], chosen["false_demotion"]["0.97"]) == (0, 0, 0.0)
     assert chosen["median_audits"] < report["windows"]["all"]["median_audits"]  # why a window: drift shows sooner
+    floors = report["min_pairs"]  # a student wrong half the time waits for the floor, not longer
+    chosen_floor = floors[str(report["chosen_min_pairs"])]["awful_median_audits"]
+    assert floors["1"]["awful_median_audits"] <= chosen_floor and report["chosen_min_pairs"] <= chosen_floor < 20
