@@ -128,7 +128,10 @@ class UpstreamConfig(_Strict):
     model: str | None = Field(None, description="The model id the API knows; null: `name`.")
     api_key_env: str | None = Field(None, description="Environment variable (on the ingress's node) holding the "
                                     "API key, sent as `Authorization: Bearer`; null: no key.")
-    timeout_s: float = Field(120.0, gt=0, description="An answer slower than this is a 504.")
+    timeout_s: float = Field(120.0, gt=0, description="An answer slower than this, retries included, is a 504.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries of a request the API did not answer (a failed "
+                             "connection) or answered 408, 409, 429 or 5xx, after the wait its `Retry-After` asks "
+                             "for (up to 60 s) or else 0.5 s doubling to 8 s, as OpenAI's client does.")
     max_connections: int = Field(64, ge=1, description="Requests in flight to the API per ingress replica.")
     price_per_mtok: Price | None = Field(None, description=PRICE_DESCRIPTION)
 
@@ -184,7 +187,13 @@ class ServeConfig(_Strict):
         4_000_000, gt=0, description="Request bodies larger than this are refused with 413."
     )
     request_timeout_s: float = Field(
-        300.0, gt=0, description="A request still unanswered after this long gets 504."
+        300.0, gt=0, description="A request still unanswered after this long gets 504 (a student's failed attempt "
+        "and the teacher's answer after it included)."
+    )
+    fallback_after_s: float | None = Field(
+        None, gt=0, description="Through an alias, a student (or canary candidate) that has not answered (streamed: "
+        "sent its first chunk) after this long is given up on, and the teacher answers in what is left of "
+        "`request_timeout_s`; null: half of `request_timeout_s`."
     )
     ingress_num_cpus: float = Field(0.25, ge=0, description="Ray CPUs reserved by the ingress.")
     access_log: bool = Field(True, description="Log one line per request from every replica.")
@@ -218,6 +227,9 @@ class ServeConfig(_Strict):
                                  + (f" (or, with no adapter, {upstreams})" if upstreams else ""))
             if target.teacher is not None and target.teacher.partition(":")[0] not in served:
                 raise ValueError(f"aliases.{alias}.teacher: {target.teacher!r} is not served; models: {served}")
+        if self.fallback_after_s is not None and self.fallback_after_s >= self.request_timeout_s:
+            raise ValueError(f"fallback_after_s ({self.fallback_after_s:g}) must be less than request_timeout_s "
+                             f"({self.request_timeout_s:g}): the teacher answers in what is left")
         return self
 
 

@@ -18,6 +18,10 @@ Names as Prometheus sees them carry Ray's `ray_` prefix (counters also get `_tot
   watcher's latest look
 - `flywheel_shadows_skipped{alias, role}` — background answers (a trial's candidate, the
   teacher's audit) not run because `serve.shadow_max_in_flight` were running
+- `flywheel_fallbacks{alias, role}` — requests a student (or a canary's candidate) failed
+  that the alias's teacher answered instead
+- `flywheel_upstream_retries{model, reason}` — requests to a hosted model's API retried,
+  by why (`HTTP 429`, `ConnectError`, ...)
 
 Every function does nothing outside a Ray process, so library code calls them freely.
 """
@@ -129,3 +133,17 @@ def shadow_skipped(alias: str | None, role: str) -> None:
                       "teacher's audit) skipped: serve.shadow_max_in_flight were running.", ("alias", "role"))
     if counter is not None:
         counter.inc(1, tags={"alias": alias or "", "role": role})
+
+
+def fell_back(alias: str | None, role: str) -> None:
+    counter = _metric("Counter", "flywheel_fallbacks", "Requests a student (or a canary's candidate) failed, "
+                      "answered by the alias's teacher instead.", ("alias", "role"))
+    if counter is not None:
+        counter.inc(1, tags={"alias": alias or "", "role": role})
+
+
+def upstream_retried(model: str, reason: str) -> None:
+    counter = _metric("Counter", "flywheel_upstream_retries", "Requests to a hosted model's API retried, by why.",
+                      ("model", "reason"))
+    if counter is not None:
+        counter.inc(1, tags={"model": model, "reason": reason})

@@ -110,6 +110,7 @@ def make_api(
     the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
     timeout = config.request_timeout_s
+    fallback_after = config.fallback_after_s or timeout / 2
     opened: list[LogStore] = []
     shadows: set[asyncio.Task] = set()  # running shadow requests (referenced until done)
     reserved = [0]  # shadow runs promised to requests still being answered, or running
@@ -202,10 +203,11 @@ def make_api(
 
     async def forward(endpoint: Endpoint, request: Request) -> Response:
         authorized(request)
+        deadline = time.monotonic() + timeout  # the client's whole wait, a fallback to the teacher included
         original = await read_body(request, config.max_body_bytes)
-        return await answer(endpoint, request, original, dispatch_of(original))
+        return await answer(endpoint, request, original, dispatch_of(original), deadline)
 
-    async def hand_over(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch,
+    async def hand_over(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch, deadline: float,
                         pending: Pending | None, status: int, message: str | None = None,
                         payload: dict | None = None) -> Response:
         """A student or candidate failed an alias's request: log its failure, and the
@@ -214,15 +216,19 @@ def make_api(
             inference_log.finish(pending, status, payload, error=message)
         logger.warning("%s failed a request to %s (HTTP %s); the teacher answers it", dispatch.route.name,
                        dispatch.alias, status)
+        telemetry.fell_back(dispatch.alias, dispatch.role)
         note = f"{dispatch.role} {dispatch.route.name} failed with HTTP {status}" + (
             f" (log {pending.id})" if pending else "")
-        return await answer(endpoint, request, original, replace(dispatch.fallback, note=note))
+        return await answer(endpoint, request, original, replace(dispatch.fallback, note=note), deadline)
 
-    async def answer(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch) -> Response:
+    async def answer(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch,
+                     deadline: float) -> Response:
         """Forward to what `dispatch` names. The engine's first word (the whole answer, or a
         stream's head) decides: an error goes to the client or, from an alias's student or
         candidate, to the teacher instead (`hand_over`); a stream that started is relayed,
-        and a failure after that can only be reported in-band."""
+        and a failure after that can only be reported in-band. The first word must come
+        before `deadline`; a student with a teacher to fall back on gets `fallback_after_s`
+        of that wait at most, so the teacher has the rest."""
         route, body = dispatch.route, dispatch.body
         engine = engines[route.base]
         headers = {"X-Flywheel-Model": route.name}
@@ -234,18 +240,22 @@ def make_api(
             headers["X-Flywheel-Log-Id"] = pending.id
         streamed = body.get("stream") is True
         chunks = engine.stream(endpoint, body, route.adapter) if streamed else None
+        wait = deadline - time.monotonic()
+        if dispatch.fallback:
+            wait = min(wait, fallback_after)
         try:
             status, payload = await asyncio.wait_for(
-                anext(chunks) if streamed else engine.respond(endpoint, body, route.adapter), timeout)
+                anext(chunks) if streamed else engine.respond(endpoint, body, route.adapter), max(wait, 0))
         except Exception as error:
             run_shadow(endpoint, dispatch, shadow, False)
             if dispatch.fallback:
-                return await hand_over(endpoint, request, original, dispatch, pending, *classify(error))
+                return await hand_over(endpoint, request, original, dispatch, deadline, pending, *classify(error))
             return failure(error, pending)
         if status != 200:
             run_shadow(endpoint, dispatch, shadow, False)
             if dispatch.fallback:
-                return await hand_over(endpoint, request, original, dispatch, pending, status, payload=payload)
+                return await hand_over(endpoint, request, original, dispatch, deadline, pending, status,
+                                       payload=payload)
             if pending:
                 inference_log.finish(pending, status, payload)
             return JSONResponse(payload, status_code=status, headers=headers)

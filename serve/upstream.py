@@ -4,22 +4,29 @@ the log, like a local model's. This is how a hosted teacher (OpenAI, a NIM, vLLM
 machines) produces the flywheel's training data while clients keep one endpoint.
 
 It is a `ModelEngine` (serve/engine.py) that lives in the ingress: no Serve deployment,
-no adapters. The API's own error bodies pass through with their status; a timeout is a
-504, and an unreachable API, one that refuses our key or answers nonsense a 502, all
-OpenAI-style.
+no adapters. What is worth another try (a connection that failed, a 408, 409, 429 or 5xx)
+is retried, `max_retries` times, after the wait the API asks for in `Retry-After` or else
+an exponential backoff, as OpenAI's own client does, all within `timeout_s`. The API's own
+error bodies pass through with their status; a timeout is a 504, and an unreachable API,
+one that refuses our key or answers nonsense a 502, all OpenAI-style.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
+import random
+import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
 
 import httpx
 
+from flywheel import telemetry
 from flywheel.config import UpstreamConfig
 from serve.engine import Endpoint
 from serve.errors import error_body
@@ -27,6 +34,35 @@ from serve.errors import error_body
 logger = logging.getLogger("ray.serve")
 PATHS = {"chat": "/chat/completions", "completion": "/completions"}
 KNOWN_STATUSES = {status.value for status in HTTPStatus}  # an API's own codes (e.g. 529) become 502s
+RETRIED_STATUSES = {408, 409, 429}  # and every 5xx
+FIRST_BACKOFF_S, LONGEST_BACKOFF_S = 0.5, 8.0
+LONGEST_RETRY_AFTER_S = 60.0  # an API asking for a longer wait gets the backoff instead
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """The wait the API asked for (`retry-after-ms`, as OpenAI sends it, or `Retry-After` in
+    seconds or as an HTTP date), if it is a usable one."""
+    headers = response.headers
+    try:
+        if (millis := headers.get("retry-after-ms")) is not None:
+            wait = float(millis) / 1000
+        elif (value := headers.get("retry-after")) is None:
+            return None
+        elif value.strip().replace(".", "", 1).isdigit():
+            wait = float(value)
+        else:
+            wait = parsedate_to_datetime(value).timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return wait if 0 <= wait <= LONGEST_RETRY_AFTER_S else None
+
+
+def backoff(attempt: int, response: httpx.Response | None) -> float:
+    """How long to wait before retry `attempt + 1` (0.5 s doubling to 8 s, jittered)."""
+    asked = retry_after(response) if response is not None else None
+    if asked is not None:
+        return asked
+    return min(FIRST_BACKOFF_S * 2**attempt, LONGEST_BACKOFF_S) * random.uniform(0.75, 1.0)
 
 
 class UpstreamEngine:
@@ -79,13 +115,43 @@ class UpstreamEngine:
         return (status, body) if shaped else (status, error_body(status, f"{self.config.name}: "
                                                                  f"{self.config.base_url} answered {status}: {said}"))
 
+    async def _send(self, endpoint: Endpoint, body: dict, stream: bool) -> httpx.Response | tuple[int, dict]:
+        """The API's response (its body still to read when `stream`), once it is not worth
+        another try or the retries are spent; a (status, error body) when no response came."""
+        payload, deadline = self._payload(body, stream), time.monotonic() + self.config.timeout_s
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            request = self._http().build_request("POST", PATHS[endpoint], json=payload, timeout=max(left, 0.001))
+            response = None
+            try:
+                response = await self._http().send(request, stream=stream)
+            except httpx.TimeoutException as error:
+                return self._failed(error)
+            except httpx.TransportError as error:  # refused, reset, cut off: nothing was answered
+                failed, reason = self._failed(error), type(error).__name__
+            else:
+                status = response.status_code
+                if status not in RETRIED_STATUSES and status < 500:
+                    return response
+                reason = f"HTTP {status}"
+            wait = backoff(attempt, response)
+            if attempt == self.config.max_retries or time.monotonic() + wait >= deadline:
+                return response if response is not None else failed
+            if response is not None:
+                await response.aclose()
+            logger.warning("upstream %s: %s; retry %d of %d in %.2f s", self.config.name, reason, attempt + 1,
+                           self.config.max_retries, wait)
+            telemetry.upstream_retried(self.config.name, reason)
+            await asyncio.sleep(wait)
+            attempt += 1
+
     async def respond(self, endpoint: Endpoint, body: dict, adapter: str | None) -> tuple[int, dict]:
         if refused := self._refused(adapter):
             return refused
-        try:
-            response = await self._http().post(PATHS[endpoint], json=self._payload(body, False))
-        except httpx.HTTPError as error:
-            return self._failed(error)
+        response = await self._send(endpoint, body, stream=False)
+        if isinstance(response, tuple):
+            return response
         if response.status_code == 200:
             try:
                 return 200, response.json()
@@ -98,11 +164,9 @@ class UpstreamEngine:
         if refused := self._refused(adapter):
             yield refused
             return
-        request = self._http().build_request("POST", PATHS[endpoint], json=self._payload(body, True))
-        try:
-            response = await self._http().send(request, stream=True)
-        except httpx.HTTPError as error:
-            yield self._failed(error)
+        response = await self._send(endpoint, body, stream=True)
+        if isinstance(response, tuple):
+            yield response
             return
         try:
             if response.status_code != 200:

@@ -462,7 +462,9 @@ LOAD_FAILED = (400, error_body(400, "adapter 'tuned' could not be loaded: bad sa
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize(("failure", "status"), [(LOAD_FAILED, 400), (TimeoutError(), 504)])
 def test_a_student_that_fails_an_aliass_request_hands_it_to_the_teacher(tmp_path, logged, log_store, stream,
-                                                                        failure, status):
+                                                                        failure, status, monkeypatch):
+    fell_back = []
+    monkeypatch.setattr(telemetry, "fell_back", lambda alias, role: fell_back.append((alias, role)))
     engine = BrokenStudent(failure)
     client = secured_api(tmp_path, engine, logged, log_store)
     assert client.post("/v1/flywheel/routes/router", json={"adapter": "tuned"}, headers=ADMIN).status_code == 200
@@ -477,8 +479,44 @@ def test_a_student_that_fails_an_aliass_request_hands_it_to_the_teacher(tmp_path
     assert failed.error.startswith(f"HTTP {status}") and answered.id == reply.headers["X-Flywheel-Log-Id"]
     assert (answered.adapter, answered.status, answered.tags["role"]) == (None, "ok", "teacher")
     assert answered.tags["route_note"] == f"student small:tuned failed with HTTP {status} (log {failed.id})"
+    assert fell_back == [("router", "student")]
     direct = client.post("/v1/chat/completions", json={**CHAT, "model": "small:tuned"}, headers=key)
     assert direct.status_code == status  # named directly, not through an alias: the client sees the failure
+
+
+class SlowModels(BrokenStudent):
+    """The student never answers; the teacher answers after `teacher_s`."""
+
+    def __init__(self, teacher_s: float):
+        super().__init__(None)
+        self.teacher_s = teacher_s
+
+    async def respond(self, endpoint, body, adapter):
+        await asyncio.sleep(self.teacher_s if adapter is None else 60)
+        return await super().respond(endpoint, body, adapter)
+
+
+@pytest.mark.parametrize(("teacher_s", "status"), [(0.0, 200), (60.0, 504)])
+def test_a_student_that_does_not_answer_in_time_leaves_the_teacher_the_rest_of_the_wait(tmp_path, teacher_s, status):
+    """`fallback_after_s` 0.3 of `request_timeout_s` 1: the teacher answers after 0.3 s; a
+    teacher that hangs too gets a 504 at 1 s, the client's whole wait, not 0.3 + 1."""
+    (tmp_path / "small" / "tuned").mkdir(parents=True)
+    (tmp_path / "small" / "tuned" / "adapter_config.json").write_text("{}")
+    config = ServeConfig(models=[{"name": "small", "source": "x"}], request_timeout_s=1.0, fallback_after_s=0.3,
+                         aliases={"router": RouteTarget(base="small", adapter="tuned")})
+    book = RouteBook(tmp_path / "routes.json", seed_states(config.aliases), "small", adapter_checker(["small"], tmp_path))
+    logged: list = []
+    client = TestClient(make_api(config, RoutingTable(["small"], book, tmp_path), {"small": SlowModels(teacher_s)},
+                                 inference_log=InferenceLog(LoggingConfig(), logged.append)))
+    began = time.monotonic()
+    reply = client.post("/v1/chat/completions", json={**CHAT, "model": "router"})
+    waited = time.monotonic() - began
+    assert reply.status_code == status and (0.3 <= waited < 0.9 if status == 200 else 1.0 <= waited < 1.25)
+    failed, answered = logged
+    assert (failed.tags["role"], failed.error) == ("student", "HTTP 504: the model did not answer in time")
+    assert answered.tags["role"] == "teacher" and answered.status == ("ok" if status == 200 else "error")
+    with pytest.raises(ValueError, match="must be less than request_timeout_s"):
+        ServeConfig(models=[{"name": "small", "source": "x"}], request_timeout_s=1.0, fallback_after_s=1.0)
 
 
 def test_runs_endpoints_queue_list_show_and_cancel_turns(secured):

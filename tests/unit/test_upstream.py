@@ -1,21 +1,26 @@
 """`serve.upstreams`: a model another OpenAI-compatible API serves, forwarded and logged by
 the ingress. The API is a stand-in served over real HTTP (uvicorn, in a thread): a hosted
 one (OpenAI, a NIM) cannot be reached from here. It answers like OpenAI, streams SSE, and
-misbehaves on request: a 400 error body, an HTML 500, a slow answer."""
+misbehaves on request: a 400 error body, an HTML 500, a slow answer, a status N times
+before it answers ("flaky:N:STATUS:WAIT", WAIT the `retry-after-ms` it asks for)."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import email.utils
 import json
 import threading
 import time
 
+import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.testclient import TestClient
 
+from flywheel import telemetry
 from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig, UpstreamConfig
 from flywheel.curation import prepare_in_process
 from flywheel.examples import ExampleRules
@@ -25,7 +30,7 @@ from flywheel.store import LogFilter, open_store
 from serve.api import make_api
 from serve.inference_log import InferenceLog
 from serve.routing import RoutingTable
-from serve.upstream import UpstreamEngine
+from serve.upstream import UpstreamEngine, backoff
 from tests.unit.test_api import RecordingEngine, assert_openai_error
 
 ANSWER = "Your order ORD-1 ships tomorrow."
@@ -33,12 +38,19 @@ ANSWER = "Your order ORD-1 ships tomorrow."
 
 def stand_in(seen: list) -> FastAPI:
     api = FastAPI()
+    failed: dict[str, int] = {}
 
     @api.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
         seen.append((request.headers.get("authorization"), body))
         last = body["messages"][-1]["content"]
+        if last.startswith("flaky:"):
+            _, times, status, wait = last.split(":")
+            if failed.setdefault(last, 0) < int(times):
+                failed[last] += 1
+                return JSONResponse({"error": {"message": f"try again ({failed[last]})", "type": "rate_limit"}},
+                                    int(status), headers={"retry-after-ms": wait})
         if last == "refuse":
             return JSONResponse({"error": {"message": "unsupported value: 'temperature'", "type":
                                            "invalid_request_error", "param": "temperature", "code": None}}, 400)
@@ -170,7 +182,8 @@ def test_a_hosted_teacher_audits_a_local_student_and_its_audits_are_training_dat
 def test_the_apis_failures_come_back_as_openai_errors(hosted, tmp_path):
     url, _ = hosted
     logged: list = []
-    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, timeout_s=0.5), logged) as client:
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, timeout_s=0.5, max_retries=0),
+                 logged) as client:
         refused = client.post("/v1/chat/completions", json=ask("refuse"))  # the API's own error, as it sent it
         assert refused.status_code == 400 and refused.json()["error"] == {
             "message": "unsupported value: 'temperature'", "type": "invalid_request_error", "param": "temperature",
@@ -192,8 +205,10 @@ def test_the_apis_failures_come_back_as_openai_errors(hosted, tmp_path):
 
     with service(tmp_path, UpstreamConfig(name="hosted", base_url=f"http://127.0.0.1:{free_port()}/v1"),
                  []) as client:
+        began = time.monotonic()
         gone = assert_openai_error(client.post("/v1/chat/completions", json=ask("hi")), 502)
         assert "is unreachable" in gone["message"]
+        assert time.monotonic() - began >= 0.75 * (0.5 + 1.0)  # tried three times, backing off in between
         health = client.get("/health")  # another API being down does not make this service unhealthy
         assert health.status_code == 200 and health.json()["models"]["hosted"].startswith("unavailable")
 
@@ -211,3 +226,55 @@ def test_config_checks_upstream_names_and_routes(tmp_path):
     with pytest.raises(ValueError, match="aliases.tuned.base"):  # adapters live on served models only
         ServeConfig(models=[{"name": "small", "source": "x"}], upstreams=[upstream],
                     aliases={"tuned": RouteTarget(base="hosted", adapter="a")})
+
+
+def test_what_is_worth_another_try_is_retried_within_the_deadline(hosted, tmp_path, monkeypatch):
+    """A 429 or 5xx is retried after the wait the API asks for; once the retries are spent
+    the API's answer goes back as it was; a timeout is not retried, and neither is a wait
+    that would end past `timeout_s`."""
+    url, seen = hosted
+    before = len(seen)  # the stand-in serves the whole module
+    retried = []
+    monkeypatch.setattr(telemetry, "upstream_retried", lambda model, reason: retried.append((model, reason)))
+
+    def tries(content: str) -> int:
+        return sum(body["messages"][-1]["content"] == content for _, body in seen[before:])
+
+    logged: list = []
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, timeout_s=1.5), logged) as client:
+        answered = client.post("/v1/chat/completions", json=ask("flaky:2:429:20"))
+        assert answered.status_code == 200 and tries("flaky:2:429:20") == 3
+        streamed = client.post("/v1/chat/completions", json=ask("flaky:1:503:0", stream=True))
+        assert streamed.status_code == 200 and ANSWER[:10] in streamed.text and tries("flaky:1:503:0") == 2
+        spent = client.post("/v1/chat/completions", json=ask("flaky:5:502:0"))  # the API's body, as it sent it
+        assert spent.status_code == 502 and spent.json()["error"]["message"] == "try again (3)"
+        assert tries("flaky:5:502:0") == 3  # max_retries 2
+        assert client.post("/v1/chat/completions", json=ask("flaky:1:400:0")).status_code == 400  # the client's to fix
+        assert tries("flaky:1:400:0") == 1
+        began = time.monotonic()
+        late = client.post("/v1/chat/completions", json=ask("flaky:1:429:30000"))  # 30 s: past the deadline
+        assert late.status_code == 429 and tries("flaky:1:429:30000") == 1 and time.monotonic() - began < 1.5
+        slow = assert_openai_error(client.post("/v1/chat/completions", json=ask("dawdle")), 504)
+        assert "1.5 s" in slow["message"] and tries("dawdle") == 1
+    assert [record.status for record in logged] == ["ok", "ok", "error", "error", "error", "error"]
+    assert [reason for _, reason in retried] == ["HTTP 429"] * 2 + ["HTTP 503"] + ["HTTP 502"] * 2
+
+    with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, max_retries=0), []) as client:
+        assert client.post("/v1/chat/completions", json=ask("flaky:1:429:0")).status_code == 429
+
+
+@pytest.mark.parametrize(("headers", "low", "high"), [
+    ({"retry-after-ms": "250"}, 0.25, 0.25),
+    ({"retry-after": "3"}, 3.0, 3.0),
+    ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.375, 0.5),  # in the past: the backoff
+    ({"retry-after": "600"}, 0.375, 0.5),  # longer than 60 s: the backoff
+    ({"retry-after": "soon"}, 0.375, 0.5),
+    ({}, 0.375, 0.5),
+])
+def test_the_wait_before_a_retry_is_the_apis_or_a_jittered_backoff(headers, low, high):
+    wait = backoff(0, httpx.Response(429, headers=headers))
+    assert low <= wait <= high
+    assert 6.0 <= backoff(5, None) <= 8.0  # doubling, capped at 8 s
+    future = email.utils.format_datetime(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=20),
+                                         usegmt=True)
+    assert 15 <= backoff(0, httpx.Response(503, headers={"retry-after": future})) <= 20
