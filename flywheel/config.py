@@ -128,6 +128,12 @@ class UpstreamConfig(_Strict):
     model: str | None = Field(None, description="The model id the API knows; null: `name`.")
     api_key_env: str | None = Field(None, description="Environment variable (on the ingress's node) holding the "
                                     "API key, sent as `Authorization: Bearer`; null: no key.")
+    api_key_header: str = Field("Authorization", description="Header that carries the key: `Authorization` sends "
+                                "`Bearer <key>`, any other (Azure OpenAI's `api-key`) the key as it is.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Headers sent with every request, e.g. "
+                                    "{OpenAI-Project: proj_...}.")
+    params: dict[str, str] = Field(default_factory=dict, description="Query parameters sent with every request, e.g. "
+                                   "Azure OpenAI's {api-version: 2024-10-21}.")
     timeout_s: float = Field(120.0, gt=0, description="An answer slower than this, retries included, is a 504.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries of a request the API did not answer (a failed "
                              "connection) or answered 408, 409, 429 or 5xx, after the wait its `Retry-After` asks "

@@ -69,13 +69,17 @@ class UpstreamEngine:
     def __init__(self, config: UpstreamConfig):
         self.config = config
         key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._headers = dict(config.headers)
+        if key:
+            bearer = config.api_key_header.lower() == "authorization"
+            self._headers[config.api_key_header] = f"Bearer {key}" if bearer else key
         self._client: httpx.AsyncClient | None = None  # made on first use, in the ingress's event loop
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                base_url=self.config.base_url, headers=self._headers, timeout=self.config.timeout_s,
+                base_url=self.config.base_url, headers=self._headers, params=self.config.params,
+                timeout=self.config.timeout_s,
                 limits=httpx.Limits(max_connections=self.config.max_connections))
         return self._client
 

@@ -43,7 +43,7 @@ def stand_in(seen: list) -> FastAPI:
     @api.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
-        seen.append((request.headers.get("authorization"), body))
+        seen.append((request.headers, body, dict(request.query_params)))
         last = body["messages"][-1]["content"]
         if last.startswith("flaky:"):
             _, times, status, wait = last.split(":")
@@ -89,7 +89,7 @@ def stand_in(seen: list) -> FastAPI:
 
 @pytest.fixture(scope="module")
 def hosted():
-    """The stand-in API's base URL, and the (authorization, body) of every request it got."""
+    """The stand-in API's base URL, and the (headers, body, query) of every request it got."""
     seen: list = []
     server = uvicorn.Server(uvicorn.Config(stand_in(seen), host="127.0.0.1", port=free_port(), log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -124,8 +124,8 @@ def test_a_hosted_teacher_answers_through_the_service_and_is_logged(hosted, tmp_
                  logged) as client:
         answer = client.post("/v1/chat/completions", json=ask("where is ORD-1?", temperature=0))
         assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"] == ANSWER
-        authorization, sent = seen[-1]
-        assert authorization == "Bearer sk-test" and sent["model"] == "gpt-up" and sent["temperature"] == 0
+        headers, sent, _ = seen[-1]
+        assert headers["authorization"] == "Bearer sk-test" and sent["model"] == "gpt-up" and sent["temperature"] == 0
         through_alias = client.post("/v1/chat/completions", json=ask("and ORD-2?", model="support"))
         assert through_alias.status_code == 200 and through_alias.headers["x-flywheel-model"] == "hosted"
 
@@ -228,6 +228,23 @@ def test_config_checks_upstream_names_and_routes(tmp_path):
                     aliases={"tuned": RouteTarget(base="hosted", adapter="a")})
 
 
+def test_an_api_that_wants_its_key_elsewhere_and_extra_headers_and_parameters_gets_them(hosted, tmp_path,
+                                                                                       monkeypatch):
+    """Azure OpenAI's way: the key in `api-key`, the version a query parameter; and a
+    header every request carries (OpenAI's project, a gateway's route)."""
+    url, seen = hosted
+    monkeypatch.setenv("AZURE_KEY", "az-123")
+    upstream = UpstreamConfig(name="hosted", base_url=url, api_key_env="AZURE_KEY", api_key_header="api-key",
+                              headers={"OpenAI-Project": "proj_1"}, params={"api-version": "2024-10-21"})
+    with service(tmp_path, upstream, []) as client:
+        for stream in (False, True):
+            assert client.post("/v1/chat/completions", json=ask("hi", stream=stream)).status_code == 200
+            headers, _, query = seen[-1]
+            assert (headers["api-key"], headers["openai-project"], query) == ("az-123", "proj_1",
+                                                                              {"api-version": "2024-10-21"})
+            assert "authorization" not in headers
+
+
 def test_what_is_worth_another_try_is_retried_within_the_deadline(hosted, tmp_path, monkeypatch):
     """A 429 or 5xx is retried after the wait the API asks for; once the retries are spent
     the API's answer goes back as it was; a timeout is not retried, and neither is a wait
@@ -238,7 +255,7 @@ def test_what_is_worth_another_try_is_retried_within_the_deadline(hosted, tmp_pa
     monkeypatch.setattr(telemetry, "upstream_retried", lambda model, reason: retried.append((model, reason)))
 
     def tries(content: str) -> int:
-        return sum(body["messages"][-1]["content"] == content for _, body in seen[before:])
+        return sum(body["messages"][-1]["content"] == content for _, body, _ in seen[before:])
 
     logged: list = []
     with service(tmp_path, UpstreamConfig(name="hosted", base_url=url, timeout_s=1.5), logged) as client:
