@@ -30,8 +30,11 @@ from flywheel.turns import RunBook, RunRecord, TurnBusy
 
 logger = logging.getLogger(__name__)
 # Records reach the store up to the log writer's flush (or a spool retry) after their
-# timestamp: older ones are counted once and remembered, newer ones at every tick.
+# timestamp: older ones are counted once and remembered, newer ones at every tick. A
+# record later still (a spool replayed after a long store outage) is found by the full
+# recount every RECOUNT_S.
 SETTLED_S = 60.0
+RECOUNT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -73,33 +76,38 @@ class Watcher:
         self.book = RunBook(config.turns_dir)
         self.routes = open_route_book(config)
         self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
-        self._tally: dict[str, tuple[float | None, float | None, int]] = {}  # workload -> since, counted to, count
+        # workload -> (since, counted to, count, when counted afresh)
+        self._tally: dict[str, tuple[float | None, float | None, int, float]] = {}
 
-    def views(self, runs: list[RunRecord] | None = None) -> list[WorkloadView]:
+    def views(self, runs: list[RunRecord] | None = None, now: float | None = None) -> list[WorkloadView]:
         """Per workload: new answers to learn from since its last run and whether one is
         active (`runs`: the run records, newest first, when the caller has just read them)."""
         runs = self.book.list() if runs is None else runs
+        now = time.time() if now is None else now
         workloads = self.config.turn.workloads or sorted(self.store.stats(LogFilter(status="ok"))["by_workload"])
         views = []
         for workload in workloads:
             mine = [run for run in runs if run.workload == workload]
             last = mine[0].created_at if mine else None
             active = any(run.status == "pending" or self.book.running(run.run_id) for run in mine)
-            views.append(WorkloadView(workload, self._ground_truth(workload, last, time.time()), last, active))
+            views.append(WorkloadView(workload, self._ground_truth(workload, last, now), last, active))
         return views
 
     def _ground_truth(self, workload: str, since: float | None, now: float) -> int:
         """The workload's answers curation may learn from, logged since `since`. Those
         older than `SETTLED_S` are counted once and remembered: a tick reads only what
-        arrived since the last one, not everything since the last turn."""
-        start, counted_to, count = self._tally.get(workload, (since, since, 0))
-        if start != since:  # another turn began: count afresh
-            counted_to, count = since, 0
+        arrived since the last one, not everything since the last turn (and everything
+        again every `RECOUNT_S`, for records that arrived later than that)."""
+        tally = self._tally.get(workload)
+        if tally is None or tally[0] != since or now - tally[3] >= RECOUNT_S:
+            counted_to, count, fresh_at = since, 0, now  # a first look, another turn began, or it is time
+        else:
+            _, counted_to, count, fresh_at = tally
         cutoff = now - SETTLED_S
         if counted_to is None or counted_to < cutoff:
             count += self._count(workload, counted_to, cutoff)
             counted_to = cutoff
-        self._tally[workload] = (since, counted_to, count)
+        self._tally[workload] = (since, counted_to, count, fresh_at)
         return count + self._count(workload, counted_to, None)
 
     def _count(self, workload: str, since: float | None, until: float | None) -> int:
@@ -117,8 +125,9 @@ class Watcher:
                 break
             if run.run_id not in self.threads:
                 started.append(self._start(run.workload, run.run_id, run.options))
-        views = self.views(runs)
-        for workload, why in due(self.config.turn, views, len(self.threads), now or time.time()):
+        now = time.time() if now is None else now
+        views = self.views(runs, now)
+        for workload, why in due(self.config.turn, views, len(self.threads), now):
             logger.info("starting a turn of %s: %s", workload, why)
             started.append(self._start(workload, None, {"trigger": why}))
         self.judge_trials([view.workload for view in views])

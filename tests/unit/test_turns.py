@@ -17,7 +17,7 @@ from flywheel.records import LogRecord
 from flywheel.store import open_store
 from flywheel.turn import run_turn
 from flywheel.turns import STAGES, RunBook, TurnBusy
-from flywheel.watch import Watcher, WorkloadView, due
+from flywheel.watch import RECOUNT_S, Watcher, WorkloadView, due
 
 
 @pytest.fixture
@@ -189,6 +189,9 @@ def test_the_watcher_counts_answers_to_learn_from_not_a_serving_students_own(con
     store.rows = 0
     assert watcher.views()[0].new_records == 6 and watcher.tick() == []  # 6 < min_new_records 10
     assert store.rows == 2 * 32  # each look reads only the last minute's records, not the hour's
+    logged(3000, 1, base_model="small")  # replayed from a spool long after it was answered: found by the recount
+    now = time.time()
+    assert watcher.views(now=now)[0].new_records == 6 and watcher.views(now=now + RECOUNT_S)[0].new_records == 7
     strict = config.model_copy(update={"curate": config.curate.model_copy(update={"teacher_models": ["big"]})})
     assert Watcher(strict, store, None).views()[0].new_records == 0  # `small` is not a teacher here
     store.close()
