@@ -418,7 +418,8 @@ class GateConfig(_Strict):
     audit_min_pairs: int = Field(10, ge=1, le=200, description="Fewest audited answers a demotion (or a canary "
                                  "candidate's withdrawal on audits) may rest on: the first few audits after a "
                                  "promotion are too few to judge (bench/audit_drift.py). At most 200, the window "
-                                 "of newest audits judged.")
+                                 "of newest audits judged. A new student's first this many requests are all "
+                                 "audited (per ingress replica; with `audit_percent` > 0), so it is judged early.")
     audit_demote: bool = Field(True, description="The watcher demotes a student (its alias goes back to the "
                                "teacher), or withdraws a canary's candidate, once a 95% upper bound on its audited "
                                "score, valid at every look, is below `min_teacher_ratio`: quality that drifted after "

@@ -118,7 +118,8 @@ class Ingress:
         """`watcher`: the TurnWatcher handle, when one is deployed (bound here so Serve runs it)."""
         cfg = FlywheelConfig.model_validate(config)
         served = [m.name for m in cfg.serve.models] + [u.name for u in cfg.serve.upstreams]
-        routing = RoutingTable(served, open_route_book(cfg), cfg.adapters_dir, audit_percent=cfg.gate.audit_percent)
+        routing = RoutingTable(served, open_route_book(cfg), cfg.adapters_dir, audit_percent=cfg.gate.audit_percent,
+                               audit_first=cfg.gate.audit_min_pairs)
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
         engines |= {upstream.name: UpstreamEngine(upstream) for upstream in cfg.serve.upstreams}
         self._writer = None

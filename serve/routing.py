@@ -11,7 +11,10 @@ requests without `user` are drawn at random. A student or candidate that fails a
 hands it to the alias's teacher (`Dispatch.fallback`, serve/api.py). An audit
 (`gate.audit_percent`) has the teacher also answer, in the background, a random share of
 what a student answers (all that a canary's candidate answers: it is on trial): fresh
-teacher answers to learn from, and live pairs to measure the student or candidate by.
+teacher answers to learn from, and live pairs to measure the student or candidate by. A
+student's first `audit_first` requests after its alias changed are all audited (per
+replica), so the gate has the audits a verdict needs after that many requests, not
+after `audit_first / audit_percent` times as many.
 Adapters are folders `<adapters_dir>/<base>/<adapter>/` holding a PEFT
 `adapter_config.json`; a new folder is routable at once.
 
@@ -77,13 +80,15 @@ class Dispatch:
 
 class RoutingTable:
     def __init__(self, bases: list[str], book: RouteBook, adapters_dir: Path,
-                 rng: Callable[[], float] = random.random, audit_percent: float = 0.0):
+                 rng: Callable[[], float] = random.random, audit_percent: float = 0.0, audit_first: int = 0):
         self.bases = list(bases)
         self.book = book
         self.adapters_dir = adapters_dir
         self.rng = rng
         self.audit_percent = audit_percent
+        self.audit_first = audit_first if audit_percent else 0
         self._prefixes: dict[tuple[str, str], dict | None] = {}
+        self._first_audits: dict[str, tuple[tuple[str | None, float], int]] = {}  # alias -> (its state, audits)
 
     def has_adapter(self, base: str, adapter: str) -> bool:
         return adapter_exists(self.adapters_dir, base, adapter)
@@ -117,13 +122,26 @@ class RoutingTable:
         if pick is not None:
             route = self._usable(pick, via)
             fitted = self._fitted(route, body) if route else None
-            if fitted is not None:  # a candidate is on trial: the teacher audits all it answers
-                audited = role == "candidate" or (self.audit_percent and self.rng() * 100 < self.audit_percent)
-                audit = (teacher, body) if audited else None
+            if fitted is not None:
+                audit = (teacher, body) if self._audited(model, state, role) else None
                 return Dispatch(route, fitted, model, state.mode, role, shadow=audit, shadow_role="teacher",
                                 fallback=Dispatch(teacher, body, model, state.mode, "teacher"))
             note = f"{role} {pick} unavailable" if route is None else f"request lacks {role} {pick}'s learned prefix"
         return Dispatch(teacher, body, model, state.mode, "teacher", note, shadow)
+
+    def _audited(self, alias: str, state: AliasState, role: str) -> bool:
+        """Whether the teacher audits this answer: all a candidate on trial gives; a serving
+        student's first `audit_first` since its alias last changed, then `audit_percent`%."""
+        if role == "candidate":
+            return True
+        if not self.audit_percent:
+            return False
+        since = (state.student, state.changed_at)
+        seen, audits = self._first_audits.get(alias, (since, 0))
+        audits = audits if seen == since else 0
+        first = state.mode == "student" and audits < self.audit_first
+        self._first_audits[alias] = (since, audits + first)
+        return first or self.rng() * 100 < self.audit_percent
 
     def _draw(self, alias: str, candidate: str | None, user: Any) -> float:
         """A number in [0, 100): the user's fixed bucket for this alias and candidate (a new

@@ -35,9 +35,10 @@ class Dice:
         return self.values.pop(0)
 
 
-def make_table(root, aliases, rng=None, audit_percent=0.0):
+def make_table(root, aliases, rng=None, audit_percent=0.0, audit_first=0):
     book = RouteBook(root / "routes.json", seed_states(aliases), "small", adapter_checker(["small", "big"], root))
-    return RoutingTable(["small", "big"], book, root, **({"rng": rng} if rng else {}), audit_percent=audit_percent)
+    return RoutingTable(["small", "big"], book, root, **({"rng": rng} if rng else {}), audit_percent=audit_percent,
+                        audit_first=audit_first)
 
 
 @pytest.fixture
@@ -183,3 +184,23 @@ def test_the_teacher_audits_a_share_of_what_students_answer_and_all_that_candida
     trial = table.dispatch(FULL)  # the teacher answers: its shadow is the candidate's, not an audit
     assert (trial.route, trial.shadow[0], trial.shadow_role) == (Route("big"), Route("small", "trial"), "candidate")
     assert table.rng.values == [0.5]  # no draw was spent where there was nothing to audit
+
+
+def test_a_new_student_is_audited_on_its_first_requests_then_on_a_share(tmp_path):
+    """`audit_first` 3 at 10%: a student's first 3 requests are audited without a draw,
+    then each draws; a new promotion starts over; with no audits asked for, none."""
+    make_adapter(tmp_path, "small", "s1")
+    make_adapter(tmp_path, "small", "s2")
+    table = make_table(tmp_path, {"router": RouteTarget(base="big", adapter=None)}, audit_percent=10, audit_first=3,
+                       rng=Dice(*[0.5] * 8))
+
+    def audited(count):
+        return [table.dispatch(FULL).shadow is not None for _ in range(count)]
+
+    table.book.promote("router", "s1")
+    assert audited(5) == [True] * 3 + [False] * 2 and len(table.rng.values) == 8 - 2
+    table.book.promote("router", "s2")
+    assert audited(4) == [True] * 3 + [False] and len(table.rng.values) == 8 - 3
+    none = make_table(tmp_path, {"other": RouteTarget(base="small", adapter="s1")}, audit_first=3)
+    student = none.dispatch({**FULL, "model": "other"})
+    assert (student.route, student.shadow) == (Route("small", "s1"), None)
