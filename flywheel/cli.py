@@ -293,6 +293,45 @@ def logs_stats(
         out.print(table)
 
 
+@logs_app.command("delete")
+def logs_delete(
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload's records."),
+    client: str | None = typer.Option(None, "--client", help="Only this client's records (an erasure request)."),
+    model: str | None = typer.Option(None, "--model", help="Only records this model (`base` or `base:adapter`) "
+                                     "answered."),
+    older_than_days: float | None = typer.Option(None, "--older-than-days", min=0,
+                                                 help="Only records logged more than this many days ago."),
+    yes: bool = typer.Option(False, "--yes", help="Delete them; without it, only count what would be deleted."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Delete logged inferences: a client's (an erasure request), a workload's, a model's, or
+    those past a retention period. Without --yes it is a dry run that counts them. Curated
+    datasets are copies: delete those folders too (see `flywheel datasets`)."""
+    from flywheel.store import LogFilter
+
+    if workload is None and client is None and model is None and older_than_days is None:
+        fail("name what to delete: --workload, --client, --model and/or --older-than-days")
+    cfg = config_from(config)
+    until = None if older_than_days is None else time.time() - older_than_days * 86400
+    chosen = LogFilter(workload_id=workload, client_id=client, model=model, until=until)
+    store = store_from(cfg)
+    try:
+        matched = store.count(chosen)
+        deleted = store.delete(chosen) if yes and matched else 0
+    finally:
+        store.close()
+    criteria = {"workload": workload, "client": client, "model": model, "older_than_days": older_than_days}
+    result = {"matched": matched, "deleted": deleted, "dry_run": not yes, "store": cfg.store_url,
+              "filter": {key: value for key, value in criteria.items() if value is not None}}
+    if as_json:
+        emit_json(result)
+    elif yes:
+        out.print(f"deleted {deleted} records from {cfg.store_url}")
+    else:
+        out.print(f"{matched} records match in {cfg.store_url}; nothing deleted (dry run): rerun with --yes")
+
+
 @workload_app.command("generate")
 def workload_generate(
     name: str = typer.Argument(..., help="Sample workload: support-tools."),

@@ -262,6 +262,9 @@ class StoreConfig(_Strict):
         "`elasticsearch+https://[user:pass@]host:9200/<index>` (API key: $FLYWHEEL_STORE_API_KEY) or "
         "`opensearch+http(s)://[user:pass@]host:9200/<index>`.",
     )
+    retention_days: float | None = Field(
+        None, gt=0, description="The watcher deletes records logged more than this many days ago (once an hour); "
+        "null: records are kept until `flywheel logs delete`.")
 
 
 class PiiConfig(_Strict):

@@ -36,6 +36,9 @@ class SearchClient(Protocol):
     def open_pit(self, index: str, keep_alive: str) -> str:
         """A point in time; it closes itself after `keep_alive` without searches."""
 
+    def delete_matching(self, index: str, query: dict[str, Any]) -> int:
+        """Delete by query, visible to the next search; how many were deleted."""
+
     def close(self) -> None: ...
 
 
@@ -84,6 +87,9 @@ class ElasticsearchClient:
     def open_pit(self, index: str, keep_alive: str) -> str:
         return self._client.open_point_in_time(index=index, keep_alive=keep_alive)["id"]
 
+    def delete_matching(self, index: str, query: dict[str, Any]) -> int:
+        return self._client.delete_by_query(index=index, query=query, refresh=True, conflicts="proceed")["deleted"]
+
     def close(self) -> None:
         self._client.close()
 
@@ -124,6 +130,10 @@ class OpenSearchClient:
 
     def open_pit(self, index: str, keep_alive: str) -> str:
         return self._client.create_pit(index=index, params={"keep_alive": keep_alive})["pit_id"]
+
+    def delete_matching(self, index: str, query: dict[str, Any]) -> int:
+        return self._client.delete_by_query(index=index, body={"query": query}, refresh=True,
+                                            conflicts="proceed")["deleted"]
 
     def close(self) -> None:
         self._client.close()

@@ -148,5 +148,8 @@ class SearchLogStore:
             stats[name] = dict(sorted((bucket["key"], bucket["doc_count"]) for bucket in buckets))
         return stats
 
+    def delete(self, filter: LogFilter) -> int:
+        return self._client.delete_matching(self.index, _query(filter))
+
     def close(self) -> None:
         self._client.close()

@@ -147,6 +147,11 @@ class SqliteLogStore:
                 result[name] = dict(rows.fetchall())
         return result
 
+    def delete(self, filter: LogFilter) -> int:
+        where, params = _where(filter)
+        with self._lock:
+            return self._db.execute(f"DELETE FROM logs{where}", params).rowcount
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

@@ -77,6 +77,10 @@ class LogStore(Protocol):
     def stats(self, filter: LogFilter = LogFilter()) -> dict:
         """`total`, and name -> count maps `by_workload`, `by_model`, `by_status`, `by_day` (UTC)."""
 
+    def delete(self, filter: LogFilter) -> int:
+        """Remove the records the filter matches (retention, a client's erasure request);
+        how many were removed."""
+
     def close(self) -> None: ...
 
 

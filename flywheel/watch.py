@@ -7,7 +7,8 @@ workload at a time (run-record locks), at most `turn.max_concurrent` at once. Wi
 each watched workload's alias while it is in such a trial (`gate.gate_shadow`): promoted or
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
 serving student (or canary candidate) on the teacher's audits (`gate.gate_audit`):
-demoted (withdrawn) once they clearly fall short.
+demoted (withdrawn) once they clearly fall short. With `store.retention_days` it deletes
+records past that age, once an hour.
 
 `due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
 inputs from the store and the run records and starts what is due, each turn in a thread.
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 # recount every RECOUNT_S.
 SETTLED_S = 60.0
 RECOUNT_S = 600.0
+RETAIN_EVERY_S = 3600.0  # how often `store.retention_days` is applied
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Watcher:
         self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
         # workload -> (since, counted to, count, when counted afresh)
         self._tally: dict[str, tuple[float | None, float | None, int, float]] = {}
+        self._retained_at = -RETAIN_EVERY_S
 
     def views(self, runs: list[RunRecord] | None = None, now: float | None = None) -> list[WorkloadView]:
         """Per workload: new answers to learn from since its last run and whether one is
@@ -126,12 +129,25 @@ class Watcher:
             if run.run_id not in self.threads:
                 started.append(self._start(run.workload, run.run_id, run.options))
         now = time.time() if now is None else now
+        self.retain(now)
         views = self.views(runs, now)
         for workload, why in due(self.config.turn, views, len(self.threads), now):
             logger.info("starting a turn of %s: %s", workload, why)
             started.append(self._start(workload, None, {"trigger": why}))
         self.judge_trials([view.workload for view in views])
         return [run_id for run_id in started if run_id]
+
+    def retain(self, now: float) -> int:
+        """Delete what `store.retention_days` no longer keeps (at most once per
+        `RETAIN_EVERY_S`); how many records went."""
+        days = self.config.store.retention_days
+        if days is None or now - self._retained_at < RETAIN_EVERY_S:
+            return 0
+        self._retained_at = now
+        deleted = self.store.delete(LogFilter(until=now - days * 86400))
+        if deleted:
+            logger.info("deleted %d records logged more than %g days ago (store.retention_days)", deleted, days)
+        return deleted
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
         """Decide what live evidence settles for these workloads' aliases: trials of the

@@ -1,9 +1,12 @@
-"""`flywheel logs import|export|stats` as a user runs them (subprocess, --json last line)."""
+"""`flywheel logs import|export|stats|delete` as a user runs them (subprocess, --json last line)."""
 
 import json
 import subprocess
 import sys
+import time
 
+from flywheel.records import LogRecord
+from flywheel.store import open_store
 from tests.unit.test_records import NVIDIA
 
 
@@ -52,3 +55,26 @@ def test_import_of_a_missing_file_is_one_line(tmp_path):
     result = flywheel("logs", "import", str(tmp_path / "absent.jsonl"), home=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+
+
+def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_told(tmp_path):
+    home = tmp_path / "home"
+    store = open_store(f"sqlite:///{home / 'logs.db'}")
+    now = time.time()
+    store.write_batch([LogRecord(workload_id="support", client_id=client, model="small", request={},
+                                 timestamp=now - age_days * 86400)
+                       for client, age_days in [("alice", 0), ("alice", 40), ("bob", 0), ("bob", 40), ("carol", 1)]])
+    store.close()
+
+    refused = flywheel("logs", "delete", "--yes", home=home)
+    assert refused.returncode == 2 and "name what to delete" in refused.stderr
+    dry = last_json(flywheel("logs", "delete", "--client", "alice", "--json", home=home))
+    assert (dry["matched"], dry["deleted"], dry["dry_run"], dry["filter"]) == (2, 0, True, {"client": "alice"})
+    assert last_json(flywheel("logs", "stats", "--json", home=home))["total"] == 5
+    erased = last_json(flywheel("logs", "delete", "--client", "alice", "--yes", "--json", home=home))
+    assert (erased["matched"], erased["deleted"], erased["dry_run"]) == (2, 2, False)
+    retained = flywheel("logs", "delete", "--older-than-days", "30", "--yes", home=home)
+    assert retained.returncode == 0 and "deleted 1 records" in retained.stdout  # bob's old one
+    store = open_store(f"sqlite:///{home / 'logs.db'}")
+    assert sorted(record.client_id for record in store.query().records) == ["bob", "carol"]
+    store.close()

@@ -109,6 +109,19 @@ def test_feedback_is_appended_and_unknown_ids_are_reported(store):
     assert not store.add_feedback("missing", Feedback(rating=1))
 
 
+def test_delete_removes_exactly_what_the_filter_matches(store):
+    records = [make(i) for i in range(9)] + [make(i, workload="billing") for i in range(9, 12)]
+    store.write_batch(records)
+    assert store.delete(LogFilter(client_id="c1", workload_id="support")) == 3  # 1, 4, 7: one client's erasure
+    assert store.delete(LogFilter(client_id="c1", workload_id="support")) == 0
+    assert store.delete(LogFilter(until=1_700_000_003)) == 2  # 0 and 2: older than a retention cut
+    left = {record.id for part in store.partitions(LogFilter(), 1) for record in
+            (LogRecord.model_validate_json(row[-1]) for row in store.scan(part))}
+    assert left == {r.id for i, r in enumerate(records) if i not in (0, 1, 2, 4, 7)}
+    assert store.get(records[1].id) is None and store.count(LogFilter(workload_id="billing")) == 3
+    assert store.write_batch([records[1]]) == 1  # its id is free again
+
+
 def test_stats(store):
     store.write_batch([make(i) for i in range(4)] + [make(9, workload="billing", status="error")])
     stats = store.stats()

@@ -17,7 +17,7 @@ from flywheel.records import LogRecord
 from flywheel.store import open_store
 from flywheel.turn import run_turn
 from flywheel.turns import STAGES, RunBook, TurnBusy
-from flywheel.watch import RECOUNT_S, Watcher, WorkloadView, due
+from flywheel.watch import RECOUNT_S, RETAIN_EVERY_S, Watcher, WorkloadView, due
 
 
 @pytest.fixture
@@ -194,6 +194,27 @@ def test_the_watcher_counts_answers_to_learn_from_not_a_serving_students_own(con
     assert watcher.views(now=now)[0].new_records == 6 and watcher.views(now=now + RECOUNT_S)[0].new_records == 7
     strict = config.model_copy(update={"curate": config.curate.model_copy(update={"teacher_models": ["big"]})})
     assert Watcher(strict, store, None).views()[0].new_records == 0  # `small` is not a teacher here
+    store.close()
+
+
+def test_the_watcher_deletes_records_past_the_retention_period_once_an_hour(config):
+    store = open_store(config.store_url)
+    now = time.time()
+
+    def logged(age_days):
+        store.write_batch([LogRecord(workload_id="support", client_id="c", model="small", request={},
+                                     timestamp=now - age_days * 86400)])
+
+    for age_days in (0, 6, 8):
+        logged(age_days)
+    forever = Watcher(config, store, lambda *args: pytest.fail("no turn is due"))
+    assert forever.retain(now) == 0 and store.count() == 3  # no retention_days: kept
+    week = config.model_copy(update={"store": config.store.model_copy(update={"retention_days": 7})})
+    watcher = Watcher(week, store, lambda *args: pytest.fail("no turn is due"))
+    assert watcher.tick(now) == [] and store.count() == 2  # the tick applied it
+    logged(9)
+    assert watcher.retain(now + RETAIN_EVERY_S - 1) == 0 and store.count() == 3  # not again within the hour
+    assert watcher.retain(now + RETAIN_EVERY_S) == 1 and store.count() == 2
     store.close()
 
 
