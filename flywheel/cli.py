@@ -947,9 +947,11 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": cfg.gate.shadow_min_pairs,
                                   "judged_by_watcher": cfg.gate.rollout == state["mode"]}
             elif cfg.gate.audit_percent > 0 and (found := audit_evidence(cfg, store, alias, book.get(alias))):
-                _, judged, row, metric = found  # what the watcher judges it on
-                state["audit"] = {"model": judged, "percent": cfg.gate.audit_percent, "pairs": row.get("n", 0),
-                                  "metric": metric, "score": row.get("metrics", {}).get(metric, {}).get("mean")}
+                audits, metric = found.audits, found.metric  # what the watcher judges it on
+                state["audit"] = {"model": found.model, "percent": cfg.gate.audit_percent,
+                                  "pairs": audits.get("n", 0), "metric": metric,
+                                  "score": audits.get("metrics", {}).get(metric, {}).get("mean"),
+                                  "attempts": found.attempts, "failed": found.failed}
     except Exception as error:
         fail(f"could not read the log store {cfg.store_url}: {error}")
     finally:
@@ -971,8 +973,9 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         evidence = f"; trial of {state['candidate']}: {trial['pairs']}/{trial['needed']} live pairs" if trial else ""
         if audit:
             score = f", {audit['metric']} {audit['score']:.3f}" if audit["score"] is not None else ""
+            failed = f"; {audit['failed']} of its last {audit['attempts']} requests failed" if audit["failed"] else ""
             evidence = (f"; {audit['model']} audited by the teacher ({audit['percent']:g}%): {audit['pairs']} live "
-                        f"pairs{score}")
+                        f"pairs{score}{failed}")
         out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
                   f"teacher {state['teacher']}{evidence}")
         if state.get("warning"):

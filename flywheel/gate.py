@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 
@@ -248,66 +248,86 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
     return decision
 
 
-def decide_audit(config: FlywheelConfig, evidence: dict[str, Any], metric: str, adapter: str, alias: str,
-                 since: float, incumbent: str | None, role: str = "student") -> Decision:
+class AuditEvidence(NamedTuple):
+    """What serves an alias under audit, and the live evidence it is judged on."""
+
+    role: str  # student, or candidate (a canary's)
+    model: str  # base:adapter
+    audits: dict[str, Any]  # its `shadow_report` row on the newest `AUDIT_WINDOW` audited pairs
+    metric: str  # the metric those are judged on
+    attempts: int  # the newest `AUDIT_WINDOW` requests it answered itself...
+    failed: int  # ...and how many of those failed (the teacher answered them)
+
+
+def decide_audit(config: FlywheelConfig, evidence: AuditEvidence, alias: str, since: float,
+                 incumbent: str | None) -> Decision:
     """The verdict on an adapter serving an alias (its student, or a canary's candidate)
-    from the teacher's audits of its live answers (`evidence`: its `shadow_report` row, on
-    the newest `AUDIT_WINDOW` pairs since it began serving): it fails once even a 95% upper
-    bound on its score, valid at every look, is below `min_teacher_ratio` and at least
-    `audit_min_pairs` were audited; otherwise the decision is pending (nothing recorded or
-    changed)."""
+    since it began serving: it fails once even a 95% upper bound, valid at every look, is
+    below `min_teacher_ratio` on either its audited score (the teacher's audits of its live
+    answers) or the share of requests it answered itself without failing, each on at least
+    `audit_min_pairs`; otherwise the decision is pending (nothing recorded or changed)."""
     policy = config.gate
-    metric, ratio = policy.metric or metric, policy.min_teacher_ratio
-    pairs = evidence.get("n", 0)
-    score = evidence.get("metrics", {}).get(metric, {}).get("mean")
+    metric, ratio, role = policy.metric or evidence.metric, policy.min_teacher_ratio, evidence.role
+    pairs = evidence.audits.get("n", 0)
+    score = evidence.audits.get("metrics", {}).get(metric, {}).get("mean")
     ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
     short = ceiling is not None and ceiling < ratio
     enough = pairs >= policy.audit_min_pairs
-    drifted = short and enough
     reasons = [f"info: {pairs} of the {role}'s live answers audited by the teacher since it began serving"
                + ("" if enough else f"; a verdict needs >= {policy.audit_min_pairs}")]
     if ceiling is not None:
-        reasons.append(("fail: " if drifted else "pending: " if short else "pass: ") + f"{metric} {score:.3f} "
-                       f"against the teacher's answers to the same requests; {ceiling:.3f}, the 95% upper bound "
-                       f"that holds however often it is checked, {'is below' if short else 'reaches'} {ratio:.0%}")
-    return Decision(alias=alias, candidate=adapter, incumbent=incumbent, promote=False, reasons=reasons,
-                    metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
-                    versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}", pending=not drifted)
+        reasons.append(("fail: " if short and enough else "pending: " if short else "pass: ") + f"{metric} "
+                       f"{score:.3f} against the teacher's answers to the same requests; {ceiling:.3f}, the 95% "
+                       f"upper bound that holds however often it is checked, {'is below' if short else 'reaches'} "
+                       f"{ratio:.0%}")
+    attempts, failed = evidence.attempts, evidence.failed
+    broken = False
+    if failed:
+        answered = (attempts - failed) / attempts
+        reliable = upper_bound(answered, attempts, anytime=True)
+        broken = reliable < ratio and attempts >= policy.audit_min_pairs
+        verdict = "fail: " if broken else "pending: " if reliable < ratio else "pass: "
+        reasons.append(verdict + f"{failed} of its newest {attempts} requests failed and "
+                       f"went to the teacher; it answered {answered:.1%} itself, and {reliable:.3f}, the 95% upper "
+                       f"bound, {'is below' if reliable < ratio else 'reaches'} {ratio:.0%}")
+    return Decision(alias=alias, candidate=evidence.model.partition(":")[2], incumbent=incumbent, promote=False,
+                    reasons=reasons, metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
+                    versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}",
+                    pending=not (short and enough or broken))
 
 
 def audit_evidence(config: FlywheelConfig, store: LogStore, alias: str,
-                   state: AliasState | None) -> tuple[str, str, dict[str, Any], str] | None:
-    """What serves the alias under audit and its evidence: (role, `base:adapter`, its
-    `shadow_report` row on the newest `AUDIT_WINDOW` pairs since it began serving, the
-    metric it is judged on). None when the teacher answers everything."""
-    from flywheel.shadow import shadow_report
+                   state: AliasState | None) -> AuditEvidence | None:
+    """What serves the alias under audit and its evidence since it began serving. None
+    when the teacher answers everything."""
+    from flywheel.shadow import serving_attempts, shadow_report
 
     if state is None or state.mode not in ("student", "canary"):  # each mode has what it needs (AliasState)
         return None
     role, model = ("student", state.student) if state.mode == "student" else ("candidate", state.candidate)
     report = shadow_report(store, None, since=state.changed_at, candidate=model, alias=alias, limit=AUDIT_WINDOW)
-    return role, model, report["candidates"].get(model, {}), config.gate.metric or report["primary_metric"]
+    attempts, failed = serving_attempts(store, alias, model, since=state.changed_at, limit=AUDIT_WINDOW)
+    return AuditEvidence(role, model, report["candidates"].get(model, {}),
+                         config.gate.metric or report["primary_metric"], attempts, failed)
 
 
 def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:
-    """Judge what serves the alias on the teacher's audits since it began (None: the
-    teacher answers everything): its student, or in a canary its candidate. One that
-    clearly falls short is taken off and the decision recorded. A student is demoted: the
+    """Judge what serves the alias on the teacher's audits since it began, and on how often
+    it failed (None: the teacher answers everything): its student, or in a canary its
+    candidate. One that clearly falls short is taken off and the decision recorded. A student is demoted: the
     alias goes back to its teacher, which answers everything (and so logs fresh training
     data) until a turn promotes a better student; the demoted one stays the incumbent that
     student must not regress from. A canary's candidate is withdrawn: the alias goes back
     to its student, or its teacher."""
     state = book.get(alias)
-    if (found := audit_evidence(config, store, alias, state)) is None:
+    if (evidence := audit_evidence(config, store, alias, state)) is None:
         return None
-    role, model, evidence, metric = found
-    decision = decide_audit(config, evidence, metric, model.partition(":")[2], alias, state.changed_at,
-                            state.student_adapter, role)
-    telemetry.shadow_trial(alias, model, decision.eval_size, decision.candidate_score)
+    decision = decide_audit(config, evidence, alias, state.changed_at, state.student_adapter)
+    telemetry.shadow_trial(alias, evidence.model, decision.eval_size, decision.candidate_score)
     if decision.pending:
         return decision
-    outcome = "demoted" if role == "student" else "withdrawn"
+    outcome = "demoted" if evidence.role == "student" else "withdrawn"
     decision = record_decision(config, decision.model_copy(update={"outcome": outcome}))
-    mode = "teacher" if role == "student" or not state.student else "student"
+    mode = "teacher" if evidence.role == "student" or not state.student else "student"
     book.set_mode(alias, mode, reason=f"audit failed: {decision.path.name}")
     return decision

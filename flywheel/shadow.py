@@ -65,6 +65,28 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
     return dict(pairs)
 
 
+def serving_attempts(store: LogStore, alias: str, model: str, *, since: float | None = None,
+                     limit: int = 2000) -> tuple[int, int]:
+    """(attempts, failed) over the newest `limit` requests to `alias` that `model`
+    (`base:adapter`) answered itself, not in the background: how often a serving student
+    or canary candidate failed and handed the request to the teacher. Failures never get
+    an audit, so the audited score cannot show them."""
+    attempts = failed = 0
+    cursor = None
+    while attempts < limit:
+        page = store.query(LogFilter(model=alias, since=since), order="desc", limit=PAGE, cursor=cursor)
+        for record in page.records:
+            if attempts >= limit:
+                break
+            if record.adapter and f"{record.base_model}:{record.adapter}" == model and "shadow_of" not in record.tags:
+                attempts += 1
+                failed += record.status != "ok"
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    return attempts, failed
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

@@ -423,6 +423,38 @@ def test_audits_measure_a_serving_student_and_demote_it_once_it_clearly_falls_sh
     store.close()
 
 
+def test_a_student_that_keeps_failing_is_demoted_though_nothing_was_audited(trial_config):
+    """A failed answer gets no audit (the teacher answered the client instead), so a
+    student whose adapter the engine refuses would never be judged on audits: its share of
+    requests answered without failing is judged too. 1 failure in 40 passes; 10 in 10 fail."""
+    store, book = open_store(trial_config.store_url), open_route_book(trial_config)
+    status = call("get_order_status", order_id="ORD-1")
+
+    def failed():
+        return LogRecord(workload_id="support", client_id="c", model="support", request=REQUEST, base_model="small",
+                         adapter="old", status="error", error="HTTP 400: adapter 'old' could not be loaded",
+                         tags={"mode": "student", "role": "student"})
+
+    book.promote("support", "old")
+    for _ in range(13):
+        store.write_batch(audited(status, status))
+    store.write_batch([failed()] + [answered(status, 100, base_model="small", adapter="old",
+                                             tags={"mode": "student", "role": "student"}) for _ in range(26)])
+    fine = gate_audit(trial_config, book, store, "support")
+    assert fine.pending and "pass: 1 of its newest 40 requests failed" in fine.reasons[-1]
+
+    book.promote("support", "trial")  # an adapter the engine refuses: every request fails
+    store.write_batch([failed().model_copy(update={"adapter": "trial"}) for _ in range(9)])
+    early = gate_audit(trial_config, book, store, "support")
+    assert early.pending and early.reasons[-1].startswith("pending: 9 of its newest 9 requests failed")
+    store.write_batch([failed().model_copy(update={"adapter": "trial"})])
+    demoted = gate_audit(trial_config, book, store, "support")
+    assert not demoted.pending and demoted.outcome == "demoted" and demoted.eval_size == 0
+    assert demoted.reasons[-1].startswith("fail: 10 of its newest 10 requests failed and went to the teacher")
+    assert book.get("support").mode == "teacher"
+    store.close()
+
+
 def test_a_canarys_candidate_that_audits_show_clearly_short_is_withdrawn(trial_config):
     store, book = open_store(trial_config.store_url), open_route_book(trial_config)
     status, wrong = call("get_order_status", order_id="ORD-1"), call("cancel_order", order_id="ORD-1")
