@@ -258,6 +258,8 @@ def make_api(
                                        payload=payload)
             if pending:
                 inference_log.finish(pending, status, payload)
+            if status in (429, 503):  # OpenAI's clients wait this long before their retry
+                headers["Retry-After"] = "1"
             return JSONResponse(payload, status_code=status, headers=headers)
         if streamed:
             return relay_stream(endpoint, chunks, dispatch, headers, pending, shadow)
