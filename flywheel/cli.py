@@ -656,6 +656,8 @@ def promote_command(
         fail("--shadow needs --alias")
     cfg = config_from(config, {"gate.shadow_min_pairs": min_pairs})
     alias = _alias_of(cfg, alias, adapter)
+    if min_pairs is not None and alias in cfg.gate.per_alias:  # the flag wins over the alias's own setting too
+        cfg.gate.per_alias[alias] = {**cfg.gate.per_alias[alias], "shadow_min_pairs": min_pairs}
     book = open_route_book(cfg)
     try:
         if shadow:
@@ -939,16 +941,17 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         records = store.stats()["by_workload"]
         teachers = cfg.curate.teacher_models
         for alias, state in routes.items():
+            policy = cfg.gate.for_alias(alias)
             if teachers and state["teacher"] not in teachers:
                 state["warning"] = (f"its teacher {state['teacher']} is not in curate.teacher_models: what it answers "
                                     "(audits too) is not training data, and audits measure students against it")
-            if state["mode"] == "shadow" or state["mode"] == cfg.gate.rollout == "canary":
+            if state["mode"] == "shadow" or state["mode"] == policy.rollout == "canary":
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
-                state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": cfg.gate.shadow_min_pairs,
-                                  "judged_by_watcher": cfg.gate.rollout == state["mode"]}
-            elif cfg.gate.audit_percent > 0 and (found := audit_evidence(cfg, store, alias, book.get(alias))):
+                state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": policy.shadow_min_pairs,
+                                  "judged_by_watcher": policy.rollout == state["mode"]}
+            elif policy.audit_percent > 0 and (found := audit_evidence(cfg, store, alias, book.get(alias))):
                 audits, metric = found.audits, found.metric  # what the watcher judges it on
-                state["audit"] = {"model": found.model, "percent": cfg.gate.audit_percent,
+                state["audit"] = {"model": found.model, "percent": policy.audit_percent,
                                   "pairs": audits.get("n", 0), "metric": metric,
                                   "score": audits.get("metrics", {}).get(metric, {}).get("mean"),
                                   "attempts": found.attempts, "failed": found.failed}

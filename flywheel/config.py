@@ -428,8 +428,32 @@ class GateConfig(_Strict):
                                "score, valid at every look, is below `min_teacher_ratio`: quality that drifted after "
                                "promotion is caught, not assumed.")
 
+    per_alias: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Alias -> gate fields that differ for it, e.g. {support-router: "
+        "{min_teacher_ratio: 0.98, audit_percent: 10}}: one service, a bar per workload. Any field above but "
+        "`aliases`.")
+
     def alias_for(self, workload: str) -> str:
         return self.aliases.get(workload, workload)
+
+    def for_alias(self, alias: str | None) -> GateConfig:
+        """The policy `alias` is gated by: these fields, with its `per_alias` ones on top."""
+        override = self.per_alias.get(alias) if alias is not None else None
+        if not override:
+            return self
+        return GateConfig.model_validate({**self.model_dump(exclude={"aliases", "per_alias"}), **override})
+
+    @model_validator(mode="after")
+    def _overrides_are_gate_fields(self) -> GateConfig:
+        for alias, override in self.per_alias.items():
+            if {"aliases", "per_alias"} & set(override):
+                raise ValueError(f"per_alias.{alias}: `aliases` and `per_alias` are not per alias")
+            try:
+                self.for_alias(alias)
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+                raise ValueError(f"per_alias.{alias}: {problems}") from None
+        return self
 
 
 class TurnConfig(_Strict):

@@ -64,7 +64,7 @@ class Decision(BaseModel):
 def decide(config: FlywheelConfig, report: EvalReport, candidate: str, alias: str,
            incumbent: str | None) -> Decision:
     """The gate's verdict on `candidate` (an adapter id in `report`); nothing is changed."""
-    policy = config.gate
+    policy = config.gate.for_alias(alias)
     metric = policy.metric or report.primary_metric
     passed: list[bool] = []
     reasons: list[str] = []
@@ -155,7 +155,8 @@ def gate_and_promote(config: FlywheelConfig, book: RouteBook, report: EvalReport
     promote the candidate or start its trial on live traffic (`gate.rollout`: shadow or canary)."""
     state = book.get(alias)
     decision = decide(config, report, candidate, alias, state.student_adapter if state else None)
-    rollout = config.gate.rollout
+    policy = config.gate.for_alias(alias)
+    rollout = policy.rollout
     outcome = ("promoted" if rollout == "promote" else f"{rollout} trial") if decision.promote else "unchanged"
     decision = record_decision(config, decision.model_copy(update={"outcome": outcome}))
     reason = f"gate passed: {decision.path.name} (report {report.run_id})"
@@ -163,7 +164,7 @@ def gate_and_promote(config: FlywheelConfig, book: RouteBook, report: EvalReport
         book.promote(alias, candidate, reason=reason)
     elif decision.promote:
         book.set_mode(alias, rollout, candidate=candidate, reason=f"{reason}; on trial against live traffic",
-                      percent=config.gate.canary_percent if rollout == "canary" else None)
+                      percent=policy.canary_percent if rollout == "canary" else None)
     return decision
 
 
@@ -176,7 +177,7 @@ def decide_shadow(config: FlywheelConfig, evidence: dict[str, Any], metric: str,
     `shadow_early_withdraw`, it cannot pass. With `require_confidence` it is also pending
     past `shadow_min_pairs` until it is sure either way. The watcher looks at every tick, so
     every bound here is one valid at every look (`anytime=True`)."""
-    policy = config.gate
+    policy = config.gate.for_alias(alias)
     metric, ratio, sure = policy.metric or metric, policy.min_teacher_ratio, policy.require_confidence
     pairs, errors = evidence.get("n", 0), evidence.get("errors", 0)
     score = evidence.get("metrics", {}).get(metric, {}).get("mean")
@@ -266,7 +267,7 @@ def decide_audit(config: FlywheelConfig, evidence: AuditEvidence, alias: str, si
     below `min_teacher_ratio` on either its audited score (the teacher's audits of its live
     answers) or the share of requests it answered itself without failing, each on at least
     `audit_min_pairs`; otherwise the decision is pending (nothing recorded or changed)."""
-    policy = config.gate
+    policy = config.gate.for_alias(alias)
     metric, ratio, role = policy.metric or evidence.metric, policy.min_teacher_ratio, evidence.role
     pairs = evidence.audits.get("n", 0)
     score = evidence.audits.get("metrics", {}).get(metric, {}).get("mean")
@@ -308,7 +309,7 @@ def audit_evidence(config: FlywheelConfig, store: LogStore, alias: str,
     report = shadow_report(store, None, since=state.changed_at, candidate=model, alias=alias, limit=AUDIT_WINDOW)
     attempts, failed = serving_attempts(store, alias, model, since=state.changed_at, limit=AUDIT_WINDOW)
     return AuditEvidence(role, model, report["candidates"].get(model, {}),
-                         config.gate.metric or report["primary_metric"], attempts, failed)
+                         config.gate.for_alias(alias).metric or report["primary_metric"], attempts, failed)
 
 
 def gate_audit(config: FlywheelConfig, book: RouteBook, store: LogStore, alias: str) -> Decision | None:

@@ -94,9 +94,9 @@ def _gate(config: FlywheelConfig, record: RunRecord, report: Callable[[str], Non
 
     evaluation = load_report(config.reports_dir, record.stages["evaluate"].artifacts["report_id"])
     adapters = record.stages["train"].artifacts["adapters"]
-    metric = config.gate.metric or evaluation.primary_metric
-    best = max(adapters, key=lambda name: evaluation.candidates[name].get(metric, {}).get("mean", float("-inf")))
     alias = config.gate.alias_for(record.workload)
+    metric = config.gate.for_alias(alias).metric or evaluation.primary_metric
+    best = max(adapters, key=lambda name: evaluation.candidates[name].get(metric, {}).get("mean", float("-inf")))
     report(f"gating {best} for alias {alias}")
     decision = gate_and_promote(config, open_route_book(config), evaluation, best, alias)
     return {"alias": alias, "candidate": best, "promoted": decision.outcome == "promoted",

@@ -151,15 +151,15 @@ class Watcher:
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
         """Decide what live evidence settles for these workloads' aliases: trials of the
-        kind `gate.rollout` starts (shadow or canary; any other is an operator's) and what
-        serves under audit (with `gate.audit_demote`)."""
-        policy, judges = self.config.gate, []
-        if policy.rollout != "promote":
-            judges.append(lambda *args: gate_shadow(*args, modes=(policy.rollout,)))
-        if policy.audit_demote and policy.audit_percent > 0:
-            judges.append(gate_audit)
+        kind the alias's `gate.rollout` starts (shadow or canary; any other is an
+        operator's) and what serves under audit (with `gate.audit_demote`)."""
         decisions = []
-        for alias in dict.fromkeys(policy.alias_for(workload) for workload in workloads):
+        for alias in dict.fromkeys(self.config.gate.alias_for(workload) for workload in workloads):
+            policy, judges = self.config.gate.for_alias(alias), []
+            if policy.rollout != "promote":
+                judges.append(lambda *args, kind=policy.rollout: gate_shadow(*args, modes=(kind,)))
+            if policy.audit_demote and policy.audit_percent > 0:
+                judges.append(gate_audit)
             for judge in judges:
                 decision = judge(self.config, self.routes, self.store, alias)
                 if decision is not None and not decision.pending:

@@ -118,8 +118,11 @@ class Ingress:
         """`watcher`: the TurnWatcher handle, when one is deployed (bound here so Serve runs it)."""
         cfg = FlywheelConfig.model_validate(config)
         served = [m.name for m in cfg.serve.models] + [u.name for u in cfg.serve.upstreams]
+        policies = {alias: cfg.gate.for_alias(alias) for alias in cfg.gate.per_alias}
         routing = RoutingTable(served, open_route_book(cfg), cfg.adapters_dir, audit_percent=cfg.gate.audit_percent,
-                               audit_first=cfg.gate.audit_min_pairs)
+                               audit_first=cfg.gate.audit_min_pairs, audits_per_alias={
+                                   alias: (policy.audit_percent, policy.audit_min_pairs)
+                                   for alias, policy in policies.items()})
         engines = {name: HandleEngine(handle) for name, handle in models.items()}
         engines |= {upstream.name: UpstreamEngine(upstream) for upstream in cfg.serve.upstreams}
         self._writer = None

@@ -80,13 +80,16 @@ class Dispatch:
 
 class RoutingTable:
     def __init__(self, bases: list[str], book: RouteBook, adapters_dir: Path,
-                 rng: Callable[[], float] = random.random, audit_percent: float = 0.0, audit_first: int = 0):
+                 rng: Callable[[], float] = random.random, audit_percent: float = 0.0, audit_first: int = 0,
+                 audits_per_alias: dict[str, tuple[float, int]] | None = None):
+        """`audit_percent` / `audit_first` hold for every alias but those in
+        `audits_per_alias` (alias -> its own pair of them)."""
         self.bases = list(bases)
         self.book = book
         self.adapters_dir = adapters_dir
         self.rng = rng
-        self.audit_percent = audit_percent
-        self.audit_first = audit_first if audit_percent else 0
+        self.audits = (audit_percent, audit_first)
+        self.audits_per_alias = audits_per_alias or {}
         self._prefixes: dict[tuple[str, str], dict | None] = {}
         self._first_audits: dict[str, tuple[tuple[str | None, float], int]] = {}  # alias -> (its state, audits)
 
@@ -134,14 +137,15 @@ class RoutingTable:
         student's first `audit_first` since its alias last changed, then `audit_percent`%."""
         if role == "candidate":
             return True
-        if not self.audit_percent:
+        percent, first_ones = self.audits_per_alias.get(alias, self.audits)
+        if not percent:
             return False
         since = (state.student, state.changed_at)
         seen, audits = self._first_audits.get(alias, (since, 0))
         audits = audits if seen == since else 0
-        first = state.mode == "student" and audits < self.audit_first
+        first = state.mode == "student" and audits < first_ones
         self._first_audits[alias] = (since, audits + first)
-        return first or self.rng() * 100 < self.audit_percent
+        return first or self.rng() * 100 < percent
 
     def _draw(self, alias: str, candidate: str | None, user: Any) -> float:
         """A number in [0, 100): the user's fixed bucket for this alias and candidate (a new

@@ -63,6 +63,32 @@ def test_with_require_confidence_the_lower_bound_must_reach_the_ratio(config, tm
     assert decide(sure, make_report(tmp_path, {"best": items(300, 300)}), "best", "support", None).promote
 
 
+def test_an_alias_may_have_its_own_bar_and_rollout(tmp_path):
+    """`gate.per_alias`: 97/100 passes the default 0.95 but not `billing`'s 0.98, and a pass
+    on `billing` starts a canary trial where the default promotes; overrides are checked
+    like the fields they override."""
+    for name in ("old", "new"):
+        (tmp_path / "adapters" / "small" / name).mkdir(parents=True)
+        (tmp_path / "adapters" / "small" / name / "adapter_config.json").write_text("{}")
+    base = {"home": str(tmp_path), "serve": {"models": [{"name": "small", "source": "x"}]}}
+    config = FlywheelConfig.model_validate({**base, "gate": {"min_eval_size": 50, "per_alias": {
+        "billing": {"min_teacher_ratio": 0.98}, "ledger": {"rollout": "canary", "canary_percent": 20}}}})
+    report = make_report(tmp_path, {"new": items(97, 100)})
+    assert decide(config, report, "new", "support", None).promote
+    strict = decide(config, report, "new", "billing", None)
+    assert not strict.promote and any("98%" in reason for reason in strict.reasons if reason.startswith("fail"))
+    assert config.gate.for_alias("ledger").min_eval_size == 50 and config.gate.for_alias(None) is config.gate
+    book = open_route_book(config)
+    assert gate_and_promote(config, book, report, "new", "ledger").outcome == "canary trial"
+    assert (book.get("ledger").mode, book.get("ledger").percent) == ("canary", 20)
+    assert gate_and_promote(config, book, report, "new", "support").outcome == "promoted"
+    for bad, said in (({"min_teacher_ratio": -1}, "per_alias.billing: min_teacher_ratio"),
+                      ({"nonsense": 1}, "per_alias.billing: nonsense"),
+                      ({"aliases": {}}, "not per alias")):
+        with pytest.raises(ValueError, match=said):
+            FlywheelConfig.model_validate({**base, "gate": {"per_alias": {"billing": bad}}})
+
+
 def test_a_regression_against_the_incumbent_fails_even_above_the_teacher_ratio(config, tmp_path):
     # the candidate gets 10 items wrong that the incumbent had right: lower bound well below -0.02
     report = make_report(tmp_path, {"new": items(96, 100), "old": items(100, 100)})

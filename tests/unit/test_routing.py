@@ -204,3 +204,5 @@ def test_a_new_student_is_audited_on_its_first_requests_then_on_a_share(tmp_path
     none = make_table(tmp_path, {"other": RouteTarget(base="small", adapter="s1")}, audit_first=3)
     student = none.dispatch({**FULL, "model": "other"})
     assert (student.route, student.shadow) == (Route("small", "s1"), None)
+    own = RoutingTable(["small", "big"], none.book, tmp_path, audit_percent=100, audits_per_alias={"other": (0, 0)})
+    assert own.dispatch({**FULL, "model": "other"}).shadow is None  # `gate.per_alias.other.audit_percent: 0`

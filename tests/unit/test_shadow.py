@@ -518,6 +518,8 @@ def test_the_watcher_demotes_a_drifted_student_unless_audit_demote_is_off(trial_
 
     assert watcher(audit_demote=False).tick() == [] and book.get("support").mode == "student"
     assert watcher(audit_percent=0).tick() == [] and book.get("support").mode == "student"  # no audits asked for
+    assert watcher(per_alias={"support": {"audit_demote": False}}).tick() == []  # the alias's own policy
+    assert book.get("support").mode == "student"
     assert watcher(rollout="promote").tick() == [] and book.get("support").mode == "teacher"
     store.close()
 
