@@ -170,8 +170,9 @@ def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(servi
         assert audit.tags["shadow_of"] == student.id and audit.request == student.request
     shown = run_cli("status", env=service.env)["aliases"][ALIAS]["audit"]
     assert shown["pairs"] == 5 and shown["metric"] == "token_f1" and shown["score"] < 0.5
-    # alpha's fixed reply is far from what the teacher says: judged on the live pairs, it is demoted
-    verdict = run_cli("audit", "--alias", ALIAS, env=service.env)
+    # alpha's fixed reply is far from what the teacher says: judged on the live pairs (the
+    # service's config: five of them are enough), it is demoted
+    verdict = run_cli("audit", "--alias", ALIAS, env=service.env, config=service.home / "config.yaml")
     assert verdict["outcome"] == "demoted" and verdict["decision"]["eval_size"] == 5, verdict["decision"]["reasons"]
     assert (verdict["route"]["mode"], verdict["route"]["student"]) == ("teacher", f"{MODEL}:swap-alpha")
 
