@@ -921,6 +921,29 @@ def cancel_command(
     emit_json(record.summary()) if as_json else out.print(f"{run_id}: {record.status}, cancel requested")
 
 
+@app.command("doctor")
+def doctor_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Check what a turning flywheel needs, and say how to fix what is missing: models
+    pulled, the log store, the spool, the service, hosted APIs and their keys, every
+    alias's models, teachers curation learns from, disk. Exit 1 when a check fails."""
+    from flywheel.doctor import run_checks
+
+    checks = run_checks(config_from(config))
+    failed = [check.name for check in checks if check.status == "fail"]
+    if as_json:
+        emit_json({"ok": not failed, "checks": [check.as_dict() for check in checks]})
+    else:
+        table = Table("check", "status", "detail")
+        colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+        for check in checks:
+            table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/{colours[check.status]}]",
+                          check.detail)
+        out.print(table)
+        out.print(f"[red]{len(failed)} failed: {', '.join(failed)}[/red]" if failed else "[green]all good[/green]")
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command("status")
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Where the flywheel stands: each alias's route (and shadow trial, or its student's audits),

@@ -141,6 +141,14 @@ class UpstreamConfig(_Strict):
     max_connections: int = Field(64, ge=1, description="Requests in flight to the API per ingress replica.")
     price_per_mtok: Price | None = Field(None, description=PRICE_DESCRIPTION)
 
+    def request_headers(self) -> dict[str, str]:
+        """`headers`, and the key from `api_key_env` (when set here) in `api_key_header`."""
+        headers = dict(self.headers)
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers[self.api_key_header] = f"Bearer {key}" if self.api_key_header.lower() == "authorization" else key
+        return headers
+
     @field_validator("base_url")
     @classmethod
     def _is_http(cls, value: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -68,11 +67,7 @@ def backoff(attempt: int, response: httpx.Response | None) -> float:
 class UpstreamEngine:
     def __init__(self, config: UpstreamConfig):
         self.config = config
-        key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        self._headers = dict(config.headers)
-        if key:
-            bearer = config.api_key_header.lower() == "authorization"
-            self._headers[config.api_key_header] = f"Bearer {key}" if bearer else key
+        self._headers = config.request_headers()
         self._client: httpx.AsyncClient | None = None  # made on first use, in the ingress's event loop
 
     def _http(self) -> httpx.AsyncClient:

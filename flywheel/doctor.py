@@ -1,0 +1,137 @@
+"""`flywheel doctor`: what stands between this config and a turning flywheel, checked
+before a job finds out. Each check is `ok`, `warn` (works, but not as intended) or `fail`
+(something will break), with the fix in its detail: models pulled, the log store
+reachable, records still spooled, the service up, hosted APIs reachable with their keys,
+every alias's models present, teachers that curation learns from, disk space.
+
+Checks read and probe; none changes anything (but a first look creates the empty SQLite
+store and home folder, as any command does). Network probes wait `PROBE_S` at most.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import httpx
+
+from flywheel.config import FlywheelConfig
+
+PROBE_S = 5.0
+LOW_DISK_BYTES = 2 * 1024**3  # a checkpoint or a dataset version needs room
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Literal["ok", "warn", "fail"]
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _models(config: FlywheelConfig) -> Iterator[Check]:
+    from flywheel.models import ModelError, resolve_model_path
+
+    for model in config.serve.models:
+        try:
+            yield Check(f"model {model.name}", "ok", str(resolve_model_path(model.source, config.models_dir)))
+        except ModelError as error:
+            yield Check(f"model {model.name}", "fail", str(error))
+
+
+def _store(config: FlywheelConfig) -> Iterator[Check]:
+    from flywheel.store import open_store
+
+    try:
+        store = open_store(config.store_url)
+        try:
+            yield Check("log store", "ok", f"{store.count():,} records in {config.store_url}")
+        finally:
+            store.close()
+    except Exception as error:
+        yield Check("log store", "fail", f"{config.store_url}: {type(error).__name__}: {error}")
+    spooled = len(list((config.home / "spool").glob("*.jsonl")))
+    yield (Check("spool", "warn", f"{spooled} batches in {config.home / 'spool'} wait for the store; the service "
+                 "replays them once it can write") if spooled else Check("spool", "ok", "nothing waits for the store"))
+
+
+def _service(config: FlywheelConfig, get: Callable[..., httpx.Response]) -> Iterator[Check]:
+    url = f"{config.service_url}/health"
+    try:
+        health = get(url, timeout=PROBE_S)
+    except httpx.HTTPError as error:
+        yield Check("service", "warn", f"{url}: not running ({type(error).__name__}); `flywheel serve` starts it, "
+                    "and a turn's evaluation needs it")
+        return
+    try:
+        states = health.json().get("models", {})
+    except ValueError:
+        states = {}
+    down = {name: state for name, state in states.items() if state != "ok"}
+    if health.status_code == 200 and not down:
+        yield Check("service", "ok", f"{url}: every model answers")
+    else:
+        yield Check("service", "fail" if health.status_code != 200 else "warn",
+                    f"{url}: HTTP {health.status_code}; " + (", ".join(f"{n} {s}" for n, s in down.items()) or
+                                                             "no model states"))
+
+
+def _upstreams(config: FlywheelConfig, get: Callable[..., httpx.Response]) -> Iterator[Check]:
+    for upstream in config.serve.upstreams:
+        name = f"upstream {upstream.name}"
+        key_env = upstream.api_key_env
+        if key_env and not os.environ.get(key_env):
+            yield Check(name, "fail", f"${key_env} is not set here: {upstream.base_url} will refuse the requests "
+                        "(set it on the ingress's node too)")
+            continue
+        try:
+            answer = get(f"{upstream.base_url}/models", headers=upstream.request_headers(), params=upstream.params,
+                         timeout=PROBE_S)
+        except httpx.HTTPError as error:
+            yield Check(name, "warn", f"{upstream.base_url}: unreachable from here ({type(error).__name__})")
+            continue
+        if answer.status_code in (401, 403):
+            yield Check(name, "fail", f"{upstream.base_url} refused the key in ${key_env} (HTTP {answer.status_code})")
+        else:
+            status = "ok" if answer.status_code < 400 else "warn"
+            yield Check(name, status, f"{upstream.base_url}: GET /models answered HTTP {answer.status_code}")
+
+
+def _routes(config: FlywheelConfig) -> Iterator[Check]:
+    from flywheel.routes import adapter_exists, open_route_book
+
+    served = {m.name for m in config.serve.models} | {u.name for u in config.serve.upstreams}
+    teachers = set(config.curate.teacher_models)
+    for alias, state in sorted(open_route_book(config).aliases().items()):
+        problems, notes = [], []
+        if state.teacher.partition(":")[0] not in served:
+            problems.append(f"its teacher {state.teacher} is not served")
+        for role, model in (("student", state.student), ("candidate", state.candidate)):
+            base, _, adapter = (model or "").partition(":")
+            if model and not adapter_exists(config.adapters_dir, base, adapter):
+                problems.append(f"its {role} {model} is gone from {config.adapters_dir} (the teacher answers "
+                                f"instead; `flywheel rollback --alias {alias}` or promote another)")
+        if teachers and state.teacher not in teachers:
+            notes.append(f"its teacher {state.teacher} is not in curate.teacher_models: its answers are not "
+                         "training data")
+        where = f"mode {state.mode}, student {state.student or '-'}, teacher {state.teacher}"
+        status = "fail" if problems else "warn" if notes else "ok"
+        yield Check(f"alias {alias}", status, "; ".join(problems + notes) or where)
+
+
+def _disk(config: FlywheelConfig) -> Iterator[Check]:
+    config.home.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(config.home).free
+    status = "warn" if free < LOW_DISK_BYTES else "ok"
+    yield Check("disk", status, f"{free / 1024**3:.1f} GiB free under {config.home}")
+
+
+def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = httpx.get) -> list[Check]:
+    """Every check, in the order a turn meets them; `get` is the HTTP probe (injected by tests)."""
+    return [*_models(config), *_store(config), *_service(config, get), *_upstreams(config, get),
+            *_routes(config), *_disk(config)]
