@@ -29,6 +29,10 @@ def _message(record: LogRecord) -> dict[str, Any] | None:
     return choices[0].get("message") if choices else None
 
 
+def _answered_by(record: LogRecord) -> str:
+    return f"{record.base_model}:{record.adapter}" if record.adapter else str(record.base_model)
+
+
 def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None = None, limit: int = 2000,
                  candidate: str | None = None, alias: str | None = None
                  ) -> dict[str, list[tuple[LogRecord, LogRecord]]]:
@@ -48,11 +52,14 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
                 break
             if "shadow_of" not in record.tags:
                 continue
+            audit = is_audit(record.tags)
+            if not audit and candidate is not None and _answered_by(record) != candidate:
+                continue  # another candidate's shadow: no need to fetch its teacher answer
             linked = store.get(record.tags["shadow_of"])
-            teacher, answer = (record, linked) if is_audit(record.tags) else (linked, record)
+            teacher, answer = (record, linked) if audit else (linked, record)
             if answer is None:
                 continue
-            name = f"{answer.base_model}:{answer.adapter}" if answer.adapter else str(answer.base_model)
+            name = _answered_by(answer)
             if candidate is not None and name != candidate:
                 continue
             if teacher is None or teacher.status != "ok" or _message(teacher) is None:
@@ -78,7 +85,7 @@ def serving_attempts(store: LogStore, alias: str, model: str, *, since: float | 
         for record in page.records:
             if attempts >= limit:
                 break
-            if record.adapter and f"{record.base_model}:{record.adapter}" == model and "shadow_of" not in record.tags:
+            if record.adapter and _answered_by(record) == model and "shadow_of" not in record.tags:
                 attempts += 1
                 failed += record.status != "ok"
         if page.cursor is None:

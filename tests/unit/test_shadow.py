@@ -524,6 +524,27 @@ def test_the_watcher_demotes_a_drifted_student_unless_audit_demote_is_off(trial_
     store.close()
 
 
+def test_pairs_of_one_candidate_fetch_only_its_own_linked_answers(tmp_path):
+    """Another candidate's shadow names its adapter itself: skipped without a `get`."""
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    status = call("get_order_status", order_id="ORD-1")
+    for adapter in ("trial", "other", "other"):
+        store.write_batch(pair(status, status, adapter))
+    fetched = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(store, name)
+
+        def get(self, record_id):
+            fetched.append(record_id)
+            return store.get(record_id)
+
+    pairs = shadow_pairs(Counting(), None, candidate="small:trial")
+    assert [len(found) for found in pairs.values()] == [1] and len(fetched) == 1
+    store.close()
+
+
 def test_the_shadow_scan_benchmark_finds_the_trials_pairs_both_ways():
     """bench/shadow_scan.py at a small size: both readings must find every pair (it asserts so)."""
     result = subprocess.run([sys.executable, "bench/shadow_scan.py", "--other", "2000", "--pairs", "5", "--repeat", "1"],
