@@ -1,10 +1,12 @@
-"""configs/grafana/flywheel.json against flywheel/telemetry.py: every metric the flywheel
-reports has a panel, under the name Prometheus gives it, and no panel queries a metric
-that does not exist. (The names as exported are checked against a live Ray metrics
+"""configs/grafana/flywheel.json and configs/prometheus/flywheel-alerts.yaml against
+flywheel/telemetry.py: every metric the flywheel reports has a panel, under the name
+Prometheus gives it, and no panel or alert queries a metric that does not exist. (The names as exported are checked against a live Ray metrics
 endpoint in the integration tier, tests/integration/test_turn.py.)"""
 
 import json
 import re
+
+import yaml
 
 from tests.conftest import REPO
 
@@ -36,3 +38,17 @@ def test_every_reported_metric_has_a_panel_and_every_panel_a_metric():
     cells = [(box["x"] + dx, box["y"] + dy) for box in boxes for dx in range(box["w"]) for dy in range(box["h"])]
     assert len(cells) == len(set(cells))  # no two panels overlap
     assert all(panel["datasource"]["uid"] == "${datasource}" for panel in shown if panel["type"] != "row")
+
+
+def test_every_alert_queries_reported_metrics_and_says_what_to_do():
+    rules = yaml.safe_load((REPO / "configs" / "prometheus" / "flywheel-alerts.yaml").read_text())
+    (group,) = rules["groups"]
+    alerts = group["rules"]
+    assert len({rule["alert"] for rule in alerts}) == len(alerts) >= 5
+    for rule in alerts:
+        assert set(re.findall(r"ray_flywheel_\w+", rule["expr"])) <= reported(), rule["alert"]
+        assert re.search(r"[<>]", rule["expr"]), rule["alert"]  # a condition, not a bare series
+        assert rule["labels"]["severity"] in ("info", "warning", "critical")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    outcomes = set(re.findall(r'outcome="(\w+)"', " ".join(rule["expr"] for rule in alerts)))
+    assert outcomes <= {"promoted", "withdrawn", "unchanged", "demoted"}
