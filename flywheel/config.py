@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -44,6 +44,9 @@ ServedName = Annotated[str, AfterValidator(_addressable)]  # what a request's `m
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+StrictT = TypeVar("StrictT", bound=_Strict)
 
 
 class Price(_Strict):
@@ -385,6 +388,26 @@ class EvaluateConfig(_Strict):
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge.")
 
 
+def _overlaid(model: StrictT, overlays: str, key: str | None) -> StrictT:
+    """`model` with the fields `model.<overlays>[key]` sets on top (itself when none)."""
+    override = getattr(model, overlays).get(key) if key is not None else None
+    if not override:
+        return model
+    return type(model).model_validate({**model.model_dump(exclude={overlays}), **override})
+
+
+def _check_overlays(model: _Strict, overlays: str, fixed: set[str]) -> None:
+    """Each of `model.<overlays>` must be valid on top of `model` and leave `fixed` alone."""
+    for key, override in getattr(model, overlays).items():
+        if kept := (fixed | {overlays}) & set(override):
+            raise ValueError(f"{overlays}.{key}: {', '.join(sorted(kept))} cannot differ per entry")
+        try:
+            _overlaid(model, overlays, key)
+        except ValidationError as error:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            raise ValueError(f"{overlays}.{key}: {problems}") from None
+
+
 class GateConfig(_Strict):
     """When a candidate takes over an alias (flywheel/gate.py)."""
 
@@ -446,21 +469,11 @@ class GateConfig(_Strict):
 
     def for_alias(self, alias: str | None) -> GateConfig:
         """The policy `alias` is gated by: these fields, with its `per_alias` ones on top."""
-        override = self.per_alias.get(alias) if alias is not None else None
-        if not override:
-            return self
-        return GateConfig.model_validate({**self.model_dump(exclude={"aliases", "per_alias"}), **override})
+        return _overlaid(self, "per_alias", alias)
 
     @model_validator(mode="after")
     def _overrides_are_gate_fields(self) -> GateConfig:
-        for alias, override in self.per_alias.items():
-            if {"aliases", "per_alias"} & set(override):
-                raise ValueError(f"per_alias.{alias}: `aliases` and `per_alias` are not per alias")
-            try:
-                self.for_alias(alias)
-            except ValidationError as error:
-                problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-                raise ValueError(f"per_alias.{alias}: {problems}") from None
+        _check_overlays(self, "per_alias", fixed={"aliases"})
         return self
 
 
@@ -489,6 +502,20 @@ class TurnConfig(_Strict):
                                    "deployment) instead of as `flywheel watch`.")
     teacher_price_per_mtok: float = Field(10.0, ge=0, description="Teacher price per million tokens (savings metric).")
     student_price_per_mtok: float = Field(0.2, ge=0, description="Student price per million tokens (savings metric).")
+    per_workload: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Workload -> the turn fields that differ for it: `candidates`, "
+        "`baselines`, `eval_limit`, `min_new_records`, `interval_s`, `warm_start`; e.g. {chat: {min_new_records: "
+        "5000}}: a busy workload turns on more new answers than a quiet one.")
+
+    def for_workload(self, workload: str | None) -> TurnConfig:
+        """How `workload` turns: these fields, with its `per_workload` ones on top."""
+        return _overlaid(self, "per_workload", workload)
+
+    @model_validator(mode="after")
+    def _overrides_are_per_workload_fields(self) -> TurnConfig:
+        _check_overlays(self, "per_workload", fixed={"poll_s", "max_concurrent", "workloads", "watch_in_service",
+                                                     "teacher_price_per_mtok", "student_price_per_mtok"})
+        return self
 
 
 class FlywheelConfig(_Strict):

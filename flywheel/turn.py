@@ -51,13 +51,13 @@ def _train(config: FlywheelConfig, record: RunRecord, report: Callable[[str], No
     steps = record.options.get("max_steps")
     state = open_route_book(config).get(config.gate.alias_for(record.workload))
     student = state.student.partition(":") if state and state.student else None
-    candidates = []
-    for overrides in config.turn.candidates:
+    turn, candidates = config.turn.for_workload(record.workload), []
+    for overrides in turn.candidates:
         base = overrides.get("base_model") or config.default_base
         settings = {k: v for k, v in overrides.items() if k != "base_model"}
         if steps:
             settings["max_steps"] = steps
-        if config.turn.warm_start and student and student[0] == base and "init_adapter" not in settings:
+        if turn.warm_start and student and student[0] == base and "init_adapter" not in settings:
             settings["init_adapter"] = student[2]
         candidates.append(Candidate(base, settings))
     ids = [f"{record.run_id}-c{index}" for index in range(len(candidates))]
@@ -80,9 +80,10 @@ def _evaluate(config: FlywheelConfig, record: RunRecord, report: Callable[[str],
     adapters = record.stages["train"].artifacts["adapters"]
     state = open_route_book(config).get(config.gate.alias_for(record.workload))
     incumbent = [state.student_adapter] if state and state.student else []
-    names = list(dict.fromkeys([*adapters, *incumbent, *config.turn.baselines, "teacher"]))
+    settings = config.turn.for_workload(record.workload)
+    names = list(dict.fromkeys([*adapters, *incumbent, *settings.baselines, "teacher"]))
     dataset = load_dataset(config.datasets_dir, record.stages["curate"].artifacts["dataset_id"])
-    limit = record.options.get("eval_limit") or config.turn.eval_limit
+    limit = record.options.get("eval_limit") or settings.eval_limit
     result = evaluate(config, dataset, names, limit, progress=report)
     return {"report_id": result.run_id, "report": result.summary()}
 

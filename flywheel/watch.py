@@ -54,9 +54,10 @@ def due(settings: TurnConfig, views: list[WorkloadView], running_turns: int, now
     for view in sorted(views, key=lambda v: v.new_records, reverse=True):
         if room <= 0 or view.running or view.new_records == 0:
             continue
-        if view.new_records >= settings.min_new_records:
-            why = f"{view.new_records} new records (>= {settings.min_new_records})"
-        elif settings.interval_s and view.last_turn_at is not None and now - view.last_turn_at >= settings.interval_s:
+        mine = settings.for_workload(view.workload)
+        if view.new_records >= mine.min_new_records:
+            why = f"{view.new_records} new records (>= {mine.min_new_records})"
+        elif mine.interval_s and view.last_turn_at is not None and now - view.last_turn_at >= mine.interval_s:
             why = f"{now - view.last_turn_at:.0f} s since the last turn and {view.new_records} new records"
         else:
             continue

@@ -84,7 +84,7 @@ def test_an_alias_may_have_its_own_bar_and_rollout(tmp_path):
     assert gate_and_promote(config, book, report, "new", "support").outcome == "promoted"
     for bad, said in (({"min_teacher_ratio": -1}, "per_alias.billing: min_teacher_ratio"),
                       ({"nonsense": 1}, "per_alias.billing: nonsense"),
-                      ({"aliases": {}}, "not per alias")):
+                      ({"aliases": {}}, "aliases cannot differ per entry")):
         with pytest.raises(ValueError, match=said):
             FlywheelConfig.model_validate({**base, "gate": {"per_alias": {"billing": bad}}})
 

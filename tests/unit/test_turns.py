@@ -166,6 +166,22 @@ class ScanCounter:
             yield row
 
 
+def test_a_workload_may_turn_on_its_own_thresholds():
+    """`turn.per_workload`: `chat` waits for 50 new answers where the others need 10, and
+    `faq` also turns an hour after its last turn; the watcher's knobs are not per workload."""
+    settings = TurnConfig(min_new_records=10, per_workload={"chat": {"min_new_records": 50},
+                                                            "faq": {"interval_s": 3600}})
+    views = [WorkloadView("chat", 20, 0.0, False), WorkloadView("faq", 3, 0.0, False),
+             WorkloadView("other", 12, 0.0, False)]
+    assert [workload for workload, _ in due(settings.model_copy(update={"max_concurrent": 3}), views, 0, 4000.0)
+            ] == ["other", "faq"]
+    assert settings.for_workload("chat").min_new_records == 50 and settings.for_workload(None) is settings
+    with pytest.raises(ValueError, match="per_workload.chat: poll_s cannot differ per entry"):
+        TurnConfig(per_workload={"chat": {"poll_s": 1}})
+    with pytest.raises(ValueError, match="per_workload.chat: min_new_records"):
+        TurnConfig(per_workload={"chat": {"min_new_records": 0}})
+
+
 def test_the_watcher_counts_answers_to_learn_from_not_a_serving_students_own(config):
     """After a promotion most of a workload's records are the student's: they must not start
     turns (the turn would learn nothing new); the teacher's audits of them must count."""
