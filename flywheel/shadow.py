@@ -76,16 +76,22 @@ def serving_attempts(store: LogStore, alias: str, model: str, *, since: float | 
                      limit: int = 2000) -> tuple[int, int]:
     """(attempts, failed) over the newest `limit` requests to `alias` that `model`
     (`base:adapter`) answered itself, not in the background: how often a serving student
-    or canary candidate failed and handed the request to the teacher. Failures never get
-    an audit, so the audited score cannot show them."""
+    or canary candidate failed a request the teacher then answered (`tags.fallback_of`).
+    A failure the teacher failed too is left out: the engine, not the student, was down.
+    Failures never get an audit, so the audited score cannot show them."""
     attempts = failed = 0
+    rescued: set[str] = set()  # failed attempts the teacher answered; its record is the newer
     cursor = None
     while attempts < limit:
         page = store.query(LogFilter(model=alias, since=since), order="desc", limit=PAGE, cursor=cursor)
         for record in page.records:
             if attempts >= limit:
                 break
-            if record.adapter and _answered_by(record) == model and "shadow_of" not in record.tags:
+            if "fallback_of" in record.tags and record.status == "ok":
+                rescued.add(record.tags["fallback_of"])
+            if not record.adapter or _answered_by(record) != model or "shadow_of" in record.tags:
+                continue
+            if record.status == "ok" or record.id in rescued:
                 attempts += 1
                 failed += record.status != "ok"
         if page.cursor is None:

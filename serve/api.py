@@ -219,7 +219,8 @@ def make_api(
         telemetry.fell_back(dispatch.alias, dispatch.role)
         note = f"{dispatch.role} {dispatch.route.name} failed with HTTP {status}" + (
             f" (log {pending.id})" if pending else "")
-        return await answer(endpoint, request, original, replace(dispatch.fallback, note=note), deadline)
+        fallback = replace(dispatch.fallback, note=note, fallback_of=pending.id if pending else None)
+        return await answer(endpoint, request, original, fallback, deadline)
 
     async def answer(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch,
                      deadline: float) -> Response:

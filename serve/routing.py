@@ -71,10 +71,12 @@ class Dispatch:
     shadow: tuple[Route, dict[str, Any]] | None = None
     shadow_role: str = "candidate"  # what the shadow is: a candidate on trial, or the teacher auditing
     fallback: Dispatch | None = None  # the alias's teacher, should the student or candidate fail
+    fallback_of: str | None = None  # the log id of the student's (or candidate's) failed attempt it answers for
 
     def tags(self) -> dict[str, str]:
         """What the log record keeps of this routing."""
-        fields = {"alias": self.alias, "mode": self.mode, "role": self.role, "route_note": self.note}
+        fields = {"alias": self.alias, "mode": self.mode, "role": self.role, "route_note": self.note,
+                  "fallback_of": self.fallback_of}
         return {key: value for key, value in fields.items() if value is not None}
 
 

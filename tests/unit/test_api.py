@@ -479,7 +479,7 @@ def test_a_student_that_fails_an_aliass_request_hands_it_to_the_teacher(tmp_path
     assert failed.error.startswith(f"HTTP {status}") and answered.id == reply.headers["X-Flywheel-Log-Id"]
     assert (answered.adapter, answered.status, answered.tags["role"]) == (None, "ok", "teacher")
     assert answered.tags["route_note"] == f"student small:tuned failed with HTTP {status} (log {failed.id})"
-    assert fell_back == [("router", "student")]
+    assert answered.tags["fallback_of"] == failed.id and fell_back == [("router", "student")]
     direct = client.post("/v1/chat/completions", json={**CHAT, "model": "small:tuned"}, headers=key)
     assert direct.status_code == status  # named directly, not through an alias: the client sees the failure
 

@@ -426,28 +426,40 @@ def test_audits_measure_a_serving_student_and_demote_it_once_it_clearly_falls_sh
 def test_a_student_that_keeps_failing_is_demoted_though_nothing_was_audited(trial_config):
     """A failed answer gets no audit (the teacher answered the client instead), so a
     student whose adapter the engine refuses would never be judged on audits: its share of
-    requests answered without failing is judged too. 1 failure in 40 passes; 10 in 10 fail."""
+    requests answered without failing is judged too. 1 failure in 40 passes; 10 in 10 fail.
+    Failures the teacher failed too (the engine was down) do not count against it."""
     store, book = open_store(trial_config.store_url), open_route_book(trial_config)
     status = call("get_order_status", order_id="ORD-1")
 
-    def failed():
-        return LogRecord(workload_id="support", client_id="c", model="support", request=REQUEST, base_model="small",
-                         adapter="old", status="error", error="HTTP 400: adapter 'old' could not be loaded",
-                         tags={"mode": "student", "role": "student"})
+    def failed(adapter: str = "old", teacher_ok: bool = True) -> list[LogRecord]:
+        attempt = LogRecord(workload_id="support", client_id="c", model="support", request=REQUEST,
+                            base_model="small", adapter=adapter, status="error",
+                            error=f"HTTP 400: adapter {adapter!r} could not be loaded",
+                            tags={"mode": "student", "role": "student"}, timestamp=time.time() - 0.001)
+        tags = {"mode": "student", "role": "teacher", "fallback_of": attempt.id}
+        rescue = answered(status, 1000, base_model="big", tags=tags) if teacher_ok else LogRecord(
+            workload_id="support", client_id="c", model="support", request=REQUEST, base_model="big", status="error",
+            error="HTTP 503: unavailable", tags=tags)
+        return [attempt, rescue]
 
     book.promote("support", "old")
     for _ in range(13):
         store.write_batch(audited(status, status))
-    store.write_batch([failed()] + [answered(status, 100, base_model="small", adapter="old",
-                                             tags={"mode": "student", "role": "student"}) for _ in range(26)])
+    store.write_batch(failed() + [answered(status, 100, base_model="small", adapter="old",
+                                           tags={"mode": "student", "role": "student"}) for _ in range(26)])
     fine = gate_audit(trial_config, book, store, "support")
     assert fine.pending and "pass: 1 of its newest 40 requests failed" in fine.reasons[-1]
 
     book.promote("support", "trial")  # an adapter the engine refuses: every request fails
-    store.write_batch([failed().model_copy(update={"adapter": "trial"}) for _ in range(9)])
+    for _ in range(12):  # while the engine was down: the teacher failed them too
+        store.write_batch(failed("trial", teacher_ok=False))
+    assert gate_audit(trial_config, book, store, "support").reasons == [
+        "info: 0 of the student's live answers audited by the teacher since it began serving; a verdict needs >= 10"]
+    for _ in range(9):
+        store.write_batch(failed("trial"))
     early = gate_audit(trial_config, book, store, "support")
     assert early.pending and early.reasons[-1].startswith("pending: 9 of its newest 9 requests failed")
-    store.write_batch([failed().model_copy(update={"adapter": "trial"})])
+    store.write_batch(failed("trial"))
     demoted = gate_audit(trial_config, book, store, "support")
     assert not demoted.pending and demoted.outcome == "demoted" and demoted.eval_size == 0
     assert demoted.reasons[-1].startswith("fail: 10 of its newest 10 requests failed and went to the teacher")
