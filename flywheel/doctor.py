@@ -4,8 +4,8 @@ before a job finds out. Each check is `ok`, `warn` (works, but not as intended) 
 reachable, records still spooled, the service up, hosted APIs reachable with their keys,
 every alias's models present, teachers that curation learns from, disk space.
 
-Checks read and probe; none changes anything (but a first look creates the empty SQLite
-store and home folder, as any command does). Network probes wait `PROBE_S` at most.
+Checks read and probe; none changes anything (but a first look at a SQLite store creates
+it empty, as any command does). Network probes wait `PROBE_S` at most.
 """
 
 from __future__ import annotations
@@ -125,10 +125,12 @@ def _routes(config: FlywheelConfig) -> Iterator[Check]:
 
 
 def _disk(config: FlywheelConfig) -> Iterator[Check]:
-    config.home.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(config.home).free
+    where = config.home
+    while not where.exists():  # the volume it will be on (nothing is created here)
+        where = where.parent
+    free = shutil.disk_usage(where).free
     status = "warn" if free < LOW_DISK_BYTES else "ok"
-    yield Check("disk", status, f"{free / 1024**3:.1f} GiB free under {config.home}")
+    yield Check("disk", status, f"{free / 1024**3:.1f} GiB free under {where}")
 
 
 def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = httpx.get) -> list[Check]:
