@@ -965,6 +965,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         teachers = cfg.curate.teacher_models
         for alias, state in routes.items():
             policy = cfg.gate.for_alias(alias)
+            if own := cfg.gate.per_alias.get(alias):
+                state["policy"] = own  # gate.per_alias: where this alias's gate differs
             if teachers and state["teacher"] not in teachers:
                 state["warning"] = (f"its teacher {state['teacher']} is not in curate.teacher_models: what it answers "
                                     "(audits too) is not training data, and audits measure students against it")
@@ -1004,6 +1006,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                         f"pairs{score}{failed}")
         out.print(f"alias [bold]{alias}[/bold]: mode {state['mode']}, student {state['student'] or '-'}, "
                   f"teacher {state['teacher']}{evidence}")
+        if state.get("policy"):
+            out.print("  its own gate: " + ", ".join(f"{key} {value}" for key, value in state["policy"].items()))
         if state.get("warning"):
             out.print(f"  [yellow]warning[/yellow]: {state['warning']}")
     for workload, count in sorted(records.items()):

@@ -240,11 +240,13 @@ def test_the_cli_judges_a_shadow_trial(tmp_path):
     assert "warning" not in shown  # no curate.teacher_models: any model without an adapter is a teacher
     strict = tmp_path / "strict.yaml"
     local = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / "local.yaml").read_text())
-    strict.write_text(yaml.safe_dump({**local, "curate": {"teacher_models": ["gpt-teacher"]}}))
+    strict.write_text(yaml.safe_dump({**local, "curate": {"teacher_models": ["gpt-teacher"]},
+                                      "gate": {"per_alias": {"support": {"audit_percent": 20}}}}))
     flagged = json.loads(subprocess.run([sys.executable, "-m", "flywheel.cli", "status", "--config", str(strict),
                                          "--json"], check=False, text=True, capture_output=True, env=env,
                                         timeout=120).stdout.splitlines()[-1])["aliases"]["support"]
     assert "smollm2-135m-instruct is not in curate.teacher_models" in flagged["warning"]
+    assert flagged["policy"] == {"audit_percent": 20} and flagged["audit"]["percent"] == 20  # its own share
 
     def decisions(*args):
         return subprocess.run([sys.executable, "-m", "flywheel.cli", "decisions", *args], check=False, text=True,
