@@ -24,7 +24,7 @@ import msgspec
 import pyarrow
 
 from flywheel.pii import Redactor
-from flywheel.records import is_audit
+from flywheel.records import LogRecord, is_audit
 from flywheel.store import LogFilter, LogStore
 
 NO_TOOL = "no_tool"
@@ -155,7 +155,7 @@ _DECODE = msgspec.json.Decoder(_Record).decode
 _ENCODE = msgspec.json.Encoder().encode
 
 
-def answered_by(record: _Record) -> str:
+def answered_by(record: _Record | LogRecord) -> str:
     """The model that answered: `base` or `base:adapter` for served traffic (whatever alias
     the client named), the `model` field for imported records."""
     if record.base_model is None:

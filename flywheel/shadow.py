@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from flywheel.examples import answered_by
 from flywheel.judge import Judge
 from flywheel.metrics import PRIMARY
 from flywheel.records import LogRecord, is_audit
@@ -27,10 +28,6 @@ PAGE = 500
 def _message(record: LogRecord) -> dict[str, Any] | None:
     choices = (record.response or {}).get("choices") or []
     return choices[0].get("message") if choices else None
-
-
-def _answered_by(record: LogRecord) -> str:
-    return f"{record.base_model}:{record.adapter}" if record.adapter else str(record.base_model)
 
 
 def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None = None, limit: int = 2000,
@@ -53,13 +50,13 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
             if "shadow_of" not in record.tags:
                 continue
             audit = is_audit(record.tags)
-            if not audit and candidate is not None and _answered_by(record) != candidate:
+            if not audit and candidate is not None and answered_by(record) != candidate:
                 continue  # another candidate's shadow: no need to fetch its teacher answer
             linked = store.get(record.tags["shadow_of"])
             teacher, answer = (record, linked) if audit else (linked, record)
             if answer is None:
                 continue
-            name = _answered_by(answer)
+            name = answered_by(answer)
             if candidate is not None and name != candidate:
                 continue
             if teacher is None or teacher.status != "ok" or _message(teacher) is None:
@@ -89,7 +86,7 @@ def serving_attempts(store: LogStore, alias: str, model: str, *, since: float | 
                 break
             if "fallback_of" in record.tags and record.status == "ok":
                 rescued.add(record.tags["fallback_of"])
-            if not record.adapter or _answered_by(record) != model or "shadow_of" in record.tags:
+            if not record.adapter or answered_by(record) != model or "shadow_of" in record.tags:
                 continue
             if record.status == "ok" or record.id in rescued:
                 attempts += 1
