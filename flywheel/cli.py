@@ -948,6 +948,7 @@ def doctor_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
 def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Where the flywheel stands: each alias's route (and shadow trial, or its student's audits),
     each workload's latest turn, records."""
+    from flywheel.doctor import unlearned_teacher
     from flywheel.gate import audit_evidence
     from flywheel.routes import describe, open_route_book
     from flywheel.shadow import shadow_pairs
@@ -962,14 +963,12 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
     store = store_from(cfg)
     try:
         records = store.stats()["by_workload"]
-        teachers = cfg.curate.teacher_models
         for alias, state in routes.items():
             policy = cfg.gate.for_alias(alias)
             if own := cfg.gate.per_alias.get(alias):
                 state["policy"] = own  # gate.per_alias: where this alias's gate differs
-            if teachers and state["teacher"] not in teachers:
-                state["warning"] = (f"its teacher {state['teacher']} is not in curate.teacher_models: what it answers "
-                                    "(audits too) is not training data, and audits measure students against it")
+            if warning := unlearned_teacher(cfg, state["teacher"]):
+                state["warning"] = warning
             if state["mode"] == "shadow" or state["mode"] == policy.rollout == "canary":
                 pairs = shadow_pairs(store, None, since=state["changed_at"], candidate=state["candidate"], alias=alias)
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": policy.shadow_min_pairs,

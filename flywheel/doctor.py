@@ -102,11 +102,19 @@ def _upstreams(config: FlywheelConfig, get: Callable[..., httpx.Response]) -> It
             yield Check(name, status, f"{upstream.base_url}: GET /models answered HTTP {answer.status_code}")
 
 
+def unlearned_teacher(config: FlywheelConfig, teacher: str) -> str | None:
+    """Why an alias's teacher is a problem when `curate.teacher_models` does not list it;
+    None when its answers are training data."""
+    if not config.curate.teacher_models or teacher in config.curate.teacher_models:
+        return None
+    return (f"its teacher {teacher} is not in curate.teacher_models: what it answers (audits too) is not training "
+            "data, and audits measure students against it")
+
+
 def _routes(config: FlywheelConfig) -> Iterator[Check]:
     from flywheel.routes import adapter_exists, open_route_book
 
     served = {m.name for m in config.serve.models} | {u.name for u in config.serve.upstreams}
-    teachers = set(config.curate.teacher_models)
     for alias, state in sorted(open_route_book(config).aliases().items()):
         problems, notes = [], []
         if state.teacher.partition(":")[0] not in served:
@@ -116,9 +124,8 @@ def _routes(config: FlywheelConfig) -> Iterator[Check]:
             if model and not adapter_exists(config.adapters_dir, base, adapter):
                 problems.append(f"its {role} {model} is gone from {config.adapters_dir} (the teacher answers "
                                 f"instead; `flywheel rollback --alias {alias}` or promote another)")
-        if teachers and state.teacher not in teachers:
-            notes.append(f"its teacher {state.teacher} is not in curate.teacher_models: its answers are not "
-                         "training data")
+        if note := unlearned_teacher(config, state.teacher):
+            notes.append(note)
         where = f"mode {state.mode}, student {state.student or '-'}, teacher {state.teacher}"
         status = "fail" if problems else "warn" if notes else "ok"
         yield Check(f"alias {alias}", status, "; ".join(problems + notes) or where)
