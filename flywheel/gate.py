@@ -268,33 +268,36 @@ def decide_audit(config: FlywheelConfig, evidence: AuditEvidence, alias: str, si
     answers) or the share of requests it answered itself without failing, each on at least
     `audit_min_pairs`; otherwise the decision is pending (nothing recorded or changed)."""
     policy = config.gate.for_alias(alias)
-    metric, ratio, role = policy.metric or evidence.metric, policy.min_teacher_ratio, evidence.role
+    metric, ratio, role = evidence.metric, policy.min_teacher_ratio, evidence.role  # the metric honours `policy`
+
+    def bounded(mean: float, n: int) -> tuple[float, bool, str, str]:
+        """The anytime 95% upper bound on `mean` over `n`; whether it fails (below `ratio`, on
+        enough evidence); the reason's opening; its verb."""
+        ceiling = upper_bound(mean, n, anytime=True)
+        below = ceiling < ratio
+        fails = below and n >= policy.audit_min_pairs
+        return ceiling, fails, "fail: " if fails else "pending: " if below else "pass: ", \
+            "is below" if below else "reaches"
+
     pairs = evidence.audits.get("n", 0)
     score = evidence.audits.get("metrics", {}).get(metric, {}).get("mean")
-    ceiling = upper_bound(score, pairs, anytime=True) if score is not None else None
-    short = ceiling is not None and ceiling < ratio
-    enough = pairs >= policy.audit_min_pairs
     reasons = [f"info: {pairs} of the {role}'s live answers audited by the teacher since it began serving"
-               + ("" if enough else f"; a verdict needs >= {policy.audit_min_pairs}")]
-    if ceiling is not None:
-        reasons.append(("fail: " if short and enough else "pending: " if short else "pass: ") + f"{metric} "
-                       f"{score:.3f} against the teacher's answers to the same requests; {ceiling:.3f}, the 95% "
-                       f"upper bound that holds however often it is checked, {'is below' if short else 'reaches'} "
-                       f"{ratio:.0%}")
+               + ("" if pairs >= policy.audit_min_pairs else f"; a verdict needs >= {policy.audit_min_pairs}")]
+    drifted = broken = False
+    if score is not None:
+        ceiling, drifted, opening, verb = bounded(score, pairs)
+        reasons.append(opening + f"{metric} {score:.3f} against the teacher's answers to the same requests; "
+                       f"{ceiling:.3f}, the 95% upper bound that holds however often it is checked, {verb} {ratio:.0%}")
     attempts, failed = evidence.attempts, evidence.failed
-    broken = False
     if failed:
         answered = (attempts - failed) / attempts
-        reliable = upper_bound(answered, attempts, anytime=True)
-        broken = reliable < ratio and attempts >= policy.audit_min_pairs
-        verdict = "fail: " if broken else "pending: " if reliable < ratio else "pass: "
-        reasons.append(verdict + f"{failed} of its newest {attempts} requests failed and "
-                       f"went to the teacher; it answered {answered:.1%} itself, and {reliable:.3f}, the 95% upper "
-                       f"bound, {'is below' if reliable < ratio else 'reaches'} {ratio:.0%}")
+        reliable, broken, opening, verb = bounded(answered, attempts)
+        reasons.append(opening + f"{failed} of its newest {attempts} requests failed and went to the teacher; it "
+                       f"answered {answered:.1%} itself, and {reliable:.3f}, the 95% upper bound, {verb} {ratio:.0%}")
     return Decision(alias=alias, candidate=evidence.model.partition(":")[2], incumbent=incumbent, promote=False,
                     reasons=reasons, metric=metric, candidate_score=score, teacher_score=1.0, teacher_ratio=score,
                     versus_incumbent=None, eval_size=pairs, report_id=f"audit:{since:.0f}",
-                    pending=not (short and enough or broken))
+                    pending=not (drifted or broken))
 
 
 def audit_evidence(config: FlywheelConfig, store: LogStore, alias: str,
