@@ -974,10 +974,8 @@ def status_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
                 state["trial"] = {"pairs": len(pairs.get(state["candidate"], [])), "needed": policy.shadow_min_pairs,
                                   "judged_by_watcher": policy.rollout == state["mode"]}
             elif policy.audit_percent > 0 and (found := audit_evidence(cfg, store, alias, book.get(alias))):
-                audits, metric = found.audits, found.metric  # what the watcher judges it on
-                state["audit"] = {"model": found.model, "percent": policy.audit_percent,
-                                  "pairs": audits.get("n", 0), "metric": metric,
-                                  "score": audits.get("metrics", {}).get(metric, {}).get("mean"),
+                state["audit"] = {"model": found.model, "percent": policy.audit_percent,  # what the watcher judges
+                                  "pairs": found.pairs, "metric": found.metric, "score": found.score,
                                   "attempts": found.attempts, "failed": found.failed}
     except Exception as error:
         fail(f"could not read the log store {cfg.store_url}: {error}")

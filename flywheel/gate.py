@@ -259,6 +259,15 @@ class AuditEvidence(NamedTuple):
     attempts: int  # the newest `AUDIT_WINDOW` requests it answered itself...
     failed: int  # ...and how many of those failed (the teacher answered them)
 
+    @property
+    def pairs(self) -> int:
+        return self.audits.get("n", 0)
+
+    @property
+    def score(self) -> float | None:
+        """Its mean audited score on `metric` (None before any audit)."""
+        return self.audits.get("metrics", {}).get(self.metric, {}).get("mean")
+
 
 def decide_audit(config: FlywheelConfig, evidence: AuditEvidence, alias: str, since: float,
                  incumbent: str | None) -> Decision:
@@ -279,8 +288,7 @@ def decide_audit(config: FlywheelConfig, evidence: AuditEvidence, alias: str, si
         return ceiling, fails, "fail: " if fails else "pending: " if below else "pass: ", \
             "is below" if below else "reaches"
 
-    pairs = evidence.audits.get("n", 0)
-    score = evidence.audits.get("metrics", {}).get(metric, {}).get("mean")
+    pairs, score = evidence.pairs, evidence.score
     reasons = [f"info: {pairs} of the {role}'s live answers audited by the teacher since it began serving"
                + ("" if pairs >= policy.audit_min_pairs else f"; a verdict needs >= {policy.audit_min_pairs}")]
     drifted = broken = False
