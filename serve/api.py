@@ -57,6 +57,12 @@ class ApiError(Exception):
         return JSONResponse(error_body(self.status, self.message, self.param), status_code=self.status)
 
 
+def retry_hint(status: int) -> dict[str, str]:
+    """`Retry-After` for a status a client should retry after a pause (OpenAI's clients
+    wait that long); nothing for any other."""
+    return {"Retry-After": "1"} if status in (429, 503) else {}
+
+
 def classify_failure(error: BaseException) -> tuple[int, str]:
     """Status and message for an exception raised while forwarding to an engine."""
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)):
@@ -155,8 +161,7 @@ def make_api(
             inference_log.finish(pending, status, error=message)
         if status >= 500 and status not in (503, 504):
             logger.exception("request failed", exc_info=error)
-        headers = {"Retry-After": "1"} if status in (429, 503) else None
-        return JSONResponse(error_body(status, message), status_code=status, headers=headers)
+        return JSONResponse(error_body(status, message), status_code=status, headers=retry_hint(status))
 
     def begin_shadow(request: Request, original: dict, dispatch: Dispatch, primary: Pending | None) -> Pending | None:
         """Reserve a shadow run for this request (None when there is no room or no log to
@@ -259,9 +264,7 @@ def make_api(
                                        payload=payload)
             if pending:
                 inference_log.finish(pending, status, payload)
-            if status in (429, 503):  # OpenAI's clients wait this long before their retry
-                headers["Retry-After"] = "1"
-            return JSONResponse(payload, status_code=status, headers=headers)
+            return JSONResponse(payload, status_code=status, headers=headers | retry_hint(status))
         if streamed:
             return relay_stream(endpoint, chunks, dispatch, headers, pending, shadow)
         if pending:
