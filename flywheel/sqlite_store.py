@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -57,9 +58,24 @@ class SqliteLogStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._use_wal(busy_timeout_s)
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+
+    def _use_wal(self, busy_timeout_s: float) -> None:
+        """Put the file in WAL mode (it stays so). Switching needs the file to itself, and
+        SQLite answers "database is locked" at once, without waiting the busy timeout, while
+        another process opens or switches the same new file: retry until it is done."""
+        deadline = time.monotonic() + busy_timeout_s
+        while True:
+            try:
+                if self._db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    return
+                self._db.execute("PRAGMA journal_mode=WAL")
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def write_batch(self, records: Iterable[LogRecord]) -> int:
         rows = [(r.id, r.timestamp, r.workload_id, r.client_id, r.model, r.status, r.model_dump_json())
