@@ -302,12 +302,16 @@ def logs_delete(
     older_than_days: float | None = typer.Option(None, "--older-than-days", min=0,
                                                  help="Only records logged more than this many days ago."),
     yes: bool = typer.Option(False, "--yes", help="Delete them; without it, only count what would be deleted."),
+    keep_datasets: bool = typer.Option(False, "--keep-datasets", help="Leave the curated datasets as they are "
+                                       "(default: their rows made from these records are removed too)."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Delete logged inferences: a client's (an erasure request), a workload's, a model's, or
-    those past a retention period. Without --yes it is a dry run that counts them. Curated
-    datasets are copies: delete those folders too (see `flywheel datasets`)."""
+    those past a retention period, with their rows in every curated dataset, and name the
+    adapters trained on them. Without --yes it is a dry run that counts."""
+    from flywheel.erasure import erase
+    from flywheel.log_writer import spooled_batches
     from flywheel.store import LogFilter
 
     if workload is None and client is None and model is None and older_than_days is None:
@@ -317,19 +321,30 @@ def logs_delete(
     chosen = LogFilter(workload_id=workload, client_id=client, model=model, until=until)
     store = store_from(cfg)
     try:
-        matched = store.count(chosen)
-        deleted = store.delete(chosen) if yes and matched else 0
+        with err.status("deleting" if yes else "counting") as status:
+            erasure = erase(store, chosen, cfg.datasets_dir, cfg.adapters_dir, dry_run=not yes,
+                            keep_datasets=keep_datasets, progress=status.update)
     finally:
         store.close()
+    spooled = spooled_batches(cfg.spool_dir)
     criteria = {"workload": workload, "client": client, "model": model, "older_than_days": older_than_days}
-    result = {"matched": matched, "deleted": deleted, "dry_run": not yes, "store": cfg.store_url,
+    result = {**erasure.model_dump(), "dry_run": not yes, "store": cfg.store_url, "spooled_batches": spooled,
               "filter": {key: value for key, value in criteria.items() if value is not None}}
     if as_json:
         emit_json(result)
-    elif yes:
-        out.print(f"deleted {deleted} records from {cfg.store_url}")
-    else:
-        out.print(f"{matched} records match in {cfg.store_url}; nothing deleted (dry run): rerun with --yes")
+        return
+    rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
+    verb = "deleted" if yes else "would delete (dry run: rerun with --yes)"
+    out.print(f"{verb} {erasure.deleted if yes else erasure.matched} records from {cfg.store_url}, and "
+              f"{rows} rows from {len(erasure.datasets)} dataset version(s)", highlight=False)
+    for dataset_id, hits in erasure.datasets.items():
+        out.print(f"  {dataset_id}: " + ", ".join(f"{count} {split}" for split, count in hits.items()))
+    if erasure.adapters:
+        out.print(f"[yellow]trained on them:[/yellow] {', '.join(erasure.adapters)}: retrain or retire these "
+                  "adapters if their weights must not reflect the records", highlight=False)
+    if spooled:
+        out.print(f"[yellow]{spooled} batch(es) in {cfg.spool_dir} are not in the store yet[/yellow]: rerun once "
+                  "the service has replayed them", highlight=False)
 
 
 @workload_app.command("generate")

@@ -274,8 +274,8 @@ class StoreConfig(_Strict):
         "`opensearch+http(s)://[user:pass@]host:9200/<index>`.",
     )
     retention_days: float | None = Field(
-        None, gt=0, description="The watcher deletes records logged more than this many days ago (once an hour); "
-        "null: records are kept until `flywheel logs delete`.")
+        None, gt=0, description="The watcher deletes records logged more than this many days ago, and their rows in "
+        "curated datasets (once an hour); null: records are kept until `flywheel logs delete`.")
 
 
 class PiiConfig(_Strict):
@@ -568,6 +568,11 @@ class FlywheelConfig(_Strict):
     def turns_dir(self) -> Path:
         """Run records of the flywheel's turns: `<turns_dir>/<run id>.json`."""
         return self.home / "turns"
+
+    @property
+    def spool_dir(self) -> Path:
+        """Log batches the service could not write yet (`flywheel/log_writer.py`); it replays them."""
+        return self.home / "spool"
 
     @property
     def routes_path(self) -> Path:

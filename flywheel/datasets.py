@@ -13,12 +13,16 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pyarrow
 import pyarrow.parquet
 from pydantic import BaseModel, Field
+
+from flywheel.file_state import replace_file
 
 SPLITS = ("train", "val", "eval", "icl")
 
@@ -52,16 +56,27 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(lines).encode()
 
 
+def _content_hash(encoded: dict[str, bytes], prefix: dict[str, Any] | None) -> str:
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        digest.update(name.encode() + b"\x00" + encoded[name])
+    digest.update(json.dumps(prefix, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _parquet(rows: list[dict[str, Any]], split: str) -> bytes:
+    sink = pyarrow.BufferOutputStream()
+    pyarrow.parquet.write_table(pyarrow.Table.from_pylist(rows, schema=_parquet_schema(split)), sink)
+    return sink.getvalue().to_pybytes()
+
+
 def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str, Any]]],
                   manifest: dict[str, Any], counts: dict[str, int], messages: list[str]) -> DatasetVersion:
     """Write the folder atomically (temp dir + rename); an identical version is kept as is.
     Rows: `id`, `label`, `source`, `messages` and `tools` as JSON text, `icl_ids` on eval."""
-    encoded = {name: _jsonl(sorted(splits[name], key=lambda row: row["id"])) for name in SPLITS}
-    digest = hashlib.sha256()
-    for name in SPLITS:
-        digest.update(name.encode() + b"\x00" + encoded[name])
-    digest.update(json.dumps(manifest.get("prefix"), sort_keys=True).encode())
-    content_hash = digest.hexdigest()
+    ordered = {name: sorted(splits[name], key=lambda row: row["id"]) for name in SPLITS}
+    encoded = {name: _jsonl(rows) for name, rows in ordered.items()}
+    content_hash = _content_hash(encoded, manifest.get("prefix"))
     dataset_id = f"{workload_id}-{content_hash[:10]}"
     path = root / workload_id / dataset_id
     version = DatasetVersion(dataset_id=dataset_id, workload_id=workload_id, path=path,
@@ -73,9 +88,7 @@ def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str,
     try:
         for name in SPLITS:
             (staging / f"{name}.jsonl").write_bytes(encoded[name])
-            rows = sorted(splits[name], key=lambda row: row["id"])
-            table = pyarrow.Table.from_pylist(rows, schema=_parquet_schema(name))
-            pyarrow.parquet.write_table(table, staging / f"{name}.parquet")
+            (staging / f"{name}.parquet").write_bytes(_parquet(ordered[name], name))
         full = {"dataset_id": dataset_id, "workload_id": workload_id, "content_hash": content_hash,
                 "counts": counts, "messages": messages, **manifest}
         (staging / "manifest.json").write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
@@ -84,6 +97,36 @@ def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return version
+
+
+def remove_rows(path: Path, ids: set[str], dry_run: bool = False) -> dict[str, int]:
+    """Drop the rows whose ids are in `ids` from the version at `path` (an erasure): from
+    every split's JSONL and Parquet, from eval rows' in-context picks, and from the manifest's
+    counts and labels; the content hash is recomputed and the erasure noted in the manifest.
+    The folder keeps its name, so the turns, reports and adapters that name it still find it.
+    Each file is replaced whole, the manifest last: a crash leaves some splits done and a rerun
+    finishes them. Rows removed (with `dry_run`, that would be) per split."""
+    hits = {name: len(ids.intersection(pyarrow.parquet.read_table(path / f"{name}.parquet", columns=["id"])
+                                       ["id"].to_pylist())) for name in SPLITS}
+    if dry_run or not any(hits.values()):
+        return hits
+    splits = {name: [row for row in pyarrow.parquet.read_table(path / f"{name}.parquet").to_pylist()
+                     if row["id"] not in ids] for name in SPLITS}
+    for row in splits["eval"]:
+        row["icl_ids"] = [pick for pick in row["icl_ids"] if pick not in ids]
+    encoded = {name: _jsonl(rows) for name, rows in splits.items()}
+    for name in SPLITS:
+        replace_file(path / f"{name}.jsonl", encoded[name])
+        replace_file(path / f"{name}.parquet", _parquet(splits[name], name))
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["counts"].update({name: len(rows) for name, rows in splits.items()})
+    manifest["labels"] = {name: dict(sorted(Counter(row["label"] for row in rows).items()))
+                          for name, rows in splits.items()}
+    manifest["sources"] = dict(sorted(Counter(row["source"] for row in splits["train"]).items()))
+    manifest["content_hash"] = _content_hash(encoded, manifest.get("prefix"))
+    manifest.setdefault("erasures", []).append({"at": time.time(), "rows": hits})
+    replace_file(path / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return hits
 
 
 def _parquet_schema(split: str) -> pyarrow.Schema:

@@ -19,6 +19,7 @@ from typing import Literal
 import httpx
 
 from flywheel.config import FlywheelConfig
+from flywheel.log_writer import spooled_batches
 
 PROBE_S = 5.0
 LOW_DISK_BYTES = 2 * 1024**3  # a checkpoint or a dataset version needs room
@@ -55,8 +56,8 @@ def _store(config: FlywheelConfig) -> Iterator[Check]:
             store.close()
     except Exception as error:
         yield Check("log store", "fail", f"{config.store_url}: {type(error).__name__}: {error}")
-    spooled = len(list((config.home / "spool").glob("*.jsonl")))
-    yield (Check("spool", "warn", f"{spooled} batches in {config.home / 'spool'} wait for the store; the service "
+    spooled = spooled_batches(config.spool_dir)
+    yield (Check("spool", "warn", f"{spooled} batches in {config.spool_dir} wait for the store; the service "
                  "replays them once it can write") if spooled else Check("spool", "ok", "nothing waits for the store"))
 
 

@@ -24,10 +24,11 @@ def exclusive(lock_file: Path, wait: bool = True) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def replace_file(path: Path, text: str) -> None:
-    """Write `text` beside `path` (fsynced), then rename it over `path`."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}-", delete=False) as staging:
-        staging.write(text)
+def replace_file(path: Path, content: str | bytes) -> None:
+    """Write `content` beside `path` (fsynced), then rename it over `path`."""
+    mode = "wb" if isinstance(content, bytes) else "w"
+    with tempfile.NamedTemporaryFile(mode, dir=path.parent, prefix=f".{path.stem}-", delete=False) as staging:
+        staging.write(content)
         staging.flush()
         os.fsync(staging.fileno())
     os.replace(staging.name, path)

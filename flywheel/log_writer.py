@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
+def spooled_batches(spool_dir: Path) -> int:
+    """How many batches a writer with this spool has not got into the store yet."""
+    return len(list(Path(spool_dir).glob("*.jsonl")))
+
+
 class LogWriter:
     def __init__(self, open_store: Callable[[], LogStore], spool_dir: Path, batch_size: int = 256,
                  flush_interval_s: float = 0.2, retry_interval_s: float = 1.0):
@@ -56,7 +61,7 @@ class LogWriter:
 
     def spooled(self) -> int:
         """Batches waiting on disk for the store to come back."""
-        return len(list(self._spool.glob("*.jsonl")))
+        return spooled_batches(self._spool)
 
     def _run(self) -> None:
         stopping = False

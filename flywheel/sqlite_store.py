@@ -60,6 +60,7 @@ class SqliteLogStore:
         self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, check_same_thread=False, isolation_level=None)
         self._use_wal(busy_timeout_s)
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted record's bytes are overwritten, not just unlinked
         self._db.executescript(SCHEMA)
 
     def _use_wal(self, busy_timeout_s: float) -> None:
@@ -166,7 +167,12 @@ class SqliteLogStore:
     def delete(self, filter: LogFilter) -> int:
         where, params = _where(filter)
         with self._lock:
-            return self._db.execute(f"DELETE FROM logs{where}", params).rowcount
+            deleted = self._db.execute(f"DELETE FROM logs{where}", params).rowcount
+            # the WAL still holds earlier copies of the deleted rows' pages: move what it has
+            # into the file (whose freed pages secure_delete zeroed) and empty it; a reader
+            # that holds an old snapshot keeps that from finishing until the next delete
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return deleted
 
     def close(self) -> None:
         with self._lock:

@@ -8,7 +8,7 @@ each watched workload's alias while it is in such a trial (`gate.gate_shadow`): 
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
 serving student (or canary candidate) on the teacher's audits (`gate.gate_audit`):
 demoted (withdrawn) once they clearly fall short. With `store.retention_days` it deletes
-records past that age, once an hour.
+records past that age, with their rows in curated datasets, once an hour.
 
 `due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
 inputs from the store and the run records and starts what is due, each turn in a thread.
@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.erasure import erase
 from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
 from flywheel.routes import open_route_book
@@ -145,10 +146,13 @@ class Watcher:
         if days is None or now - self._retained_at < RETAIN_EVERY_S:
             return 0
         self._retained_at = now
-        deleted = self.store.delete(LogFilter(until=now - days * 86400))
-        if deleted:
-            logger.info("deleted %d records logged more than %g days ago (store.retention_days)", deleted, days)
-        return deleted
+        erasure = erase(self.store, LogFilter(until=now - days * 86400), self.config.datasets_dir,
+                        self.config.adapters_dir)
+        if erasure.deleted:
+            rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
+            logger.info("deleted %d records logged more than %g days ago, and %d rows made from them in %d dataset "
+                        "version(s) (store.retention_days)", erasure.deleted, days, rows, len(erasure.datasets))
+        return erasure.deleted
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
         """Decide what live evidence settles for these workloads' aliases: trials of the

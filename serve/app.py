@@ -128,7 +128,7 @@ class Ingress:
         self._writer = None
         inference_log = None
         if cfg.serve.logging.enabled:
-            self._writer = LogWriter(lambda: open_store(cfg.store_url), cfg.home / "spool",
+            self._writer = LogWriter(lambda: open_store(cfg.store_url), cfg.spool_dir,
                                      batch_size=cfg.serve.logging.batch_size,
                                      flush_interval_s=cfg.serve.logging.flush_interval_s)
             prices = (cfg.turn.teacher_price_per_mtok, cfg.turn.student_price_per_mtok)

@@ -123,6 +123,28 @@ def test_delete_removes_exactly_what_the_filter_matches(store):
     assert store.write_batch([records[1]]) == 1  # its id is free again
 
 
+def test_sqlite_erasure_leaves_no_copy_of_the_records_on_disk(tmp_path):
+    """A DELETE alone only unlinks rows: their bytes stay in free pages and in the WAL until
+    reused. An erasure must leave neither file holding the erased text, while the other
+    records stay readable. Debian's SQLite zeroes freed pages by default, so here this
+    catches the WAL half (it fails without the checkpoint); the store's own
+    `secure_delete=ON` makes the other half hold on builds where it is off."""
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    secret = "card 4929-8841-0017-5531 of Ms Quincey"
+    erased = make(1).model_copy(update={"client_id": "quincey",
+                                        "request": {"messages": [{"role": "user", "content": secret}]}})
+    kept = [make(i) for i in range(400)]
+    store.write_batch(kept[:200] + [erased] + kept[200:])
+    reader = open_store(store.url)  # another connection that has read: its snapshot must not pin the WAL
+    assert reader.get(erased.id) is not None
+    assert store.delete(LogFilter(client_id="quincey")) == 1
+    files = [path for path in tmp_path.iterdir() if path.name.startswith("logs.db")]
+    assert all(secret.encode() not in path.read_bytes() for path in files), [path.name for path in files]
+    assert store.count() == 400 and reader.get(kept[5].id) is not None
+    reader.close()
+    store.close()
+
+
 def test_stats(store):
     store.write_batch([make(i) for i in range(4)] + [make(9, workload="billing", status="error")])
     stats = store.stats()

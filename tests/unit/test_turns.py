@@ -13,6 +13,7 @@ import pytest
 
 from flywheel import turn as turn_module
 from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.datasets import write_dataset
 from flywheel.records import LogRecord
 from flywheel.store import open_store
 from flywheel.turn import run_turn
@@ -218,16 +219,22 @@ def test_the_watcher_deletes_records_past_the_retention_period_once_an_hour(conf
     now = time.time()
 
     def logged(age_days):
-        store.write_batch([LogRecord(workload_id="support", client_id="c", model="small", request={},
-                                     timestamp=now - age_days * 86400)])
+        record = LogRecord(workload_id="support", client_id="c", model="small", request={},
+                           timestamp=now - age_days * 86400)
+        store.write_batch([record])
+        return record.id
 
-    for age_days in (0, 6, 8):
-        logged(age_days)
+    ids = [logged(age_days) for age_days in (0, 6, 8)]
+    messages = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    rows = [{"id": row_id, "label": "a", "source": "teacher", "tools": "[]", "messages": messages} for row_id in ids]
+    dataset = write_dataset(config.datasets_dir, "support", {"train": rows, "val": [], "eval": [], "icl": []},
+                            {"prefix": None}, {"train": 3}, [])
     forever = Watcher(config, store, lambda *args: pytest.fail("no turn is due"))
     assert forever.retain(now) == 0 and store.count() == 3  # no retention_days: kept
     week = config.model_copy(update={"store": config.store.model_copy(update={"retention_days": 7})})
     watcher = Watcher(week, store, lambda *args: pytest.fail("no turn is due"))
     assert watcher.tick(now) == [] and store.count() == 2  # the tick applied it
+    assert [row["id"] for row in dataset.rows("train")] == sorted(ids[:2])  # to the dataset made from it too
     logged(9)
     assert watcher.retain(now + RETAIN_EVERY_S - 1) == 0 and store.count() == 3  # not again within the hour
     assert watcher.retain(now + RETAIN_EVERY_S) == 1 and store.count() == 2

@@ -1,0 +1,68 @@
+"""Deleting logged inferences together with what was derived from them.
+
+A logged answer lives on in the dataset versions curated from it (copies: redacted, not
+anonymous) and in the adapters trained on those (weights cannot unlearn a row). `erase`
+removes the records' rows from every dataset version first and deletes the records from
+the store last, so a run that stops halfway finds the same records again and finishes.
+It names the adapters that learned from a removed row, for the operator to retrain or
+retire. Evaluation reports, decisions and turn records hold record ids, not content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from flywheel.adapters import list_adapters
+from flywheel.datasets import list_datasets, remove_rows
+from flywheel.store import LogFilter, LogStore
+
+LEARNED_FROM = ("train", "val")  # the splits an adapter's weights depend on (see datasets.trained_rows)
+
+
+class Erasure(BaseModel):
+    """What `erase` found and did; `flywheel logs delete --json` prints it."""
+
+    matched: int = Field(description="Records the filter matched in the store.")
+    deleted: int = Field(description="Records deleted from the store (0 on a dry run).")
+    datasets: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Dataset id -> rows removed per split (would be, on a dry run).")
+    adapters: list[str] = Field(
+        default_factory=list, description="Adapters trained on a removed train or val row: their weights may "
+        "still reflect the erased records; retrain or retire them.")
+
+
+def erase(store: LogStore, filter: LogFilter, datasets_dir: Path, adapters_dir: Path, dry_run: bool = False,
+          keep_datasets: bool = False, progress: Callable[[str], None] = lambda _: None) -> Erasure:
+    """Delete the records `filter` matches and their rows in the dataset versions under
+    `datasets_dir` (only the filtered workload's, when it names one; none with
+    `keep_datasets`). With `dry_run`, only count."""
+    matched = store.count(filter)
+    versions = [] if keep_datasets or not matched else list_datasets(datasets_dir, filter.workload_id)
+    removed: dict[str, dict[str, int]] = {}
+    if versions:
+        progress(f"reading the ids of {matched:,} records")
+        ids = {row[0] for partition in store.partitions(filter, 1) for row in store.scan(partition)}
+        for number, manifest in enumerate(versions, 1):
+            progress(f"dataset {number}/{len(versions)}: {manifest['dataset_id']}")
+            hits = remove_rows(Path(manifest["path"]), ids, dry_run)
+            if any(hits.values()):
+                removed[manifest["dataset_id"]] = {split: count for split, count in hits.items() if count}
+    learned = {dataset_id for dataset_id, hits in removed.items() if any(split in hits for split in LEARNED_FROM)}
+    deleted = store.delete(filter) if matched and not dry_run else 0
+    return Erasure(matched=matched, deleted=deleted, datasets=removed,
+                   adapters=_learned_from(adapters_dir, learned))
+
+
+def _learned_from(adapters_dir: Path, dataset_ids: set[str]) -> list[str]:
+    """The adapters trained on one of these dataset versions, and those warm-started from
+    one of them (`train.init_adapter`), oldest first."""
+    if not dataset_ids:
+        return []
+    tainted: list[str] = []
+    for adapter in reversed(list_adapters(adapters_dir)):
+        if adapter.dataset_id in dataset_ids or adapter.hyperparameters.get("init_adapter") in tainted:
+            tainted.append(adapter.adapter_id)
+    return tainted

@@ -1,0 +1,111 @@
+"""Erasure: deleting records with the dataset rows made from them (`flywheel/erasure.py`,
+`datasets.remove_rows`), on a real SQLite store and datasets curated in process."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet
+
+from flywheel.adapters import AdapterVersion
+from flywheel.config import load_config
+from flywheel.curation import curate_workload, prepare_in_process
+from flywheel.datasets import SPLITS, load_dataset, remove_rows, write_dataset
+from flywheel.erasure import erase
+from flywheel.records import record_from_json
+from flywheel.store import LogFilter, open_store
+from flywheel.workloads.support_tools import TEACHER, generate
+
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
+
+
+def _example(row_id: str, label: str = "a") -> dict:
+    messages = [{"role": "user", "content": f"question {row_id}"}, {"role": "assistant", "content": "answer"}]
+    return {"id": row_id, "label": label, "source": "teacher", "tools": "[]", "messages": json.dumps(messages)}
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {file.name: file.read_bytes() for file in sorted(path.iterdir())}
+
+
+def test_removing_rows_leaves_the_version_a_fresh_curation_of_the_rest_would_write(tmp_path):
+    splits = {"train": [_example("x1"), _example("x2", "b")], "val": [_example("v1")],
+              "eval": [{**_example("y1"), "icl_ids": ["x1", "x2"]}], "icl": [_example("x1")]}
+    manifest = {"prefix": None, "labels": {}, "sources": {}}
+    version = write_dataset(tmp_path / "full", "w", splits, manifest, {"logged": 5, "train": 2, "icl": 1}, [])
+    before = _files(version.path)
+
+    assert remove_rows(version.path, {"x1", "gone"}, dry_run=True) == {"train": 1, "val": 0, "eval": 0, "icl": 1}
+    assert _files(version.path) == before  # a dry run writes nothing
+    assert remove_rows(version.path, {"x1", "gone"}) == {"train": 1, "val": 0, "eval": 0, "icl": 1}
+
+    rest = {"train": [_example("x2", "b")], "val": [_example("v1")], "eval": [{**_example("y1"), "icl_ids": ["x2"]}],
+            "icl": []}
+    fresh = write_dataset(tmp_path / "rest", "w", rest, manifest, {}, [])
+    erased = load_dataset(tmp_path / "full", version.dataset_id)  # same folder, same id
+    assert erased.content_hash == fresh.content_hash != version.content_hash
+    for split in SPLITS:
+        assert (erased.path / f"{split}.jsonl").read_bytes() == (fresh.path / f"{split}.jsonl").read_bytes()
+        assert pyarrow.parquet.read_table(erased.path / f"{split}.parquet").to_pylist() == \
+            pyarrow.parquet.read_table(fresh.path / f"{split}.parquet").to_pylist()
+    written = erased.manifest()
+    assert written["counts"] == {"logged": 5, "train": 1, "val": 1, "eval": 1, "icl": 0}
+    assert written["labels"]["train"] == {"b": 1} and written["sources"] == {"teacher": 1}
+    assert [entry["rows"] for entry in written["erasures"]] == [{"train": 1, "val": 0, "eval": 0, "icl": 1}]
+    assert remove_rows(version.path, {"x1"}) == {split: 0 for split in SPLITS}  # nothing left to remove
+
+
+def test_erasing_a_client_removes_its_rows_everywhere_and_names_the_adapters_that_learned_them(tmp_path):
+    config = load_config(REPO_CONFIG, {"home": str(tmp_path), "curate.teacher_models": [TEACHER],
+                                       "curate.icl.semantic": False, "curate.eval_size": 30})
+    store = open_store(config.store_url)
+    records = [record_from_json(item) for item in generate(400, seed=2)]
+    store.write_batch(records)
+    version = curate_workload(config, store, "support-tools", prepare=prepare_in_process)
+    client = "web-12"
+    ids = {record.id for record in records if record.client_id == client}
+    in_dataset = {split: len(ids & {row["id"] for row in version.rows(split)}) for split in SPLITS}
+    assert in_dataset["train"] > 0  # the client's answers were learned from
+
+    def adapter(adapter_id, dataset_id, **hyperparameters):
+        made = AdapterVersion(adapter_id=adapter_id, base_model="small", dataset_id=dataset_id, dataset_hash="h",
+                              hyperparameters=hyperparameters, metrics={},
+                              path=config.adapters_dir / "small" / adapter_id)
+        made.path.mkdir(parents=True)
+        made.save()
+
+    adapter("learned", version.dataset_id)
+    adapter("warm-from-learned", "support-tools-other", init_adapter="learned")
+    adapter("unrelated", "support-tools-other")
+    chosen = LogFilter(client_id=client)
+    before = _files(version.path)
+
+    dry = erase(store, chosen, config.datasets_dir, config.adapters_dir, dry_run=True)
+    assert (dry.matched, dry.deleted) == (len(ids), 0) and store.count(chosen) == len(ids)
+    assert dry.datasets == {version.dataset_id: {split: n for split, n in in_dataset.items() if n}}
+    assert dry.adapters == ["learned", "warm-from-learned"] and _files(version.path) == before
+
+    cli = subprocess.run([sys.executable, "-m", "flywheel.cli", "logs", "delete", "--client", client, "--json"],
+                         check=False, capture_output=True, text=True, timeout=120,
+                         env={"FLYWHEEL_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    shown = json.loads(cli.stdout.strip().splitlines()[-1])
+    assert cli.returncode == 0 and (shown["dry_run"], shown["deleted"]) == (True, 0), cli.stderr
+    assert (shown["datasets"], shown["adapters"]) == (dry.datasets, dry.adapters)
+
+    done = erase(store, chosen, config.datasets_dir, config.adapters_dir)
+    assert (done.matched, done.deleted, done.datasets, done.adapters) == (len(ids), len(ids), dry.datasets,
+                                                                         dry.adapters)
+    assert store.count(chosen) == 0 and store.count() == len(records) - len(ids)
+    erased = load_dataset(config.datasets_dir, version.dataset_id)
+    for split in SPLITS:
+        rows = erased.rows(split)
+        table = pyarrow.parquet.read_table(erased.path / f"{split}.parquet")
+        assert not ids & {row["id"] for row in rows} and not ids & set(table["id"].to_pylist())
+        assert len(rows) == table.num_rows == version.counts[split] - in_dataset[split] == erased.counts[split]
+    again = erase(store, chosen, config.datasets_dir, config.adapters_dir)
+    assert (again.matched, again.deleted, again.datasets, again.adapters) == (0, 0, {}, [])
+    kept = erase(store, LogFilter(client_id="web-1"), config.datasets_dir, config.adapters_dir, keep_datasets=True)
+    assert kept.deleted > 0 and kept.datasets == {} and load_dataset(config.datasets_dir, version.dataset_id) \
+        .content_hash == erased.content_hash
+    store.close()
