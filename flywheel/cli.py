@@ -940,7 +940,8 @@ def cancel_command(
 def doctor_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
     """Check what a turning flywheel needs, and say how to fix what is missing: models
     pulled, the log store, the spool, the service, hosted APIs and their keys, every
-    alias's models, teachers curation learns from, disk. Exit 1 when a check fails."""
+    alias's models, teachers curation learns from, Ray's resources, disk. Exit 1 when a
+    check fails."""
     from flywheel.doctor import run_checks
 
     checks = run_checks(config_from(config))

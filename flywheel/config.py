@@ -366,6 +366,12 @@ class TrainConfig(_Strict):
                                        "`init_adapter`: a trained adapter needs nudging, not relearning.")
     seed: int = Field(0, description="Seed for init, shuffling and dropout.")
 
+    def overridden(self, overrides: dict[str, Any]) -> TrainConfig:
+        """These settings with a candidate's on top, validated (its `base_model` is not a
+        training setting and is left out)."""
+        return TrainConfig.model_validate({**self.model_dump(),
+                                           **{k: v for k, v in overrides.items() if k != "base_model"}})
+
 
 class JudgeConfig(_Strict):
     """An optional LLM judge behind any OpenAI-compatible endpoint (flywheel/judge.py)."""

@@ -2,7 +2,8 @@
 before a job finds out. Each check is `ok`, `warn` (works, but not as intended) or `fail`
 (something will break), with the fix in its detail: models pulled, the log store
 reachable, records still spooled, the service up, hosted APIs reachable with their keys,
-every alias's models present, teachers that curation learns from, disk space.
+every alias's models present, teachers that curation learns from, Ray's resources for the
+service and a turn's training, disk space.
 
 Checks read and probe; none changes anything (but a first look at a SQLite store creates
 it empty, as any command does). Network probes wait `PROBE_S` at most.
@@ -18,7 +19,7 @@ from typing import Literal
 
 import httpx
 
-from flywheel.config import FlywheelConfig
+from flywheel.config import FlywheelConfig, RayConfig
 from flywheel.log_writer import spooled_batches
 
 PROBE_S = 5.0
@@ -132,6 +133,67 @@ def _routes(config: FlywheelConfig) -> Iterator[Check]:
         yield Check(f"alias {alias}", status, "; ".join(problems + notes) or where)
 
 
+def ray_resources(config: RayConfig) -> dict[str, float]:
+    """What Ray can schedule on: a local instance gets `ray.num_cpus` (default: every core)
+    and the GPUs this machine shows; a cluster answers for itself (its nodes now: an
+    autoscaler may add more). Raises when the cluster cannot be reached."""
+    if config.address == "local":
+        import torch
+
+        return {"CPU": float(config.num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    import ray
+
+    ray.init(address=config.address, log_to_driver=False, logging_level="ERROR")
+    try:
+        return dict(ray.cluster_resources())
+    finally:
+        ray.shutdown()
+
+
+def _needs(config: FlywheelConfig) -> tuple[dict[str, float], dict[str, float]]:
+    """Ray resources the service holds, and those the largest of a turn's candidates trains
+    with (candidates train one after another when the cluster has room for one only)."""
+    serving = {"CPU": config.serve.ingress_num_cpus + sum(m.num_replicas * m.num_cpus for m in config.serve.models),
+               "GPU": sum(m.num_replicas * m.num_gpus for m in config.serve.models)}
+    training = {"CPU": 0.0, "GPU": 0.0}
+    for workload in [None, *config.turn.per_workload]:
+        for overrides in config.turn.for_workload(workload).candidates:
+            settings = config.train.overridden(overrides)
+            training["CPU"] = max(training["CPU"], settings.num_workers * settings.cpus_per_worker)
+            training["GPU"] = max(training["GPU"], settings.num_workers * float(settings.use_gpu))
+    return serving, training
+
+
+def _resources(config: FlywheelConfig, resources: Callable[[RayConfig], dict[str, float]]) -> Iterator[Check]:
+    where = "a local Ray instance" if config.ray.address == "local" else f"the Ray cluster at {config.ray.address}"
+    try:
+        has = resources(config.ray)
+    except Exception as error:
+        yield Check("ray", "fail", f"{where}: unreachable ({type(error).__name__}: {error}); start it, or set "
+                    "ray.address")
+        return
+    yield Check("ray", "ok", f"{where}: {has.get('CPU', 0):g} CPUs, {has.get('GPU', 0):g} GPUs")
+    serving, training = _needs(config)
+    # the watcher in the service, or any cluster, trains beside the service; a local instance
+    # of `flywheel turn` is its own
+    shared = config.turn.watch_in_service or config.ray.address != "local"
+    stages = [("the service", serving)] + [("a turn's training" + (" beside the service" if shared else ""),
+                                            {k: serving[k] * shared + training[k] for k in training})]
+    grows = config.ray.address != "local"
+    for what, need in stages:
+        short = [f"{need[k]:g} {k} ({has.get(k, 0):g} there)" for k in need if need[k] > has.get(k, 0)]
+        if short:
+            fix = ("lower serve.models[].num_cpus/num_gpus/num_replicas or train.num_workers/cpus_per_worker/use_gpu"
+                   + (", or add nodes" if grows else ", or raise ray.num_cpus (Ray's CPUs are logical)"
+                      if need["CPU"] > has.get("CPU", 0) else ""))
+            yield Check("resources", "warn" if grows else "fail",
+                        f"{what} needs {' and '.join(short)}: it would wait for them "
+                        f"{'until an autoscaler adds nodes' if grows else 'forever'}; {fix}")
+            return
+    yield Check("resources", "ok", "; ".join(f"{what} needs {need['CPU']:g} CPU, {need['GPU']:g} GPU"
+                                             for what, need in stages))
+
+
 def _disk(config: FlywheelConfig) -> Iterator[Check]:
     where = config.home
     while not where.exists():  # the volume it will be on (nothing is created here)
@@ -141,7 +203,9 @@ def _disk(config: FlywheelConfig) -> Iterator[Check]:
     yield Check("disk", status, f"{free / 1024**3:.1f} GiB free under {where}")
 
 
-def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = httpx.get) -> list[Check]:
-    """Every check, in the order a turn meets them; `get` is the HTTP probe (injected by tests)."""
+def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = httpx.get,
+               resources: Callable[[RayConfig], dict[str, float]] = ray_resources) -> list[Check]:
+    """Every check, in the order a turn meets them; `get` (the HTTP probe) and `resources`
+    (what Ray can schedule on) are injected by tests."""
     return [*_models(config), *_store(config), *_service(config, get), *_upstreams(config, get),
-            *_routes(config), *_disk(config)]
+            *_routes(config), *_resources(config, resources), *_disk(config)]

@@ -88,7 +88,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
 def _resolved(config: FlywheelConfig, candidate: Candidate) -> tuple[str, TrainConfig]:
     base = candidate.base_model or config.default_base
     served = config.model(base)
-    settings = TrainConfig.model_validate({**config.train.model_dump(), **candidate.overrides})
+    settings = config.train.overridden(candidate.overrides)
     if settings.lora_r > served.max_lora_rank:
         raise ValueError(f"train.lora_r {settings.lora_r} exceeds {base}'s served max_lora_rank "
                          f"{served.max_lora_rank}: the adapter could not be served")

@@ -2,6 +2,7 @@
 is injected (no service or hosted API runs here); the CLI runs as a user runs it."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -77,3 +78,54 @@ def test_the_cli_prints_json_and_exits_1_when_a_check_fails(config, tmp_path):
     assert result.returncode == 1 and report["ok"] is False
     statuses = {check["name"]: check["status"] for check in report["checks"]}
     assert statuses["model absent"] == "fail" and statuses["service"] == "warn"  # nothing listens on its port
+
+
+def test_resources_say_what_would_wait_forever_and_what_an_autoscaler_could_fix(config):
+    """The trap: Ray Train waits for its workers' resources without an error. The cluster's
+    answer is injected (none runs here); `ray_resources` on a local instance is real."""
+    def checks_with(cfg, has):
+        return {check.name: check for check in run_checks(cfg, probe([]), resources=lambda ray: has)}
+
+    def with_(**fields):
+        data = config.model_dump(mode="json")
+        for dotted, value in fields.items():
+            section, key = dotted.split("__")
+            data[section][key] = value
+        return FlywheelConfig.model_validate(data)
+
+    # cluster.yaml's shape: 2 teacher replicas and a student base on one GPU each, 2 GPU workers
+    served = [{"name": "teacher", "source": "t", "num_cpus": 2, "num_gpus": 1, "num_replicas": 2},
+              {"name": "small", "source": "s", "num_cpus": 2, "num_gpus": 1}]
+    cluster = with_(ray__address="auto", serve__models=served, serve__aliases={}, serve__upstreams=[],
+                    train__num_workers=2, train__use_gpu=True, train__cpus_per_worker=4)
+    short = checks_with(cluster, {"CPU": 64.0, "GPU": 4.0})["resources"]
+    assert short.status == "warn" and "beside the service needs 5 GPU (4 there)" in short.detail
+    assert "autoscaler" in short.detail and "add nodes" in short.detail
+    fits = checks_with(cluster, {"CPU": 16.0, "GPU": 5.0})
+    assert fits["ray"].detail == "the Ray cluster at auto: 16 CPUs, 5 GPUs" and fits["resources"].status == "ok"
+    assert "beside the service needs 14.25 CPU, 5 GPU" in fits["resources"].detail  # 2x2 + 2 + 0.25 ingress, 8 training
+    bigger = cluster.turn.model_copy(update={"per_workload": {"support": {"candidates": [{"num_workers": 3}]}}})
+    assert checks_with(cluster.model_copy(update={"turn": bigger}), {"CPU": 64.0, "GPU": 5.0})["resources"] \
+        .detail.startswith("a turn's training beside the service needs 6 GPU")
+    down = {check.name: check for check in run_checks(cluster, probe([]), resources=lambda ray: 1 / 0)}
+    assert down["ray"].status == "fail" and "unreachable" in down["ray"].detail and "resources" not in down
+
+    # a local instance: `flywheel turn` trains in its own, the in-service watcher beside the service
+    local = with_(ray__num_cpus=3, train__cpus_per_worker=1)  # 2 models x 1 CPU + 0.25 ingress; 1 worker
+    assert checks_with(local, {"CPU": 3.0, "GPU": 0.0})["resources"].status == "ok"
+    watched = local.model_copy(update={"turn": local.turn.model_copy(update={"watch_in_service": True})})
+    stuck = checks_with(watched, {"CPU": 3.0, "GPU": 0.0})["resources"]
+    assert stuck.status == "fail" and "needs 3.25 CPU (3 there): it would wait for them forever" in stuck.detail
+    assert "raise ray.num_cpus" in stuck.detail
+    gpu = checks_with(with_(train__use_gpu=True), {"CPU": 3.0, "GPU": 0.0})["resources"]
+    assert gpu.status == "fail" and "a turn's training needs 1 GPU (0 there)" in gpu.detail
+
+
+def test_a_local_instance_counts_its_configured_cpus_and_this_machines_gpus():
+    import torch
+
+    from flywheel.config import RayConfig
+    from flywheel.doctor import ray_resources
+
+    assert ray_resources(RayConfig(num_cpus=3)) == {"CPU": 3.0, "GPU": float(torch.cuda.device_count())}
+    assert ray_resources(RayConfig())["CPU"] == float(os.cpu_count())
