@@ -310,15 +310,14 @@ def logs_delete(
     """Delete logged inferences: a client's (an erasure request), a workload's, a model's, or
     those past a retention period, with their rows in every curated dataset, and name the
     adapters trained on them. Without --yes it is a dry run that counts."""
-    from flywheel.erasure import erase
+    from flywheel.erasure import erase, erasure_filter
     from flywheel.log_writer import spooled_batches
-    from flywheel.store import LogFilter
 
-    if workload is None and client is None and model is None and older_than_days is None:
+    try:
+        chosen = erasure_filter(workload, client, model, older_than_days)
+    except ValueError:
         fail("name what to delete: --workload, --client, --model and/or --older-than-days")
     cfg = config_from(config)
-    until = None if older_than_days is None else time.time() - older_than_days * 86400
-    chosen = LogFilter(workload_id=workload, client_id=client, model=model, until=until)
     store = store_from(cfg)
     try:
         with err.status("deleting" if yes else "counting") as status:

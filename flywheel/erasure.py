@@ -10,6 +10,7 @@ retire. Evaluation reports, decisions and turn records hold record ids, not cont
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,16 @@ class Erasure(BaseModel):
     adapters: list[str] = Field(
         default_factory=list, description="Adapters trained on a removed train or val row: their weights may "
         "still reflect the erased records; retrain or retire them.")
+
+
+def erasure_filter(workload_id: str | None = None, client_id: str | None = None, model: str | None = None,
+                   older_than_days: float | None = None, now: float | None = None) -> LogFilter:
+    """The records an erasure names; a ValueError when it names none (deleting every record
+    takes naming them all, e.g. `older_than_days=0`)."""
+    if workload_id is None and client_id is None and model is None and older_than_days is None:
+        raise ValueError("name what to delete: a workload, a client, a model and/or an age in days")
+    until = None if older_than_days is None else (time.time() if now is None else now) - older_than_days * 86400
+    return LogFilter(workload_id=workload_id, client_id=client_id, model=model, until=until)
 
 
 def erase(store: LogStore, filter: LogFilter, datasets_dir: Path, adapters_dir: Path, dry_run: bool = False,

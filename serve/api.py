@@ -29,11 +29,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel import telemetry
 from flywheel.config import ServeConfig, TurnConfig
+from flywheel.erasure import Erasure, erasure_filter
 from flywheel.gate import recent_decisions
 from flywheel.records import Feedback
 from flywheel.routes import RouteError, describe
 from flywheel.savings import savings_report
-from flywheel.store import LogStore
+from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord
 from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
@@ -107,11 +108,14 @@ def make_api(
     runs: RunBook | None = None,
     decisions: Path | None = None,
     prices: TurnConfig | None = None,
+    erase: Callable[[LogStore, LogFilter, bool, bool], Erasure] | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
     `inference_log` records every routed request (none when None; no shadow traffic then).
     `runs` backs the /v1/flywheel/runs endpoints, `decisions` (the gate's folder)
-    /v1/flywheel/decisions, `prices` with `store` /v1/flywheel/savings (each absent when None).
+    /v1/flywheel/decisions, `prices` with `store` /v1/flywheel/savings, `erase` (store,
+    filter, dry run, keep datasets: `flywheel.erasure.erase` with the config's folders) with
+    `store` /v1/flywheel/erasures (each absent when None).
     `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
     the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
@@ -455,6 +459,37 @@ def make_api(
             since = None if window is None else time.time() - window * 86400
             return await asyncio.to_thread(savings_report, await log_store(), prices, config.price_list(),
                                            workload=workload, since=since)
+
+    if store is not None and erase is not None:
+
+        @app.post("/v1/flywheel/erasures")
+        async def erasure(request: Request) -> JSONResponse:
+            """`flywheel logs delete` over HTTP: `{"client_id"?, "workload_id"?, "model"?,
+            "older_than_days"?, "dry_run": true, "keep_datasets": false}`. It counts unless
+            `dry_run` is false; then it deletes the records and their rows in curated datasets."""
+            admin(request)
+            body = await read_body(request, config.max_body_bytes, require_model=False)
+            names, flags = ("workload_id", "client_id", "model"), ("dry_run", "keep_datasets")
+            if unknown := sorted(set(body) - {*names, "older_than_days", *flags}):
+                raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(names)}, "
+                               f"older_than_days, {', '.join(flags)}", unknown[0])
+            for key in names:
+                if key in body and (not isinstance(body[key], str) or not body[key]):
+                    raise ApiError(400, f"`{key}` must be a non-empty string", key)
+            for key in flags:
+                if key in body and not isinstance(body[key], bool):
+                    raise ApiError(400, f"`{key}` must be true or false", key)
+            age = body.get("older_than_days")
+            if age is not None and (isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf):
+                raise ApiError(400, "`older_than_days` must be a number of days >= 0", "older_than_days")
+            try:
+                chosen = erasure_filter(*(body.get(key) for key in names), older_than_days=age)
+            except ValueError as error:
+                raise ApiError(400, str(error)) from None
+            dry_run = body.get("dry_run", True)
+            done = await asyncio.to_thread(erase, await log_store(), chosen, dry_run, body.get("keep_datasets", False))
+            criteria = {key: body[key] for key in (*names, "older_than_days") if body.get(key) is not None}
+            return JSONResponse({**done.model_dump(), "dry_run": dry_run, "filter": criteria})
 
     @app.get("/health")
     async def health() -> JSONResponse:

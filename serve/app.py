@@ -14,6 +14,7 @@ from typing import Any
 
 from flywheel import telemetry
 from flywheel.config import FlywheelConfig, ServeConfig, load_config
+from flywheel.erasure import erase
 from flywheel.log_writer import LogWriter
 from flywheel.models import resolve_model_path
 from flywheel.routes import open_route_book
@@ -136,7 +137,9 @@ class Ingress:
                                          lambda workload, tokens: telemetry.student_answered(workload, tokens, *prices))
         self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
                              store=lambda: open_store(cfg.store_url), inference_log=inference_log,
-                             runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir, prices=cfg.turn)
+                             runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir, prices=cfg.turn,
+                             erase=lambda store, chosen, dry_run, keep: erase(
+                                 store, chosen, cfg.datasets_dir, cfg.adapters_dir, dry_run, keep))
 
     def __serve_build_asgi_app__(self):
         return self._api

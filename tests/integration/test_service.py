@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import MODEL, RELAY, logged_record
+from tests.integration.conftest import ADMIN_TOKEN, MODEL, RELAY, logged_record
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +124,32 @@ def test_feedback_over_http_reaches_the_log_store(service):
     missing = httpx.post(f"{service.base_url}/feedback", json={**body, "log_id": "nope"}, timeout=30)
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "log_id"
     store.close()
+
+
+def test_a_client_is_erased_over_http_with_its_dataset_rows(service):
+    """What a privacy tool calls: the live ingress deletes a client's logged answer and its
+    row in a curated dataset under the service's home."""
+    from flywheel.datasets import write_dataset
+    from flywheel.store import LogFilter, open_store
+
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0}
+    answered = httpx.post(f"{service.base_url}/chat/completions", json=body, timeout=60,
+                          headers={"X-Workload-Id": "erasure", "X-Client-Id": "erase-me"})
+    log_id = answered.headers["X-Flywheel-Log-Id"]
+    assert answered.status_code == 200 and logged_record(service, log_id).client_id == "erase-me"
+    row = {"id": log_id, "label": "a", "source": "teacher", "tools": "[]",
+           "messages": json.dumps(QUESTION + [{"role": "assistant", "content": "Paris."}])}
+    dataset = write_dataset(service.home / "datasets", "erasure", {"train": [row], "val": [], "eval": [], "icl": []},
+                            {"prefix": None}, {"train": 1}, [])
+    url, admin = f"{service.base_url}/flywheel/erasures", {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    counted = httpx.post(url, json={"client_id": "erase-me"}, headers=admin, timeout=60).json()
+    assert (counted["matched"], counted["deleted"], counted["datasets"]) == (1, 0, {dataset.dataset_id: {"train": 1}})
+    done = httpx.post(url, json={"client_id": "erase-me", "dry_run": False}, headers=admin, timeout=60).json()
+    assert (done["matched"], done["deleted"], done["dry_run"]) == (1, 1, False)
+    store = open_store(service.store_url)
+    assert store.get(log_id) is None and store.count(LogFilter(client_id="erase-me")) == 0
+    store.close()
+    assert dataset.rows("train") == []
 
 
 @pytest.mark.parametrize("stream", [False, True])

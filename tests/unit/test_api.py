@@ -13,7 +13,10 @@ from fastapi.testclient import TestClient
 
 from flywheel import telemetry
 from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig
+from flywheel.datasets import write_dataset
+from flywheel.erasure import erase
 from flywheel.gate import Decision, record_decision
+from flywheel.records import LogRecord
 from flywheel.routes import RouteBook, adapter_checker, seed_states
 from flywheel.savings import savings_report
 from flywheel.turns import RunBook
@@ -310,12 +313,15 @@ def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_m
     routing = RoutingTable(["small"], book, tmp_path, audit_percent=audit_percent)
     return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
                                inference_log=InferenceLog(LoggingConfig(), logged.append),
-                               decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES))
+                               decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES,
+                               erase=lambda store, chosen, dry_run, keep: erase(
+                                   store, chosen, tmp_path / "datasets", tmp_path / "adapters", dry_run, keep)))
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("GET", "/v1/flywheel/routes", None),
     ("POST", "/v1/flywheel/routes/router", {"adapter": "tuned"}),
+    ("POST", "/v1/flywheel/erasures", {"client_id": "alice", "dry_run": False}),
 ])
 @pytest.mark.parametrize(("headers", "status"), [
     ({}, 401),
@@ -566,6 +572,27 @@ def test_the_savings_endpoint_reports_from_the_log_store(secured, log_store):
     assert recent["workloads"] == {} and recent["since"] > time.time() - 1.5 * 86400 - 60  # the traffic is older
     for days in ("-1", "soon", "nan", "inf"):
         assert_openai_error(secured.get("/v1/flywheel/savings", params={"days": days}, headers=ADMIN), 400)
+
+
+def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows(secured, log_store, tmp_path):
+    records = [LogRecord(workload_id="support", client_id=client, model="small", request={}) for client in
+               ("alice", "alice", "bob")]
+    log_store.write_batch(records)
+    messages = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    rows = [{"id": record.id, "label": "a", "source": "teacher", "tools": "[]", "messages": messages}
+            for record in records]
+    dataset = write_dataset(tmp_path / "datasets", "support", {"train": rows, "val": [], "eval": [], "icl": []},
+                            {"prefix": None}, {"train": 3}, [])
+    for body in ({}, {"dry_run": False}, {"client_id": ""}, {"client_id": 7}, {"client_id": "alice", "who": 1},
+                 {"client_id": "alice", "dry_run": "no"}, {"older_than_days": -1}, {"older_than_days": True}):
+        assert_openai_error(secured.post("/v1/flywheel/erasures", json=body, headers=ADMIN), 400)
+    counted = secured.post("/v1/flywheel/erasures", json={"client_id": "alice"}, headers=ADMIN).json()
+    assert (counted["matched"], counted["deleted"], counted["dry_run"]) == (2, 0, True) and log_store.count() == 3
+    assert counted["datasets"] == {dataset.dataset_id: {"train": 2}} and counted["filter"] == {"client_id": "alice"}
+    done = secured.post("/v1/flywheel/erasures", json={"client_id": "alice", "dry_run": False}, headers=ADMIN).json()
+    assert (done["matched"], done["deleted"], done["dry_run"]) == (2, 2, False)
+    assert [record.client_id for record in log_store.query().records] == ["bob"]
+    assert [row["id"] for row in dataset.rows("train")] == [records[2].id]
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},
