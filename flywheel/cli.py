@@ -444,6 +444,38 @@ def datasets_command(
     out.print(table)
 
 
+@app.command("prune")
+def prune_command(
+    workload: str | None = typer.Option(None, "--workload", help="Only this workload (default: every one)."),
+    keep: int | None = typer.Option(None, "--keep", min=1, help="Dataset versions to keep per workload, newest "
+                                    "first, with the adapters trained on them (default: turn.keep_versions, or 3)."),
+    yes: bool = typer.Option(False, "--yes", help="Remove them; without it, only say what would go."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Free the disk turns fill: old dataset versions, adapters never served, and finished
+    trainings' checkpoints. Adapters the routing table names (and their datasets) stay."""
+    from flywheel.prune import prune_workload, workloads
+
+    cfg = config_from(config)
+    keep = keep or cfg.turn.keep_versions or 3
+    results = [prune_workload(cfg, name, keep, dry_run=not yes) for name in ([workload] if workload else
+                                                                              workloads(cfg))]
+    freed = sum(result.bytes for result in results)
+    if as_json:
+        emit_json({"workloads": [result.model_dump() for result in results], "bytes": freed, "keep": keep,
+                   "dry_run": not yes})
+        return
+    table = Table("workload", "datasets", "adapters", "checkpoints", "MiB", title=f"newest {keep} versions kept")
+    for result in results:
+        table.add_row(result.workload, *(str(len(items)) for items in (result.datasets, result.adapters,
+                                                                       result.checkpoints)),
+                      result.skipped or f"{result.bytes / 2**20:.1f}")
+    out.print(table)
+    out.print(f"{'freed' if yes else 'would free (dry run: rerun with --yes)'} {freed / 2**20:.1f} MiB",
+              highlight=False)
+
+
 @app.command("adapters")
 def adapters_command(
     workload: str | None = typer.Option(None, "--workload", help="Only adapters trained on this workload."),

@@ -506,6 +506,10 @@ class TurnConfig(_Strict):
                                  "workload with successful records.")
     watch_in_service: bool = Field(False, description="Run the watcher inside the Serve app (a `watcher` "
                                    "deployment) instead of as `flywheel watch`.")
+    keep_versions: int | None = Field(
+        None, ge=1, description="The watcher prunes each workload to its newest this many dataset versions and the "
+        "adapters trained on them, keeping every adapter the routing table names (once an hour; "
+        "`flywheel prune`); null: turns' datasets, adapters and checkpoints are kept.")
     teacher_price_per_mtok: float = Field(10.0, ge=0, description="Teacher price per million tokens (savings metric).")
     student_price_per_mtok: float = Field(0.2, ge=0, description="Student price per million tokens (savings metric).")
     per_workload: dict[str, dict[str, Any]] = Field(
@@ -520,6 +524,7 @@ class TurnConfig(_Strict):
     @model_validator(mode="after")
     def _overrides_are_per_workload_fields(self) -> TurnConfig:
         _check_overlays(self, "per_workload", fixed={"poll_s", "max_concurrent", "workloads", "watch_in_service",
+                                                     "keep_versions",
                                                      "teacher_price_per_mtok", "student_price_per_mtok"})
         return self
 

@@ -147,8 +147,13 @@ class RunBook:
         """Hold the run's and its workload's locks (`TurnBusy` when either is taken)."""
         with ExitStack() as stack:
             stack.enter_context(self._lock(f"{record.run_id}.lock", f"run {record.run_id} is running"))
-            stack.enter_context(self._lock(f"workload-{record.workload}.lock",
-                                           f"another turn of workload {record.workload!r} is running"))
+            stack.enter_context(self.workload_idle(record.workload))
+            yield
+
+    @contextmanager
+    def workload_idle(self, workload: str) -> Iterator[None]:
+        """Keep turns of `workload` from starting meanwhile (`TurnBusy` when one is running)."""
+        with self._lock(f"workload-{workload}.lock", f"a turn of workload {workload!r} is running"):
             yield
 
     @contextmanager

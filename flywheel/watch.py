@@ -8,7 +8,8 @@ each watched workload's alias while it is in such a trial (`gate.gate_shadow`): 
 withdrawn once enough live pairs exist; and with `gate.audit_demote` it judges each
 serving student (or canary candidate) on the teacher's audits (`gate.gate_audit`):
 demoted (withdrawn) once they clearly fall short. With `store.retention_days` it deletes
-records past that age, with their rows in curated datasets, once an hour.
+records past that age, with their rows in curated datasets, once an hour, and with
+`turn.keep_versions` it prunes old dataset versions and adapters no alias needs.
 
 `due` is the decision alone (a pure function, unit-tested); `Watcher.tick` gathers its
 inputs from the store and the run records and starts what is due, each turn in a thread.
@@ -26,6 +27,7 @@ from flywheel.config import FlywheelConfig, TurnConfig
 from flywheel.erasure import erase
 from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
+from flywheel.prune import prune_workload, workloads
 from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord, TurnBusy
@@ -140,19 +142,28 @@ class Watcher:
         return [run_id for run_id in started if run_id]
 
     def retain(self, now: float) -> int:
-        """Delete what `store.retention_days` no longer keeps (at most once per
+        """Apply `store.retention_days` and `turn.keep_versions` (at most once per
         `RETAIN_EVERY_S`); how many records went."""
-        days = self.config.store.retention_days
-        if days is None or now - self._retained_at < RETAIN_EVERY_S:
+        days, keep = self.config.store.retention_days, self.config.turn.keep_versions
+        if (days is None and keep is None) or now - self._retained_at < RETAIN_EVERY_S:
             return 0
         self._retained_at = now
-        erasure = erase(self.store, LogFilter(until=now - days * 86400), self.config.datasets_dir,
-                        self.config.adapters_dir)
-        if erasure.deleted:
-            rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
-            logger.info("deleted %d records logged more than %g days ago, and %d rows made from them in %d dataset "
-                        "version(s) (store.retention_days)", erasure.deleted, days, rows, len(erasure.datasets))
-        return erasure.deleted
+        deleted = 0
+        if days is not None:
+            erasure = erase(self.store, LogFilter(until=now - days * 86400), self.config.datasets_dir,
+                            self.config.adapters_dir)
+            deleted = erasure.deleted
+            if deleted:
+                rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
+                logger.info("deleted %d records logged more than %g days ago, and %d rows made from them in %d "
+                            "dataset version(s) (store.retention_days)", deleted, days, rows, len(erasure.datasets))
+        for workload in workloads(self.config) if keep is not None else []:
+            pruned = prune_workload(self.config, workload, keep)
+            if pruned.datasets or pruned.adapters or pruned.checkpoints:
+                logger.info("pruned %s: %d dataset versions, %d adapters, %d checkpoint folders, %.1f MiB "
+                            "(turn.keep_versions)", workload, len(pruned.datasets), len(pruned.adapters),
+                            len(pruned.checkpoints), pruned.bytes / 2**20)
+        return deleted
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
         """Decide what live evidence settles for these workloads' aliases: trials of the

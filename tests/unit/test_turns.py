@@ -90,7 +90,7 @@ def test_a_running_turn_holds_its_run_and_workload(config, monkeypatch):
     assert book.get("support-run-2").stages["train"].progress == "train working"
     with pytest.raises(TurnBusy, match="is running"):
         run_turn(config, run_id="support-run-2")
-    with pytest.raises(TurnBusy, match="another turn of workload 'support'"):
+    with pytest.raises(TurnBusy, match="a turn of workload 'support' is running"):
         run_turn(config, "support")
     book.cancel("support-run-2")  # stops before its next stage
     stages.gate.set()
