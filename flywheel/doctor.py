@@ -199,8 +199,16 @@ def _disk(config: FlywheelConfig) -> Iterator[Check]:
     while not where.exists():  # the volume it will be on (nothing is created here)
         where = where.parent
     free = shutil.disk_usage(where).free
-    status = "warn" if free < LOW_DISK_BYTES else "ok"
-    yield Check("disk", status, f"{free / 1024**3:.1f} GiB free under {where}")
+    detail = f"{free / 1024**3:.1f} GiB free under {where}"
+    if free >= LOW_DISK_BYTES:
+        yield Check("disk", "ok", detail)
+        return
+    from flywheel.prune import prune_workload, workloads
+
+    keep = config.turn.keep_versions or 3
+    freeable = sum(prune_workload(config, workload, keep, dry_run=True).bytes for workload in workloads(config))
+    yield Check("disk", "warn", f"{detail}: a turn writes a dataset version, adapters and checkpoints; `flywheel "
+                f"prune --keep {keep} --yes` frees {freeable / 2**20:.1f} MiB, `turn.keep_versions` prunes hourly")
 
 
 def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = httpx.get,

@@ -129,3 +129,22 @@ def test_a_local_instance_counts_its_configured_cpus_and_this_machines_gpus():
 
     assert ray_resources(RayConfig(num_cpus=3)) == {"CPU": 3.0, "GPU": float(torch.cuda.device_count())}
     assert ray_resources(RayConfig())["CPU"] == float(os.cpu_count())
+
+
+def test_low_disk_says_what_pruning_would_free(config, monkeypatch):
+    from flywheel import doctor
+    from flywheel.datasets import write_dataset
+
+    monkeypatch.setattr(doctor, "LOW_DISK_BYTES", 2**62)  # every disk is low
+    messages = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a" * 600_000}])
+    for turn in range(2):
+        row = {"id": f"r{turn}", "label": "a", "source": "teacher", "tools": "[]", "messages": messages}
+        write_dataset(config.datasets_dir, "w", {"train": [row], "val": [], "eval": [], "icl": []},
+                      {"prefix": None, "created_at": 1000.0 + turn}, {"train": 1}, [])
+    older = min(config.datasets_dir.glob("w/*"), key=lambda path: json.loads((path / "manifest.json").read_text())
+                ["created_at"])
+    size = sum(file.stat().st_size for file in older.rglob("*") if file.is_file())
+    kept = config.model_copy(update={"turn": config.turn.model_copy(update={"keep_versions": 1})})
+    disk = {check.name: check for check in run_checks(kept, probe([]), resources=lambda ray: {"CPU": 8.0})}["disk"]
+    assert disk.status == "warn" and "`flywheel prune --keep 1 --yes` frees" in disk.detail
+    assert f"frees {size / 2**20:.1f} MiB" in disk.detail and size > 5 * 10**5 and older.is_dir()  # a dry run
