@@ -968,19 +968,31 @@ def cancel_command(
 
 
 @app.command("doctor")
-def doctor_command(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+def doctor_command(
+    service: bool = typer.Option(False, "--service", help="Ask the running service instead: its ingress runs the "
+                                 "checks on its own node, with its environment's keys and its Ray cluster "
+                                 "(admin token: $FLYWHEEL_ADMIN_TOKEN or serve.admin_token)."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Check what a turning flywheel needs, and say how to fix what is missing: models
     pulled, the log store, the spool, the service, hosted APIs and their keys, every
     alias's models, teachers curation learns from, Ray's resources, disk. Exit 1 when a
     check fails."""
-    from flywheel.doctor import run_checks
+    from flywheel.doctor import Check, run_checks
 
-    checks = run_checks(config_from(config))
+    cfg = config_from(config)
+    where = "here"
+    if service:
+        answer = _service_get(cfg, "/v1/flywheel/doctor")
+        checks, where = [Check(**check) for check in answer["checks"]], f"the service's ingress on {answer['node']}"
+    else:
+        checks = run_checks(cfg)
     failed = [check.name for check in checks if check.status == "fail"]
     if as_json:
-        emit_json({"ok": not failed, "checks": [check.as_dict() for check in checks]})
+        emit_json({"ok": not failed, "where": where, "checks": [check.as_dict() for check in checks]})
     else:
-        table = Table("check", "status", "detail")
+        table = Table("check", "status", "detail", title=f"checked {where}")
         colours = {"ok": "green", "warn": "yellow", "fail": "red"}
         for check in checks:
             table.add_row(check.name, f"[{colours[check.status]}]{check.status}[/{colours[check.status]}]",
@@ -989,6 +1001,25 @@ def doctor_command(config: Path | None = ConfigOption, as_json: bool = JsonOptio
         out.print(f"[red]{len(failed)} failed: {', '.join(failed)}[/red]" if failed else "[green]all good[/green]")
     if failed:
         raise typer.Exit(1)
+
+
+def _service_get(cfg: FlywheelConfig, path: str) -> dict[str, Any]:
+    """An admin endpoint's JSON from the running service, or a one-line error."""
+    import httpx
+
+    token = cfg.serve.admin_token_in_force()
+    url = f"{cfg.service_url}{path}"
+    try:
+        answer = httpx.get(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=120)
+    except httpx.HTTPError as error:
+        fail(f"{url}: the service is not reachable ({type(error).__name__}); `flywheel serve` starts it")
+    if answer.status_code != 200:
+        try:
+            message = answer.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = answer.text[:200]
+        fail(f"{url}: HTTP {answer.status_code}: {message}")
+    return answer.json()
 
 
 @app.command("status")

@@ -225,6 +225,10 @@ class ServeConfig(_Strict):
         4, ge=0, description="Background answers (a shadow trial's candidate, the teacher's audits) running at once "
         "per ingress replica; more are skipped, not queued.")
 
+    def admin_token_in_force(self) -> str | None:
+        """$FLYWHEEL_ADMIN_TOKEN, else `admin_token`: what the admin endpoints accept."""
+        return os.environ.get("FLYWHEEL_ADMIN_TOKEN") or self.admin_token
+
     def price_list(self) -> dict[str, Price]:
         """The models (and upstreams) that have their own prices."""
         return {model.name: model.price_per_mtok for model in [*self.models, *self.upstreams] if model.price_per_mtok}

@@ -134,15 +134,18 @@ def _routes(config: FlywheelConfig) -> Iterator[Check]:
 
 
 def ray_resources(config: RayConfig) -> dict[str, float]:
-    """What Ray can schedule on: a local instance gets `ray.num_cpus` (default: every core)
-    and the GPUs this machine shows; a cluster answers for itself (its nodes now: an
-    autoscaler may add more). Raises when the cluster cannot be reached."""
+    """What Ray can schedule on: inside Ray (the service's ingress), its own cluster; a
+    local instance gets `ray.num_cpus` (default: every core) and the GPUs this machine
+    shows; a cluster answers for itself (its nodes now: an autoscaler may add more).
+    Raises when the cluster cannot be reached."""
+    import ray
+
+    if ray.is_initialized():
+        return dict(ray.cluster_resources())
     if config.address == "local":
         import torch
 
         return {"CPU": float(config.num_cpus or os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-    import ray
-
     ray.init(address=config.address, log_to_driver=False, logging_level="ERROR")
     try:
         return dict(ray.cluster_resources())

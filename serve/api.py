@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import replace
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel import telemetry
 from flywheel.config import ServeConfig, TurnConfig
+from flywheel.doctor import Check
 from flywheel.erasure import Erasure, erasure_filter
 from flywheel.gate import recent_decisions
 from flywheel.records import Feedback
@@ -109,13 +111,15 @@ def make_api(
     decisions: Path | None = None,
     prices: TurnConfig | None = None,
     erase: Callable[[LogStore, LogFilter, bool, bool], Erasure] | None = None,
+    doctor: Callable[[], list[Check]] | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
     `inference_log` records every routed request (none when None; no shadow traffic then).
     `runs` backs the /v1/flywheel/runs endpoints, `decisions` (the gate's folder)
     /v1/flywheel/decisions, `prices` with `store` /v1/flywheel/savings, `erase` (store,
     filter, dry run, keep datasets: `flywheel.erasure.erase` with the config's folders) with
-    `store` /v1/flywheel/erasures (each absent when None).
+    `store` /v1/flywheel/erasures, `doctor` (`flywheel.doctor.run_checks` with the config)
+    /v1/flywheel/doctor (each absent when None).
     `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
     the environment variables."""
     app = FastAPI(title="Flywheel", description="OpenAI-compatible API with LoRA adapters by name")
@@ -490,6 +494,17 @@ def make_api(
             done = await asyncio.to_thread(erase, await log_store(), chosen, dry_run, body.get("keep_datasets", False))
             criteria = {key: body[key] for key in (*names, "older_than_days") if body.get(key) is not None}
             return JSONResponse({**done.model_dump(), "dry_run": dry_run, "filter": criteria})
+
+    if doctor is not None:
+
+        @app.get("/v1/flywheel/doctor")
+        async def checks(request: Request) -> dict:
+            """`flywheel doctor` as this replica sees it: its node's models, spool, disk and
+            environment (hosted APIs' keys), and the Ray cluster it runs in."""
+            admin(request)
+            found = await asyncio.to_thread(doctor)
+            return {"ok": all(check.status != "fail" for check in found), "node": socket.gethostname(),
+                    "checks": [check.as_dict() for check in found]}
 
     @app.get("/health")
     async def health() -> JSONResponse:

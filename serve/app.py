@@ -14,6 +14,7 @@ from typing import Any
 
 from flywheel import telemetry
 from flywheel.config import FlywheelConfig, ServeConfig, load_config
+from flywheel.doctor import run_checks
 from flywheel.erasure import erase
 from flywheel.log_writer import LogWriter
 from flywheel.models import resolve_model_path
@@ -139,7 +140,8 @@ class Ingress:
                              store=lambda: open_store(cfg.store_url), inference_log=inference_log,
                              runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir, prices=cfg.turn,
                              erase=lambda store, chosen, dry_run, keep: erase(
-                                 store, chosen, cfg.datasets_dir, cfg.adapters_dir, dry_run, keep))
+                                 store, chosen, cfg.datasets_dir, cfg.adapters_dir, dry_run, keep),
+                             doctor=lambda: run_checks(cfg))
 
     def __serve_build_asgi_app__(self):
         return self._api
@@ -155,7 +157,7 @@ def credentials(serve: ServeConfig) -> dict[str, Any]:
     $FLYWHEEL_API_KEYS (comma-separated) adds keys. Resolved where the app is built, so
     replicas on any node see the same."""
     extra = [key.strip() for key in os.environ.get("FLYWHEEL_API_KEYS", "").split(",") if key.strip()]
-    return {"admin_token": os.environ.get("FLYWHEEL_ADMIN_TOKEN") or serve.admin_token,
+    return {"admin_token": serve.admin_token_in_force(),
             "api_keys": [*serve.api_keys, *extra]}
 
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import ADMIN_TOKEN, MODEL, RELAY, logged_record
+from tests.integration.conftest import ADMIN_TOKEN, MODEL, RAY_CPUS, RELAY, logged_record
 
 pytestmark = pytest.mark.integration
 
@@ -150,6 +150,24 @@ def test_a_client_is_erased_over_http_with_its_dataset_rows(service):
     assert store.get(log_id) is None and store.count(LogFilter(client_id="erase-me")) == 0
     store.close()
     assert dataset.rows("train") == []
+
+
+def test_the_doctor_runs_in_the_ingress_and_sees_the_cluster_it_serves_from(service):
+    """`flywheel doctor --service`: the checks run in the ingress replica, against the Ray
+    cluster it lives in (not a new local instance) and with that process's environment."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "flywheel.cli", "doctor", "--service", "--json", "--config",
+                             str(service.home / "config.yaml")], check=False, capture_output=True, text=True,
+                            timeout=300, env={**service.env, "PATH": "/usr/bin:/bin"})
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    checks = {check["name"]: check for check in report["checks"]}
+    assert report["where"].startswith("the service's ingress on "), result.stderr
+    assert checks["ray"]["status"] == "ok" and f"{RAY_CPUS} CPUs" in checks["ray"]["detail"]
+    assert checks["log store"]["status"] == "ok" and checks[f"model {MODEL}"]["status"] == "ok"
+    assert checks["service"]["status"] == "ok" and checks["upstream relay"]["status"] == "ok"
+    assert result.returncode == (1 if not report["ok"] else 0)
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -6,6 +6,7 @@ the same routes against real vLLM replicas are covered in tests/integration.
 
 import asyncio
 import json
+import socket
 import time
 
 import pytest
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from flywheel import telemetry
 from flywheel.config import FlywheelConfig, LoggingConfig, RouteTarget, ServeConfig
 from flywheel.datasets import write_dataset
+from flywheel.doctor import Check
 from flywheel.erasure import erase
 from flywheel.gate import Decision, record_decision
 from flywheel.records import LogRecord
@@ -315,13 +317,16 @@ def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_m
                                inference_log=InferenceLog(LoggingConfig(), logged.append),
                                decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES,
                                erase=lambda store, chosen, dry_run, keep: erase(
-                                   store, chosen, tmp_path / "datasets", tmp_path / "adapters", dry_run, keep)))
+                                   store, chosen, tmp_path / "datasets", tmp_path / "adapters", dry_run, keep),
+                               doctor=lambda: [Check("log store", "ok", "12 records"),
+                                               Check("upstream big", "fail", "$BIG_KEY is not set here")]))
 
 
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("GET", "/v1/flywheel/routes", None),
     ("POST", "/v1/flywheel/routes/router", {"adapter": "tuned"}),
     ("POST", "/v1/flywheel/erasures", {"client_id": "alice", "dry_run": False}),
+    ("GET", "/v1/flywheel/doctor", None),
 ])
 @pytest.mark.parametrize(("headers", "status"), [
     ({}, 401),
@@ -572,6 +577,13 @@ def test_the_savings_endpoint_reports_from_the_log_store(secured, log_store):
     assert recent["workloads"] == {} and recent["since"] > time.time() - 1.5 * 86400 - 60  # the traffic is older
     for days in ("-1", "soon", "nan", "inf"):
         assert_openai_error(secured.get("/v1/flywheel/savings", params={"days": days}, headers=ADMIN), 400)
+
+
+def test_the_doctor_endpoint_reports_this_replicas_checks(secured):
+    report = secured.get("/v1/flywheel/doctor", headers=ADMIN).json()
+    assert report["ok"] is False and report["node"] == socket.gethostname()
+    assert report["checks"] == [{"name": "log store", "status": "ok", "detail": "12 records"},
+                                {"name": "upstream big", "status": "fail", "detail": "$BIG_KEY is not set here"}]
 
 
 def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows(secured, log_store, tmp_path):

@@ -78,6 +78,10 @@ def test_the_cli_prints_json_and_exits_1_when_a_check_fails(config, tmp_path):
     assert result.returncode == 1 and report["ok"] is False
     statuses = {check["name"]: check["status"] for check in report["checks"]}
     assert statuses["model absent"] == "fail" and statuses["service"] == "warn"  # nothing listens on its port
+    assert report["where"] == "here"
+    remote = subprocess.run([sys.executable, "-m", "flywheel.cli", "doctor", "--service", "--config", str(path)],
+                            check=False, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"})
+    assert remote.returncode == 2 and remote.stderr.count("\n") == 1 and "the service is not reachable" in remote.stderr
 
 
 def test_resources_say_what_would_wait_forever_and_what_an_autoscaler_could_fix(config):
