@@ -67,10 +67,21 @@ def config_from(path: Path | None, overrides: dict[str, Any] | None = None) -> F
 
 
 @app.command("config")
-def show_config(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+def show_config(
+    alias: str | None = typer.Option(None, "--alias", help="Print `gate` as this alias's policy: the defaults with "
+                                     "its `gate.per_alias` fields on top."),
+    workload: str | None = typer.Option(None, "--workload", help="Print `turn` as this workload's: the defaults "
+                                        "with its `turn.per_workload` fields on top."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
     """Validate a config file and print it with every default filled in."""
     cfg = config_from(config)
     payload = cfg.model_dump(mode="json")
+    if alias:
+        payload["gate"] = cfg.gate.for_alias(alias).model_dump(mode="json")
+    if workload:
+        payload["turn"] = cfg.turn.for_workload(workload).model_dump(mode="json")
     if as_json:
         emit_json(payload)
     else:

@@ -105,3 +105,24 @@ def test_readme_configuration_reference_names_every_field():
     readme = (REPO / "README.md").read_text()
     missing = [path for path in paths(FlywheelConfig) if f"| `{path}` |" not in readme]
     assert not missing, f"README configuration reference lacks {missing}"
+
+
+def test_the_cli_prints_an_alias_and_a_workload_with_their_overlays_merged(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "gate": {"min_teacher_ratio": 0.9, "per_alias": {"billing": {
+        "min_teacher_ratio": 0.98}}}, "turn": {"per_workload": {"chat": {"min_new_records": 5000}}}}))
+
+    def shown(*args):
+        result = subprocess.run([sys.executable, "-m", "flywheel.cli", "config", "--config", str(path), "--json",
+                                 *args], check=False, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    plain, merged = shown(), shown("--alias", "billing", "--workload", "chat")
+    assert plain["gate"]["min_teacher_ratio"] == 0.9 and plain["turn"]["min_new_records"] == 500
+    assert merged["gate"]["min_teacher_ratio"] == 0.98 and merged["turn"]["min_new_records"] == 5000
+    assert shown("--alias", "support")["gate"]["min_teacher_ratio"] == 0.9  # no overlay: the defaults
