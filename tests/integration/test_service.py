@@ -152,18 +152,24 @@ def test_a_client_is_erased_over_http_with_its_dataset_rows(service):
     assert dataset.rows("train") == []
 
 
-def test_the_doctor_runs_in_the_ingress_and_sees_the_cluster_it_serves_from(service):
+def test_the_doctor_runs_in_the_ingress_and_sees_the_cluster_it_serves_from(service, tmp_path):
     """`flywheel doctor --service`: the checks run in the ingress replica, against the Ray
     cluster it lives in (not a new local instance) and with that process's environment."""
     import subprocess
     import sys
 
+    import yaml
+
+    config = yaml.safe_load((service.home / "config.yaml").read_text())
+    config["evaluate"] = {**config.get("evaluate", {}), "service_url": service.url}  # the port `serve` was given
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run([sys.executable, "-m", "flywheel.cli", "doctor", "--service", "--json", "--config",
-                             str(service.home / "config.yaml")], check=False, capture_output=True, text=True,
+                             str(tmp_path / "config.yaml")], check=False, capture_output=True, text=True,
                             timeout=300, env={**service.env, "PATH": "/usr/bin:/bin"})
+    assert result.stdout.strip(), result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     checks = {check["name"]: check for check in report["checks"]}
-    assert report["where"].startswith("the service's ingress on "), result.stderr
+    assert report["where"].startswith("the service's ingress on ")
     assert checks["ray"]["status"] == "ok" and f"{RAY_CPUS} CPUs" in checks["ray"]["detail"]
     assert checks["log store"]["status"] == "ok" and checks[f"model {MODEL}"]["status"] == "ok"
     assert checks["service"]["status"] == "ok" and checks["upstream relay"]["status"] == "ok"
