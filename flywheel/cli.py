@@ -465,13 +465,19 @@ def prune_command(
     as_json: bool = JsonOption,
 ) -> None:
     """Free the disk turns fill: old dataset versions, adapters never served, and finished
-    trainings' checkpoints. Adapters the routing table names (and their datasets) stay."""
-    from flywheel.prune import prune_workload, workloads
+    trainings' checkpoints. Adapters the routing table names or clients asked for by name
+    this week (and their datasets) stay."""
+    from flywheel.prune import prune_workload, requested_adapters, workloads
 
     cfg = config_from(config)
     keep = keep or cfg.turn.keep_versions or 3
-    results = [prune_workload(cfg, name, keep, dry_run=not yes) for name in ([workload] if workload else
-                                                                              workloads(cfg))]
+    store = store_from(cfg)
+    try:
+        requested = requested_adapters(store)
+    finally:
+        store.close()
+    results = [prune_workload(cfg, name, keep, dry_run=not yes, requested=requested)
+               for name in ([workload] if workload else workloads(cfg))]
     freed = sum(result.bytes for result in results)
     if as_json:
         emit_json({"workloads": [result.model_dump() for result in results], "bytes": freed, "keep": keep,

@@ -208,10 +208,10 @@ def _disk(config: FlywheelConfig) -> Iterator[Check]:
         return
     from flywheel.prune import prune_workload, workloads
 
-    keep = config.turn.keep_versions or 3
+    keep = config.turn.keep_versions or 3  # "up to": `flywheel prune` also keeps adapters clients name
     freeable = sum(prune_workload(config, workload, keep, dry_run=True).bytes for workload in workloads(config))
     yield Check("disk", "warn", f"{detail}: a turn writes a dataset version, adapters and checkpoints; `flywheel "
-                f"prune --keep {keep} --yes` frees {freeable / 2**20:.1f} MiB, `turn.keep_versions` prunes hourly")
+                f"prune --keep {keep} --yes` frees up to {freeable / 2**20:.1f} MiB, `turn.keep_versions` prunes hourly")
 
 
 def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = httpx.get,

@@ -4,9 +4,10 @@ Every turn writes a dataset version (a copy of the workload's curated rows), an 
 candidate (most never promoted) and their Ray Train checkpoints. `prune_workload` keeps,
 per workload:
 - the newest `keep` dataset versions and every adapter trained on them;
-- every adapter the routing table names, now or in its history (rollback targets), with
-  the dataset it was trained on (curation reads kept adapters' rows to keep them out of
-  eval, `datasets.trained_rows`);
+- every adapter the routing table names, now or in its history (rollback targets), and
+  every adapter a client asked for by name (`base:adapter`) in the last `REQUESTED_DAYS`,
+  each with the dataset it was trained on (curation reads kept adapters' rows to keep
+  them out of eval, `datasets.trained_rows`);
 and removes the other dataset versions and adapters, and the checkpoints of every adapter
 whose training finished (checkpoints only resume unfinished training). It holds the
 workload's turn lock, so it never runs beside a turn of that workload; evaluation
@@ -16,6 +17,7 @@ reports, decisions and run records are small and stay.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -24,7 +26,10 @@ from flywheel.adapters import RECORD, list_adapters
 from flywheel.config import FlywheelConfig
 from flywheel.datasets import list_datasets
 from flywheel.routes import open_route_book
+from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, TurnBusy
+
+REQUESTED_DAYS = 7  # an adapter a client named this recently may be named again
 
 
 class Pruned(BaseModel):
@@ -51,21 +56,29 @@ def _routed_adapters(config: FlywheelConfig) -> set[str]:
     return {model.partition(":")[2] for state in states for model in (state.student, state.candidate) if model}
 
 
-def prune_workload(config: FlywheelConfig, workload: str, keep: int, dry_run: bool = False) -> Pruned:
-    """Remove what `workload` no longer needs (see the module); `keep` >= 1 newest versions stay."""
+def requested_adapters(store: LogStore, now: float | None = None) -> set[str]:
+    """Adapter ids clients named directly (`base:adapter`) in the last `REQUESTED_DAYS`."""
+    since = (time.time() if now is None else now) - REQUESTED_DAYS * 86400
+    return {model.partition(":")[2] for model in store.stats(LogFilter(since=since))["by_model"] if ":" in model}
+
+
+def prune_workload(config: FlywheelConfig, workload: str, keep: int, dry_run: bool = False,
+                   requested: frozenset[str] | set[str] = frozenset()) -> Pruned:
+    """Remove what `workload` no longer needs (see the module); `keep` >= 1 newest versions
+    stay, and so do the adapters in `requested` (`requested_adapters`)."""
     if keep < 1:
         raise ValueError("keep at least the newest dataset version (keep >= 1)")
     try:
         with RunBook(config.turns_dir).workload_idle(workload):
-            return _prune(config, workload, keep, dry_run)
+            return _prune(config, workload, keep, dry_run, set(requested))
     except TurnBusy as busy:
         return Pruned(workload=workload, skipped=str(busy))
 
 
-def _prune(config: FlywheelConfig, workload: str, keep: int, dry_run: bool) -> Pruned:
+def _prune(config: FlywheelConfig, workload: str, keep: int, dry_run: bool, requested: set[str]) -> Pruned:
     versions = list_datasets(config.datasets_dir, workload)  # newest first
     adapters = [adapter for adapter in list_adapters(config.adapters_dir) if adapter.workload_id == workload]
-    routed = _routed_adapters(config)
+    routed = _routed_adapters(config) | requested
     recent = {version["dataset_id"] for version in versions[:keep]}
     kept = {adapter.adapter_id: adapter.dataset_id for adapter in adapters
             if adapter.adapter_id in routed or adapter.dataset_id in recent}

@@ -27,7 +27,7 @@ from flywheel.config import FlywheelConfig, TurnConfig
 from flywheel.erasure import erase
 from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
-from flywheel.prune import prune_workload, workloads
+from flywheel.prune import prune_workload, requested_adapters, workloads
 from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord, TurnBusy
@@ -157,8 +157,9 @@ class Watcher:
                 rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
                 logger.info("deleted %d records logged more than %g days ago, and %d rows made from them in %d "
                             "dataset version(s) (store.retention_days)", deleted, days, rows, len(erasure.datasets))
+        requested = requested_adapters(self.store, now) if keep is not None else set()
         for workload in workloads(self.config) if keep is not None else []:
-            pruned = prune_workload(self.config, workload, keep)
+            pruned = prune_workload(self.config, workload, keep, requested=requested)
             if pruned.datasets or pruned.adapters or pruned.checkpoints:
                 logger.info("pruned %s: %d dataset versions, %d adapters, %d checkpoint folders, %.1f MiB "
                             "(turn.keep_versions)", workload, len(pruned.datasets), len(pruned.adapters),

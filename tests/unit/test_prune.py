@@ -12,7 +12,8 @@ import pytest
 from flywheel.adapters import AdapterVersion, list_adapters
 from flywheel.config import RouteTarget, load_config
 from flywheel.datasets import list_datasets, write_dataset
-from flywheel.prune import prune_workload
+from flywheel.prune import prune_workload, requested_adapters
+from flywheel.records import LogRecord
 from flywheel.routes import open_route_book
 from flywheel.store import open_store
 from flywheel.turns import RunBook
@@ -63,6 +64,14 @@ def test_keeps_the_newest_versions_and_whatever_an_alias_can_route_to(home):
     def files():
         return {path for path in config.home.rglob("*") if path.is_file() and path.suffix != ".lock"}
 
+    store = open_store(config.store_url)  # a client that asks for an adapter by name keeps it
+    now = time.time()
+    store.write_batch([LogRecord(workload_id="support", client_id="c", model=f"{BASE}:{adapter}", request={},
+                                 timestamp=now - age_days * 86400) for adapter, age_days in [("t2-a", 6), ("t1-b", 8)]])
+    assert requested_adapters(store, now) == {"t2-a"}  # t1-b was asked for too long ago
+    store.close()
+    assert prune_workload(config, "support", keep=2, dry_run=True, requested={"t2-a"}).adapters == ["t2-b", "t1-b",
+                                                                                                     "t0-b"]
     before = files()
     pinned = config.model_copy(update={"serve": config.serve.model_copy(update={"aliases": {
         **config.serve.aliases, "pinned": RouteTarget(base=BASE, adapter="t2-b")}})})
