@@ -113,7 +113,10 @@ def remove_rows(path: Path, ids: set[str], dry_run: bool = False) -> dict[str, i
     splits = {name: [row for row in pyarrow.parquet.read_table(path / f"{name}.parquet").to_pylist()
                      if row["id"] not in ids] for name in SPLITS}
     for row in splits["eval"]:
-        row["icl_ids"] = [pick for pick in row["icl_ids"] if pick not in ids]
+        if row["icl_ids"] is None:  # written without picks: Parquet's null, no key in the JSONL
+            del row["icl_ids"]
+        else:
+            row["icl_ids"] = [pick for pick in row["icl_ids"] if pick not in ids]
     encoded = {name: _jsonl(rows) for name, rows in splits.items()}
     for name in SPLITS:
         replace_file(path / f"{name}.jsonl", encoded[name])

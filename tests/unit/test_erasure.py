@@ -109,3 +109,22 @@ def test_erasing_a_client_removes_its_rows_everywhere_and_names_the_adapters_tha
     assert kept.deleted > 0 and kept.datasets == {} and load_dataset(config.datasets_dir, version.dataset_id) \
         .content_hash == erased.content_hash
     store.close()
+
+
+def test_eval_rows_written_without_picks_stay_without(tmp_path):
+    splits = {"train": [_example("x1")], "val": [], "eval": [_example("y1")], "icl": []}  # no `icl_ids` key
+    version = write_dataset(tmp_path, "w", splits, {"prefix": None}, {}, [])
+    eval_jsonl = (version.path / "eval.jsonl").read_bytes()
+    assert remove_rows(version.path, {"x1"})["train"] == 1
+    assert (version.path / "eval.jsonl").read_bytes() == eval_jsonl and "icl_ids" not in version.rows("eval")[0]
+
+
+def test_the_erasure_benchmark_runs_at_a_small_size():
+    """bench/erasure.py asserts that each erasure matched the client's records."""
+    result = subprocess.run([sys.executable, "bench/erasure.py", "--records", "2000", "--clients", "50",
+                             "--versions", "2", "--rows", "500", "--repeat", "1"], check=False, text=True,
+                            capture_output=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["benchmark"] == "erasure" and set(report["seconds"]) == {
+        "records only (store.delete)", "erase, dry run", "erase: records and dataset rows"}
