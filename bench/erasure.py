@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from store_ingest import record  # realistic tool-calling traffic
 
+from flywheel.config import FlywheelConfig
 from flywheel.datasets import write_dataset
 from flywheel.erasure import erase
 from flywheel.store import LogFilter, open_store
@@ -58,8 +59,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
-        home = Path(folder)
-        store = open_store(f"sqlite:///{home / 'logs.db'}")
+        config = FlywheelConfig.model_validate({"home": folder, "serve": {"models": [{"name": "m", "source": "x"}]}})
+        store = open_store(config.store_url)
         ids = []
         for start in range(0, args.records, 5000):
             batch = [record(i).model_copy(update={"workload_id": WORKLOAD, "client_id": f"client-{i % args.clients}"})
@@ -69,7 +70,7 @@ def main() -> None:
         for version in range(args.versions):
             chosen = random.Random(version).sample(ids, min(args.rows, len(ids)))
             cut = len(chosen) // 10
-            write_dataset(home / "datasets", WORKLOAD, {"train": rows(chosen[2 * cut:]), "val": rows(chosen[cut:2 * cut]),
+            write_dataset(config.datasets_dir, WORKLOAD, {"train": rows(chosen[2 * cut:]), "val": rows(chosen[cut:2 * cut]),
                                                         "eval": rows(chosen[:cut]), "icl": []},
                           {"prefix": None, "created_at": time.time()}, {}, [])
         per_client = args.records // args.clients
@@ -90,9 +91,8 @@ def main() -> None:
             seconds[name] = best
 
         timed("records only (store.delete)", store.delete)
-        timed("erase, dry run", lambda chosen: erase(store, chosen, home / "datasets", home / "adapters", dry_run=True))
-        timed("erase: records and dataset rows", lambda chosen: erase(store, chosen, home / "datasets",
-                                                                      home / "adapters"))
+        timed("erase, dry run", lambda chosen: erase(config, store, chosen, dry_run=True))
+        timed("erase: records and dataset rows", lambda chosen: erase(config, store, chosen))
         store.close()
 
     print(f"{'one client erased':<34} {'seconds':>8} {'dataset rows':>13}   ({args.records:,} records, "

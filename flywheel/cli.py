@@ -323,6 +323,7 @@ def logs_delete(
     adapters trained on them. Without --yes it is a dry run that counts."""
     from flywheel.erasure import erase, erasure_filter
     from flywheel.log_writer import spooled_batches
+    from flywheel.turns import TurnBusy
 
     try:
         chosen = erasure_filter(workload, client, model, older_than_days)
@@ -332,8 +333,10 @@ def logs_delete(
     store = store_from(cfg)
     try:
         with err.status("deleting" if yes else "counting") as status:
-            erasure = erase(store, chosen, cfg.datasets_dir, cfg.adapters_dir, dry_run=not yes,
-                            keep_datasets=keep_datasets, progress=status.update)
+            erasure = erase(cfg, store, chosen, dry_run=not yes, keep_datasets=keep_datasets,
+                            progress=status.update)
+    except TurnBusy as busy:
+        fail(f"{busy}: its curation could copy these records again; retry once it ends (`flywheel runs`)")
     finally:
         store.close()
     spooled = spooled_batches(cfg.spool_dir)

@@ -4,21 +4,26 @@ A logged answer lives on in the dataset versions curated from it (copies: redact
 anonymous) and in the adapters trained on those (weights cannot unlearn a row). `erase`
 removes the records' rows from every dataset version first and deletes the records from
 the store last, so a run that stops halfway finds the same records again and finishes.
-It names the adapters that learned from a removed row, for the operator to retrain or
-retire. Evaluation reports, decisions and turn records hold record ids, not content.
+It holds the records' workloads' turn locks meanwhile: a turn curating one of them could
+copy the records into a new version after they were looked for. It names the adapters
+that learned from a removed row, for the operator to retrain or retire. Evaluation
+reports, decisions and turn records hold record ids, not content.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
 from flywheel.adapters import list_adapters
+from flywheel.config import FlywheelConfig
 from flywheel.datasets import list_datasets, remove_rows
 from flywheel.store import LogFilter, LogStore
+from flywheel.turns import RunBook
 
 LEARNED_FROM = ("train", "val")  # the splits an adapter's weights depend on (see datasets.trained_rows)
 
@@ -45,26 +50,36 @@ def erasure_filter(workload_id: str | None = None, client_id: str | None = None,
     return LogFilter(workload_id=workload_id, client_id=client_id, model=model, until=until)
 
 
-def erase(store: LogStore, filter: LogFilter, datasets_dir: Path, adapters_dir: Path, dry_run: bool = False,
+def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: bool = False,
           keep_datasets: bool = False, progress: Callable[[str], None] = lambda _: None) -> Erasure:
-    """Delete the records `filter` matches and their rows in the dataset versions under
-    `datasets_dir` (only the filtered workload's, when it names one; none with
-    `keep_datasets`). With `dry_run`, only count."""
+    """Delete the records `filter` matches and their rows in the dataset versions of their
+    workloads (none with `keep_datasets`). With `dry_run`, only count. It holds the turn
+    lock of each of those workloads, so no turn curates them again meanwhile and no other
+    erasure rewrites the same versions: `TurnBusy` when a turn of one is running."""
     matched = store.count(filter)
-    versions = [] if keep_datasets or not matched else list_datasets(datasets_dir, filter.workload_id)
+    if not matched:
+        return Erasure(matched=0, deleted=0)
+    touched = sorted(store.stats(filter)["by_workload"])
     removed: dict[str, dict[str, int]] = {}
-    if versions:
-        progress(f"reading the ids of {matched:,} records")
-        ids = {row[0] for partition in store.partitions(filter, 1) for row in store.scan(partition)}
-        for number, manifest in enumerate(versions, 1):
-            progress(f"dataset {number}/{len(versions)}: {manifest['dataset_id']}")
-            hits = remove_rows(Path(manifest["path"]), ids, dry_run)
-            if any(hits.values()):
-                removed[manifest["dataset_id"]] = {split: count for split, count in hits.items() if count}
+    with ExitStack() as held:
+        if not dry_run and not keep_datasets:
+            book = RunBook(config.turns_dir)
+            for workload in touched:
+                held.enter_context(book.workload_idle(workload))
+        versions = [] if keep_datasets else [version for workload in touched
+                                             for version in list_datasets(config.datasets_dir, workload)]
+        if versions:
+            progress(f"reading the ids of {matched:,} records")
+            ids = {row[0] for partition in store.partitions(filter, 1) for row in store.scan(partition)}
+            for number, manifest in enumerate(versions, 1):
+                progress(f"dataset {number}/{len(versions)}: {manifest['dataset_id']}")
+                hits = remove_rows(Path(manifest["path"]), ids, dry_run)
+                if any(hits.values()):
+                    removed[manifest["dataset_id"]] = {split: count for split, count in hits.items() if count}
+        deleted = 0 if dry_run else store.delete(filter)
     learned = {dataset_id for dataset_id, hits in removed.items() if any(split in hits for split in LEARNED_FROM)}
-    deleted = store.delete(filter) if matched and not dry_run else 0
     return Erasure(matched=matched, deleted=deleted, datasets=removed,
-                   adapters=_learned_from(adapters_dir, learned))
+                   adapters=_learned_from(config.adapters_dir, learned))
 
 
 def _learned_from(adapters_dir: Path, dataset_ids: set[str]) -> list[str]:

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from flywheel.config import FlywheelConfig, TurnConfig
 from flywheel.erasure import erase
@@ -149,14 +149,18 @@ class Watcher:
             return 0
         self._retained_at = now
         deleted = 0
-        if days is not None:
-            erasure = erase(self.store, LogFilter(until=now - days * 86400), self.config.datasets_dir,
-                            self.config.adapters_dir)
-            deleted = erasure.deleted
-            if deleted:
-                rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
-                logger.info("deleted %d records logged more than %g days ago, and %d rows made from them in %d "
-                            "dataset version(s) (store.retention_days)", deleted, days, rows, len(erasure.datasets))
+        expired = LogFilter(until=now - days * 86400) if days is not None else None
+        for workload in sorted(self.store.stats(expired)["by_workload"]) if expired else []:
+            try:
+                erasure = erase(self.config, self.store, replace(expired, workload_id=workload))
+            except TurnBusy as busy:  # its curation could copy the records again: the next pass
+                logger.info("store.retention_days waits an hour: %s", busy)
+                continue
+            deleted += erasure.deleted
+            rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
+            logger.info("deleted %d records of %s logged more than %g days ago, and %d rows made from them in %d "
+                        "dataset version(s) (store.retention_days)", erasure.deleted, workload, days, rows,
+                        len(erasure.datasets))
         requested = requested_adapters(self.store, now) if keep is not None else set()
         for workload in workloads(self.config) if keep is not None else []:
             pruned = prune_workload(self.config, workload, keep, requested=requested)

@@ -37,7 +37,7 @@ from flywheel.records import Feedback
 from flywheel.routes import RouteError, describe
 from flywheel.savings import savings_report
 from flywheel.store import LogFilter, LogStore
-from flywheel.turns import RunBook, RunRecord
+from flywheel.turns import RunBook, RunRecord, TurnBusy
 from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body, validation_error_body
@@ -491,7 +491,12 @@ def make_api(
             except ValueError as error:
                 raise ApiError(400, str(error)) from None
             dry_run = body.get("dry_run", True)
-            done = await asyncio.to_thread(erase, await log_store(), chosen, dry_run, body.get("keep_datasets", False))
+            try:
+                done = await asyncio.to_thread(erase, await log_store(), chosen, dry_run,
+                                               body.get("keep_datasets", False))
+            except TurnBusy as busy:
+                raise ApiError(409, f"{busy}: its curation could copy these records again; retry once it ends") \
+                    from None
             criteria = {key: body[key] for key in (*names, "older_than_days") if body.get(key) is not None}
             return JSONResponse({**done.model_dump(), "dry_run": dry_run, "filter": criteria})
 

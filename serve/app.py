@@ -139,8 +139,7 @@ class Ingress:
         self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
                              store=lambda: open_store(cfg.store_url), inference_log=inference_log,
                              runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir, prices=cfg.turn,
-                             erase=lambda store, chosen, dry_run, keep: erase(
-                                 store, chosen, cfg.datasets_dir, cfg.adapters_dir, dry_run, keep),
+                             erase=lambda store, chosen, dry_run, keep: erase(cfg, store, chosen, dry_run, keep),
                              doctor=lambda: run_checks(cfg))
 
     def __serve_build_asgi_app__(self):

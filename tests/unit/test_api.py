@@ -317,7 +317,8 @@ def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_m
                                inference_log=InferenceLog(LoggingConfig(), logged.append),
                                decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES,
                                erase=lambda store, chosen, dry_run, keep: erase(
-                                   store, chosen, tmp_path / "datasets", tmp_path / "adapters", dry_run, keep),
+                                   FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {
+                                       "models": [{"name": "small", "source": "x"}]}}), store, chosen, dry_run, keep),
                                doctor=lambda: [Check("log store", "ok", "12 records"),
                                                Check("upstream big", "fail", "$BIG_KEY is not set here")]))
 
@@ -601,6 +602,9 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     counted = secured.post("/v1/flywheel/erasures", json={"client_id": "alice"}, headers=ADMIN).json()
     assert (counted["matched"], counted["deleted"], counted["dry_run"]) == (2, 0, True) and log_store.count() == 3
     assert counted["datasets"] == {dataset.dataset_id: {"train": 2}} and counted["filter"] == {"client_id": "alice"}
+    with RunBook(tmp_path / "turns").workload_idle("support"):
+        busy = secured.post("/v1/flywheel/erasures", json={"client_id": "alice", "dry_run": False}, headers=ADMIN)
+    assert "a turn of workload 'support' is running" in assert_openai_error(busy, 409)["message"]
     done = secured.post("/v1/flywheel/erasures", json={"client_id": "alice", "dry_run": False}, headers=ADMIN).json()
     assert (done["matched"], done["deleted"], done["dry_run"]) == (2, 2, False)
     assert [record.client_id for record in log_store.query().records] == ["bob"]

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet
+import pytest
 
 from flywheel.adapters import AdapterVersion
 from flywheel.config import load_config
@@ -15,6 +16,7 @@ from flywheel.datasets import SPLITS, load_dataset, remove_rows, write_dataset
 from flywheel.erasure import erase
 from flywheel.records import record_from_json
 from flywheel.store import LogFilter, open_store
+from flywheel.turns import RunBook, TurnBusy
 from flywheel.workloads.support_tools import TEACHER, generate
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "local.yaml"
@@ -81,7 +83,7 @@ def test_erasing_a_client_removes_its_rows_everywhere_and_names_the_adapters_tha
     chosen = LogFilter(client_id=client)
     before = _files(version.path)
 
-    dry = erase(store, chosen, config.datasets_dir, config.adapters_dir, dry_run=True)
+    dry = erase(config, store, chosen, dry_run=True)
     assert (dry.matched, dry.deleted) == (len(ids), 0) and store.count(chosen) == len(ids)
     assert dry.datasets == {version.dataset_id: {split: n for split, n in in_dataset.items() if n}}
     assert dry.adapters == ["learned", "warm-from-learned"] and _files(version.path) == before
@@ -93,7 +95,11 @@ def test_erasing_a_client_removes_its_rows_everywhere_and_names_the_adapters_tha
     assert cli.returncode == 0 and (shown["dry_run"], shown["deleted"]) == (True, 0), cli.stderr
     assert (shown["datasets"], shown["adapters"]) == (dry.datasets, dry.adapters)
 
-    done = erase(store, chosen, config.datasets_dir, config.adapters_dir)
+    with RunBook(config.turns_dir).workload_idle("support-tools"), pytest.raises(TurnBusy):
+        erase(config, store, chosen)  # a turn curating the workload could copy the records again
+    assert store.count(chosen) == len(ids) and _files(version.path) == before
+    assert erase(config, store, chosen, dry_run=True) == dry  # counting needs no lock
+    done = erase(config, store, chosen)
     assert (done.matched, done.deleted, done.datasets, done.adapters) == (len(ids), len(ids), dry.datasets,
                                                                          dry.adapters)
     assert store.count(chosen) == 0 and store.count() == len(records) - len(ids)
@@ -103,9 +109,9 @@ def test_erasing_a_client_removes_its_rows_everywhere_and_names_the_adapters_tha
         table = pyarrow.parquet.read_table(erased.path / f"{split}.parquet")
         assert not ids & {row["id"] for row in rows} and not ids & set(table["id"].to_pylist())
         assert len(rows) == table.num_rows == version.counts[split] - in_dataset[split] == erased.counts[split]
-    again = erase(store, chosen, config.datasets_dir, config.adapters_dir)
+    again = erase(config, store, chosen)
     assert (again.matched, again.deleted, again.datasets, again.adapters) == (0, 0, {}, [])
-    kept = erase(store, LogFilter(client_id="web-1"), config.datasets_dir, config.adapters_dir, keep_datasets=True)
+    kept = erase(config, store, LogFilter(client_id="web-1"), keep_datasets=True)
     assert kept.deleted > 0 and kept.datasets == {} and load_dataset(config.datasets_dir, version.dataset_id) \
         .content_hash == erased.content_hash
     store.close()
