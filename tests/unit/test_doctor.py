@@ -125,12 +125,14 @@ def test_resources_say_what_would_wait_forever_and_what_an_autoscaler_could_fix(
     assert gpu.status == "fail" and "a turn's training needs 1 GPU (0 there)" in gpu.detail
 
 
-def test_a_local_instance_counts_its_configured_cpus_and_this_machines_gpus():
+def test_a_local_instance_counts_its_configured_cpus_and_this_machines_gpus(monkeypatch):
+    import ray
     import torch
 
     from flywheel.config import RayConfig
     from flywheel.doctor import ray_resources
 
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in the CLI (the integration tier joins Ray)
     assert ray_resources(RayConfig(num_cpus=3)) == {"CPU": 3.0, "GPU": float(torch.cuda.device_count())}
     assert ray_resources(RayConfig())["CPU"] == float(os.cpu_count())
 
