@@ -99,6 +99,12 @@ def write_dataset(root: Path, workload_id: str, splits: dict[str, list[dict[str,
     return version
 
 
+def row_ids(path: Path) -> dict[str, list[str]]:
+    """The row ids of each split of the version at `path` (the log records they came from)."""
+    return {name: pyarrow.parquet.read_table(path / f"{name}.parquet", columns=["id"])["id"].to_pylist()
+            for name in SPLITS}
+
+
 def remove_rows(path: Path, ids: set[str], dry_run: bool = False) -> dict[str, int]:
     """Drop the rows whose ids are in `ids` from the version at `path` (an erasure): from
     every split's JSONL and Parquet, from eval rows' in-context picks, and from the manifest's
@@ -106,8 +112,7 @@ def remove_rows(path: Path, ids: set[str], dry_run: bool = False) -> dict[str, i
     The folder keeps its name, so the turns, reports and adapters that name it still find it.
     Each file is replaced whole, the manifest last: a crash leaves some splits done and a rerun
     finishes them. Rows removed (with `dry_run`, that would be) per split."""
-    hits = {name: len(ids.intersection(pyarrow.parquet.read_table(path / f"{name}.parquet", columns=["id"])
-                                       ["id"].to_pylist())) for name in SPLITS}
+    hits = {name: len(ids.intersection(ids_in)) for name, ids_in in row_ids(path).items()}
     if dry_run or not any(hits.values()):
         return hits
     splits = {name: [row for row in pyarrow.parquet.read_table(path / f"{name}.parquet").to_pylist()

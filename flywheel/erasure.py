@@ -21,10 +21,11 @@ from pydantic import BaseModel, Field
 
 from flywheel.adapters import list_adapters
 from flywheel.config import FlywheelConfig
-from flywheel.datasets import list_datasets, remove_rows
+from flywheel.datasets import list_datasets, remove_rows, row_ids
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook
 
+SCAN_CHUNK = 50_000  # records per slice of the id scan (SQLite reads a slice whole)
 LEARNED_FROM = ("train", "val")  # the splits an adapter's weights depend on (see datasets.trained_rows)
 
 
@@ -69,8 +70,12 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
         versions = [] if keep_datasets else [version for workload in touched
                                              for version in list_datasets(config.datasets_dir, workload)]
         if versions:
+            # only the ids some version holds: memory stays bounded by the datasets, not the store
+            held_ids = {row_id for version in versions for ids_in in row_ids(Path(version["path"])).values()
+                        for row_id in ids_in}
             progress(f"reading the ids of {matched:,} records")
-            ids = {row[0] for partition in store.partitions(filter, 1) for row in store.scan(partition)}
+            parts = store.partitions(filter, -(-matched // SCAN_CHUNK))  # a scan holds one slice in memory
+            ids = {row[0] for partition in parts for row in store.scan(partition) if row[0] in held_ids}
             for number, manifest in enumerate(versions, 1):
                 progress(f"dataset {number}/{len(versions)}: {manifest['dataset_id']}")
                 hits = remove_rows(Path(manifest["path"]), ids, dry_run)
