@@ -346,10 +346,9 @@ def logs_delete(
     if as_json:
         emit_json(result)
         return
-    rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
     verb = "deleted" if yes else "would delete (dry run: rerun with --yes)"
     out.print(f"{verb} {erasure.deleted if yes else erasure.matched} records from {cfg.store_url}, and "
-              f"{rows} rows from {len(erasure.datasets)} dataset version(s)", highlight=False)
+              f"{erasure.dataset_rows} rows from {len(erasure.datasets)} dataset version(s)", highlight=False)
     for dataset_id, hits in erasure.datasets.items():
         out.print(f"  {dataset_id}: " + ", ".join(f"{count} {split}" for split, count in hits.items()))
     if erasure.adapters:
@@ -470,7 +469,7 @@ def prune_command(
     """Free the disk turns fill: old dataset versions, adapters never served, and finished
     trainings' checkpoints. Adapters the routing table names or clients asked for by name
     this week (and their datasets) stay."""
-    from flywheel.prune import prune_workload, requested_adapters, workloads
+    from flywheel.prune import prune_workload, requested_adapters, workloads_on_disk
 
     cfg = config_from(config)
     keep = keep or cfg.turn.keep_versions or 3
@@ -480,7 +479,7 @@ def prune_command(
     finally:
         store.close()
     results = [prune_workload(cfg, name, keep, dry_run=not yes, requested=requested)
-               for name in ([workload] if workload else workloads(cfg))]
+               for name in ([workload] if workload else workloads_on_disk(cfg))]
     freed = sum(result.bytes for result in results)
     if as_json:
         emit_json({"workloads": [result.model_dump() for result in results], "bytes": freed, "keep": keep,

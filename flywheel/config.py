@@ -575,6 +575,11 @@ class FlywheelConfig(_Strict):
         return self.home / "runs"
 
     @property
+    def checkpoints_dir(self) -> Path:
+        """Ray Train's storage: `<checkpoints_dir>/<adapter id>/` holds a training's checkpoints."""
+        return self.runs_dir / "ray-train"
+
+    @property
     def reports_dir(self) -> Path:
         """Evaluation reports: `<reports_dir>/<run id>/` (report.json, report.md, chart.png)."""
         return self.home / "reports"

@@ -6,7 +6,8 @@ every alias's models present, teachers that curation learns from, Ray's resource
 service and a turn's training, disk space.
 
 Checks read and probe; none changes anything (but a first look at a SQLite store creates
-it empty, as any command does). Network probes wait `PROBE_S` at most.
+it empty, as any command does, and on a low disk the pruning estimate takes each
+workload's turn lock for a moment). Network probes wait `PROBE_S` at most.
 """
 
 from __future__ import annotations
@@ -206,10 +207,10 @@ def _disk(config: FlywheelConfig) -> Iterator[Check]:
     if free >= LOW_DISK_BYTES:
         yield Check("disk", "ok", detail)
         return
-    from flywheel.prune import prune_workload, workloads
+    from flywheel.prune import prune_workload, workloads_on_disk
 
     keep = config.turn.keep_versions or 3  # "up to": `flywheel prune` also keeps adapters clients name
-    freeable = sum(prune_workload(config, workload, keep, dry_run=True).bytes for workload in workloads(config))
+    freeable = sum(prune_workload(config, workload, keep, dry_run=True).bytes for workload in workloads_on_disk(config))
     yield Check("disk", "warn", f"{detail}: a turn writes a dataset version, adapters and checkpoints; `flywheel "
                 f"prune --keep {keep} --yes` frees up to {freeable / 2**20:.1f} MiB, `turn.keep_versions` prunes hourly")
 

@@ -37,8 +37,13 @@ class Erasure(BaseModel):
     datasets: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="Dataset id -> rows removed per split (would be, on a dry run).")
     adapters: list[str] = Field(
-        default_factory=list, description="Adapters trained on a removed train or val row: their weights may "
-        "still reflect the erased records; retrain or retire them.")
+        default_factory=list, description="Adapters trained on a removed train or val row, or warm-started from one "
+        "that was: their weights may still reflect the erased records; retrain or retire them.")
+
+    @property
+    def dataset_rows(self) -> int:
+        """Dataset rows removed, over every version and split."""
+        return sum(sum(hits.values()) for hits in self.datasets.values())
 
 
 def erasure_filter(workload_id: str | None = None, client_id: str | None = None, model: str | None = None,

@@ -90,7 +90,7 @@ def _prune(config: FlywheelConfig, workload: str, keep: int, dry_run: bool, requ
             pruned.datasets.append(version["dataset_id"])
             doomed.append(Path(version["path"]))
     for adapter in adapters:
-        checkpoints = config.runs_dir / "ray-train" / adapter.adapter_id
+        checkpoints = config.checkpoints_dir / adapter.adapter_id
         if adapter.adapter_id not in kept:
             pruned.adapters.append(adapter.adapter_id)
             doomed += [adapter.path, config.runs_dir / adapter.adapter_id]
@@ -106,7 +106,7 @@ def _prune(config: FlywheelConfig, workload: str, keep: int, dry_run: bool, requ
     return pruned
 
 
-def workloads(config: FlywheelConfig) -> list[str]:
+def workloads_on_disk(config: FlywheelConfig) -> list[str]:
     """Every workload that has a dataset version or an adapter."""
     found = {version["workload_id"] for version in list_datasets(config.datasets_dir)}
     return sorted(found | {a.workload_id for a in list_adapters(config.adapters_dir) if a.workload_id})

@@ -152,7 +152,7 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
             train_loop_per_worker, train_loop_config=loop,
             scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
                                          resources_per_worker={"CPU": settings.cpus_per_worker}),
-            run_config=RunConfig(name=adapter_id, storage_path=str(config.runs_dir / "ray-train"),
+            run_config=RunConfig(name=adapter_id, storage_path=str(config.checkpoints_dir),
                                  failure_config=FailureConfig(max_failures=settings.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2)))
         plans.append(_Plan(adapter_id, base, hyperparameters, Path(loop["output_dir"]), run_dir, trainer))

@@ -27,7 +27,7 @@ from flywheel.config import FlywheelConfig, TurnConfig
 from flywheel.erasure import erase
 from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
-from flywheel.prune import prune_workload, requested_adapters, workloads
+from flywheel.prune import prune_workload, requested_adapters, workloads_on_disk
 from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook, RunRecord, TurnBusy
@@ -148,27 +148,34 @@ class Watcher:
         if (days is None and keep is None) or now - self._retained_at < RETAIN_EVERY_S:
             return 0
         self._retained_at = now
-        deleted = 0
-        expired = LogFilter(until=now - days * 86400) if days is not None else None
-        for workload in sorted(self.store.stats(expired)["by_workload"]) if expired else []:
+        if keep is not None:
+            self._prune(now, keep)
+        return 0 if days is None else self._expire(now, days)
+
+    def _expire(self, now: float, days: float) -> int:
+        """Erase what is older than `days`, a workload at a time: one whose turn is running
+        (its curation could copy the records again) waits for the next pass."""
+        expired, deleted = LogFilter(until=now - days * 86400), 0
+        for workload in sorted(self.store.stats(expired)["by_workload"]):
             try:
                 erasure = erase(self.config, self.store, replace(expired, workload_id=workload))
-            except TurnBusy as busy:  # its curation could copy the records again: the next pass
+            except TurnBusy as busy:
                 logger.info("store.retention_days waits an hour: %s", busy)
                 continue
             deleted += erasure.deleted
-            rows = sum(sum(hits.values()) for hits in erasure.datasets.values())
             logger.info("deleted %d records of %s logged more than %g days ago, and %d rows made from them in %d "
-                        "dataset version(s) (store.retention_days)", erasure.deleted, workload, days, rows,
-                        len(erasure.datasets))
-        requested = requested_adapters(self.store, now) if keep is not None else set()
-        for workload in workloads(self.config) if keep is not None else []:
+                        "dataset version(s) (store.retention_days)", erasure.deleted, workload, days,
+                        erasure.dataset_rows, len(erasure.datasets))
+        return deleted
+
+    def _prune(self, now: float, keep: int) -> None:
+        requested = requested_adapters(self.store, now)
+        for workload in workloads_on_disk(self.config):
             pruned = prune_workload(self.config, workload, keep, requested=requested)
             if pruned.datasets or pruned.adapters or pruned.checkpoints:
                 logger.info("pruned %s: %d dataset versions, %d adapters, %d checkpoint folders, %.1f MiB "
                             "(turn.keep_versions)", workload, len(pruned.datasets), len(pruned.adapters),
                             len(pruned.checkpoints), pruned.bytes / 2**20)
-        return deleted
 
     def judge_trials(self, workloads: list[str]) -> list[Decision]:
         """Decide what live evidence settles for these workloads' aliases: trials of the

@@ -47,10 +47,10 @@ def home(tmp_path):
             (version.path / "adapter_config.json").write_text("{}")
             (version.path / "adapter_model.safetensors").write_bytes(b"w" * 4096)
             version.save()
-            checkpoint = config.runs_dir / "ray-train" / adapter_id / "checkpoint_000001"
+            checkpoint = config.checkpoints_dir / adapter_id / "checkpoint_000001"
             checkpoint.mkdir(parents=True)
             (checkpoint / "optimizer.pt").write_bytes(b"o" * 8192)
-    unfinished = config.runs_dir / "ray-train" / "t6-a" / "checkpoint_000001"  # a training that stopped part-way
+    unfinished = config.checkpoints_dir / "t6-a" / "checkpoint_000001"  # a training that stopped part-way
     unfinished.mkdir(parents=True)
     (unfinished / "optimizer.pt").write_bytes(b"o" * 8192)
     book = open_route_book(config)
@@ -83,7 +83,7 @@ def test_keeps_the_newest_versions_and_whatever_an_alias_can_route_to(home):
     assert sorted(dry.checkpoints) == sorted(f"t{turn}-{c}" for turn in range(5) for c in "ab")
     going = [config.adapters_dir / BASE / name for name in ("t0-b", "t1-b", "t2-a", "t2-b")]
     going += [config.datasets_dir / "support" / made[2]]
-    going += [config.runs_dir / "ray-train" / f"t{turn}-{c}" for turn in range(5) for c in "ab"]
+    going += [config.checkpoints_dir / f"t{turn}-{c}" for turn in range(5) for c in "ab"]
     assert dry.bytes == sum(path.stat().st_size for path in before if any(folder in path.parents for folder in going))
 
     done = prune_workload(config, "support", keep=2)
@@ -93,7 +93,7 @@ def test_keeps_the_newest_versions_and_whatever_an_alias_can_route_to(home):
     assert sorted(a.adapter_id for a in list_adapters(config.adapters_dir)) == [
         "t0-a", "t1-a", "t3-a", "t3-b", "t4-a", "t4-b", "t5-a", "t5-b"]
     assert not (config.adapters_dir / BASE / "t2-a").exists() and (config.adapters_dir / BASE / "t3-a").is_dir()
-    assert sorted(p.name for p in (config.runs_dir / "ray-train").iterdir()) == ["t5-a", "t5-b", "t6-a"]
+    assert sorted(p.name for p in (config.checkpoints_dir).iterdir()) == ["t5-a", "t5-b", "t6-a"]
     again = prune_workload(config, "support", keep=2)
     assert (again.datasets, again.adapters, again.checkpoints, again.bytes) == ([], [], [], 0)
     book = open_route_book(config)
@@ -126,4 +126,4 @@ def test_a_running_turn_keeps_its_workload_untouched_and_the_cli_and_watcher_pru
     watcher.retain(time.time())
     store.close()
     assert [v["dataset_id"] for v in list_datasets(config.datasets_dir)] == [made[5], made[4], made[1], made[0]]
-    assert shown["bytes"] > 0 and not (config.runs_dir / "ray-train" / "t5-a").exists()
+    assert shown["bytes"] > 0 and not (config.checkpoints_dir / "t5-a").exists()
