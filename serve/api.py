@@ -117,7 +117,7 @@ def make_api(
     `inference_log` records every routed request (none when None; no shadow traffic then).
     `runs` backs the /v1/flywheel/runs endpoints, `decisions` (the gate's folder)
     /v1/flywheel/decisions, `prices` with `store` /v1/flywheel/savings, `erase` (store,
-    filter, dry run, keep datasets: `flywheel.erasure.erase` with the config's folders) with
+    filter, dry run, keep datasets: `flywheel.erasure.erase` with the config) with
     `store` /v1/flywheel/erasures, `doctor` (`flywheel.doctor.run_checks` with the config)
     /v1/flywheel/doctor (each absent when None).
     `config.admin_token` / `config.api_keys` are used as given: the app builder resolves
