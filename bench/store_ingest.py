@@ -3,9 +3,11 @@
 Writes N realistic tool-calling records (~1.6 KB JSON each) with `write_batch` in
 batches into SQLite and into OpenSearch (osmem-server, in memory, on this machine), then
 reads them back page by page (`query`), by partitions (`scan`), and through Ray Data
-(`read_logs`, one read task per partition).
+(`read_logs`, one read task per partition). Each write checks the store's erasure
+tombstones: a second SQLite run writes the same records into a store that remembers
+`--erasures` client erasures (and one workload erasure per 100), to show their cost.
 
-    python bench/store_ingest.py [--records 50000] [--batch 1000] [--partitions 2]
+    python bench/store_ingest.py [--records 50000] [--batch 1000] [--partitions 2] [--erasures 1000]
 """
 
 from __future__ import annotations
@@ -46,16 +48,19 @@ def record(i: int) -> LogRecord:
     )
 
 
+def write_seconds(store, records: list[LogRecord], batch: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(records), batch):
+        store.write_batch(records[start:start + batch])
+    return time.perf_counter() - started
+
+
 def measure(store, records: list[LogRecord], batch: int, partitions: int) -> dict[str, float]:
     """Seconds for: all records through `write_batch`; paged `query`; `partitions` + `scan`;
     and `read_logs` (Ray Data, `partitions` read tasks) to a materialized dataset."""
     from flywheel.log_dataset import read_logs
 
-    seconds = {}
-    started = time.perf_counter()
-    for start in range(0, len(records), batch):
-        store.write_batch(records[start:start + batch])
-    seconds["write_batch"] = time.perf_counter() - started
+    seconds = {"write_batch": write_seconds(store, records, batch)}
 
     started, read, cursor = time.perf_counter(), 0, None
     while True:
@@ -82,6 +87,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=2, help="read tasks / scan slices (2 cores here)")
+    parser.add_argument("--erasures", type=int, default=1_000, help="client erasures the second SQLite store remembers")
     args = parser.parse_args()
 
     import ray
@@ -100,6 +106,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = open_store(f"sqlite:///{tmp}/logs.db")
         results["sqlite"] = measure(store, records, args.batch, args.partitions)
+        store.close()
+        store = open_store(f"sqlite:///{tmp}/remembering.db")
+        for number in range(args.erasures):
+            store.delete(LogFilter(client_id=f"erased-{number}"))
+            if number % 100 == 0:
+                store.delete(LogFilter(workload_id=f"retired-{number}"))
+        results[f"sqlite, {len(store.tombstones()):,} erasures remembered"] = {
+            "write_batch": write_seconds(store, records, args.batch)}
+        assert store.count() == len(records)
         store.close()
     server = OsmemServer.start()
     try:

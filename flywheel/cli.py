@@ -355,8 +355,29 @@ def logs_delete(
         out.print(f"[yellow]trained on them:[/yellow] {', '.join(erasure.adapters)}: retrain or retire these "
                   "adapters if their weights must not reflect the records", highlight=False)
     if spooled:
-        out.print(f"[yellow]{spooled} batch(es) in {cfg.spool_dir} are not in the store yet[/yellow]: rerun once "
-                  "the service has replayed them", highlight=False)
+        out.print(f"{spooled} batch(es) in {cfg.spool_dir} are not in the store yet: the store drops these records "
+                  "among them when they are replayed", highlight=False)
+
+
+@logs_app.command("erasures")
+def logs_erasures(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+    """The erasures the log store remembers, oldest first: a record one of them covers that
+    reaches the store later (queued, spooled, re-imported) is dropped, not stored."""
+    cfg = config_from(config)
+    store = store_from(cfg)
+    try:
+        erasures = [tombstone.describe() for tombstone in store.tombstones()]
+    finally:
+        store.close()
+    if as_json:
+        emit_json({"erasures": erasures, "store": cfg.store_url})
+        return
+    table = Table("issued (UTC)", "records of")
+    for erasure in erasures:
+        issued = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(erasure["issued_at"]))
+        table.add_row(issued, ", ".join(f"{name}={value}" for name, value in erasure["filter"].items()))
+    out.print(f"{len(erasures)} erasure(s) remembered by {cfg.store_url}", highlight=False)
+    out.print(table)
 
 
 @workload_app.command("generate")

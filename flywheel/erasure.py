@@ -7,7 +7,9 @@ the store last, so a run that stops halfway finds the same records again and fin
 It holds the records' workloads' turn locks meanwhile: a turn curating one of them could
 copy the records into a new version after they were looked for. It names the adapters
 that learned from a removed row, for the operator to retrain or retire. Evaluation
-reports, decisions and turn records hold record ids, not content.
+reports, decisions and turn records hold record ids, not content. The store remembers
+the erasure (`LogStore.delete` leaves a tombstone), so records a replica had queued or
+spooled, or a later re-import, do not bring the records back.
 """
 
 from __future__ import annotations
@@ -63,8 +65,8 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
     lock of each of those workloads, so no turn curates them again meanwhile and no other
     erasure rewrites the same versions: `TurnBusy` when a turn of one is running."""
     matched = store.count(filter)
-    if not matched:
-        return Erasure(matched=0, deleted=0)
+    if not matched:  # none stored yet, but some may still be queued or spooled: the tombstone stops those
+        return Erasure(matched=0, deleted=0 if dry_run else store.delete(filter))
     touched = sorted(store.stats(filter)["by_workload"])
     removed: dict[str, dict[str, int]] = {}
     with ExitStack() as held:

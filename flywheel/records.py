@@ -2,8 +2,9 @@
 
 A `LogRecord` is an OpenAI request body, the OpenAI response it got, and who/what/how:
 workload, client, model, adapter, latency, tokens, status, feedback. Ids are ULIDs, so
-they sort by time; imported records get ids derived from their content, so importing a
-file twice stores each record once.
+they sort by time; imported records keep the id our own export gave them, and others
+get ids derived from their content, so importing a file twice (or restoring an export
+into the store it came from) stores each record once.
 
 Accepted input shapes (see ../shared/FORMATS.md):
 - OpenAI request/response records, including NVIDIA's Data Flywheel Blueprint documents
@@ -75,6 +76,15 @@ def content_id(timestamp: float, *parts: Any) -> str:
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
     millis = max(0, int(timestamp * 1000)).to_bytes(6, "big")
     return str(ULID.from_bytes(millis + digest[:10]))
+
+
+def _exported_id(obj: dict[str, Any]) -> str | None:
+    """The record's own id when it carries one (our export: a served record's id is
+    random, so its content would give another)."""
+    try:
+        return str(ULID.from_str(obj["id"])) if isinstance(obj.get("id"), str) else None
+    except ValueError:
+        return None
 
 
 def canonical_tool_calls(message: dict[str, Any]) -> dict[str, Any]:
@@ -168,7 +178,7 @@ def record_from_json(obj: Any, workload_id: str | None = None, client_id: str | 
     if not isinstance(feedback, list):
         raise ValueError("`feedback` must be a list of {rating, comment, correction} objects")
     return LogRecord(
-        id=content_id(stamped or 0, workload, client, request, response["choices"]),
+        id=_exported_id(obj) or content_id(stamped or 0, workload, client, request, response["choices"]),
         timestamp=timestamp,
         workload_id=str(workload),
         client_id=str(client),

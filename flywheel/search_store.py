@@ -12,12 +12,15 @@ use; an index template carries the mapping to rolled-over indices. `write_batch`
 bulk `create` keyed on the record id, so a replayed batch or a re-import adds nothing;
 `query` pages with `search_after` on (timestamp, id); `partitions` open one point in
 time and hand out its slices, so parallel readers see one consistent snapshot (the PIT
-expires by itself after `PIT_KEEP_ALIVE` without reads).
+expires by itself after `PIT_KEEP_ALIVE` without reads). Erasures' tombstones live in
+their own index, `erasures-<index>`.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,7 +28,7 @@ from urllib.parse import urlsplit
 
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient, OpenSearchClient, SearchClient
-from flywheel.store import SCAN_FIELDS, LogFilter, Page, Partition
+from flywheel.store import NAMING_FIELDS, SCAN_FIELDS, LogFilter, Page, Partition, Tombstone, Tombstones
 
 DEFAULT_INDEX = "flywheel-logs"
 PIT_KEEP_ALIVE = "5m"
@@ -37,12 +40,15 @@ MAPPING = {
                    "timestamp": {"type": "double"},
                    "record": {"type": "object", "enabled": False}},
 }
+TOMBSTONE_MAPPING = {  # Tombstone.as_dict() and an id; only read back whole
+    "dynamic": False,
+    "properties": {"id": {"type": "keyword"}, "issued_at": {"type": "double"}},
+}
 
 
 def _query(filter: LogFilter) -> dict[str, Any]:
     clauses: list[dict[str, Any]] = [
-        {"term": {name: getattr(filter, name)}}
-        for name in ("workload_id", "client_id", "model", "status") if getattr(filter, name) is not None
+        {"term": {name: getattr(filter, name)}} for name in NAMING_FIELDS if getattr(filter, name) is not None
     ]
     window = {key: value for key, value in (("gte", filter.since), ("lt", filter.until)) if value is not None}
     if window:
@@ -68,21 +74,36 @@ class SearchLogStore:
             client = ElasticsearchClient(parts) if flavour == "elasticsearch" else OpenSearchClient(parts)
         self._client = client
         self._client.ensure_index(self.index, MAPPING)
+        # its own name, outside the `index*` pattern that dashboards read logs through
+        self.tombstone_index = f"erasures-{self.index}"
+        self._client.ensure_index(self.tombstone_index, TOMBSTONE_MAPPING)
+        self._tombstones = Tombstones(self.tombstones())
 
     def write_batch(self, records: Iterable[LogRecord]) -> int:
-        operations: list[dict[str, Any]] = []
-        for record in records:
-            operations += [{"create": {"_index": self.index, "_id": record.id}}, _document(record)]
-        if not operations:
+        """Records the tombstones known here cover are left out; after the bulk write, a
+        tombstone added meanwhile (an erasure running in another process) is looked for,
+        and the records it covers are deleted again: the erasure's own delete-by-query may
+        have run before this write was searchable."""
+        kept = self._tombstones.kept(records)
+        if not kept:
             return 0
-        created = 0
-        for item in self._client.bulk(operations)["items"]:
+        operations: list[dict[str, Any]] = []
+        for record in kept:
+            operations += [{"create": {"_index": self.index, "_id": record.id}}, _document(record)]
+        created: list[LogRecord] = []
+        for item, record in zip(self._client.bulk(operations)["items"], kept, strict=True):
             status = item["create"]["status"]
             if status in (200, 201):
-                created += 1
+                created.append(record)
             elif status != 409:  # 409: that id is already stored, which is the point
                 raise RuntimeError(f"bulk write failed: {item['create'].get('error')}")
-        return created
+        if self._client.count(self.tombstone_index, {"match_all": {}}) != len(self._tombstones.all):
+            self._tombstones = Tombstones(self.tombstones())
+            late = [record.id for record in created if self._tombstones.covers(record)]
+            if late:
+                self._client.delete_matching(self.index, {"terms": {"id": late}})
+            return len(created) - len(late)
+        return len(created)
 
     def get(self, record_id: str) -> LogRecord | None:
         found = self._client.get(self.index, record_id)
@@ -148,7 +169,24 @@ class SearchLogStore:
             stats[name] = dict(sorted((bucket["key"], bucket["doc_count"]) for bucket in buckets))
         return stats
 
+    def tombstones(self) -> list[Tombstone]:
+        found: list[Tombstone] = []
+        body: dict[str, Any] = {"query": {"match_all": {}}, "size": SCAN_PAGE, "sort": [{"issued_at": "asc"}, {"id": "asc"}]}
+        while True:
+            hits = self._client.search(self.tombstone_index, body)["hits"]["hits"]
+            found += [Tombstone.from_dict(hit["_source"]) for hit in hits]
+            if len(hits) < SCAN_PAGE:
+                return found
+            body["search_after"] = hits[-1]["sort"]
+
     def delete(self, filter: LogFilter) -> int:
+        """The tombstone is searchable before the delete-by-query starts (see `write_batch`)."""
+        if filter.names_records:
+            tombstone = {"id": uuid.uuid4().hex, **Tombstone(filter, time.time()).as_dict()}
+            [item] = self._client.bulk([{"create": {"_index": self.tombstone_index, "_id": tombstone["id"]}},
+                                        tombstone])["items"]
+            if item["create"]["status"] not in (200, 201):
+                raise RuntimeError(f"could not record the erasure: {item['create'].get('error')}")
         return self._client.delete_matching(self.index, _query(filter))
 
     def close(self) -> None:

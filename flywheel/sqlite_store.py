@@ -3,19 +3,22 @@
 Each record is stored whole as JSON beside the columns that filters and ordering use
 (indexed on workload_id + timestamp). Writes are `INSERT OR IGNORE` in one transaction
 per batch, so replaying a batch or re-importing a file never duplicates a record.
+Erasures' tombstones are a table of their own in the same file.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
 from flywheel.records import Feedback, LogRecord
-from flywheel.store import SCAN_FIELDS, LogFilter, Page, Partition
+from flywheel.store import NAMING_FIELDS, SCAN_FIELDS, LogFilter, Page, Partition, Tombstone, Tombstones
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -29,6 +32,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_workload_ts ON logs (workload_id, ts, id);
 CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
+CREATE TABLE IF NOT EXISTS tombstones (tombstone TEXT NOT NULL);  -- Tombstone.as_dict() as JSON
 """
 
 
@@ -37,7 +41,7 @@ SCAN_COLUMNS = [{"timestamp": "ts"}.get(field, field) for field in SCAN_FIELDS]
 
 def _where(filter: LogFilter) -> tuple[str, list[Any]]:
     clauses, params = [], []
-    for column in ("workload_id", "client_id", "model", "status"):
+    for column in NAMING_FIELDS:
         value = getattr(filter, column)
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -62,6 +66,7 @@ class SqliteLogStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA secure_delete=ON")  # a deleted record's bytes are overwritten, not just unlinked
         self._db.executescript(SCHEMA)
+        self._tombstones = Tombstones()
 
     def _use_wal(self, busy_timeout_s: float) -> None:
         """Put the file in WAL mode (it stays so). Switching needs the file to itself, and
@@ -78,18 +83,29 @@ class SqliteLogStore:
                     raise
                 time.sleep(0.01)
 
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """A write transaction that takes the file's lock at once; the caller holds `_lock`."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
     def write_batch(self, records: Iterable[LogRecord]) -> int:
-        rows = [(r.id, r.timestamp, r.workload_id, r.client_id, r.model, r.status, r.model_dump_json())
+        """Tombstones are read in the write's own transaction: an erasure (one transaction
+        too) either comes first and its tombstone drops these records, or comes after and
+        deletes them."""
+        rows = [(r, (r.id, r.timestamp, r.workload_id, r.client_id, r.model, r.status, r.model_dump_json()))
                 for r in records]
         with self._lock:
             before = self._db.total_changes
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            with self._transaction():
+                tombstones = self._current_tombstones()
+                self._db.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     [row for record, row in rows if not tombstones.covers(record)])
             return self._db.total_changes - before
 
     def get(self, record_id: str) -> LogRecord | None:
@@ -137,21 +153,14 @@ class SqliteLogStore:
         yield from rows
 
     def add_feedback(self, record_id: str, feedback: Feedback) -> bool:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")  # read-modify-write, safe against other processes
-            try:
-                row = self._db.execute("SELECT record FROM logs WHERE id = ?", (record_id,)).fetchone()
-                if row is None:
-                    self._db.execute("ROLLBACK")
-                    return False
-                record = LogRecord.model_validate_json(row[0])
-                record.feedback.append(feedback)
-                self._db.execute("UPDATE logs SET record = ? WHERE id = ?", (record.model_dump_json(), record_id))
-                self._db.execute("COMMIT")
-                return True
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():  # read-modify-write, safe against other processes
+            row = self._db.execute("SELECT record FROM logs WHERE id = ?", (record_id,)).fetchone()
+            if row is None:
+                return False
+            record = LogRecord.model_validate_json(row[0])
+            record.feedback.append(feedback)
+            self._db.execute("UPDATE logs SET record = ? WHERE id = ?", (record.model_dump_json(), record_id))
+            return True
 
     def stats(self, filter: LogFilter = LogFilter()) -> dict:
         where, params = _where(filter)
@@ -164,10 +173,28 @@ class SqliteLogStore:
                 result[name] = dict(rows.fetchall())
         return result
 
+    def _current_tombstones(self) -> Tombstones:
+        """Reread only when another connection added one (tombstones are never removed)."""
+        if self._db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0] != len(self._tombstones.all):
+            self._tombstones = Tombstones(self._read_tombstones())
+        return self._tombstones
+
+    def _read_tombstones(self) -> list[Tombstone]:
+        rows = self._db.execute("SELECT tombstone FROM tombstones ORDER BY rowid").fetchall()
+        return [Tombstone.from_dict(json.loads(stored)) for (stored,) in rows]
+
+    def tombstones(self) -> list[Tombstone]:
+        with self._lock:
+            return self._read_tombstones()
+
     def delete(self, filter: LogFilter) -> int:
         where, params = _where(filter)
         with self._lock:
-            deleted = self._db.execute(f"DELETE FROM logs{where}", params).rowcount
+            with self._transaction():
+                if filter.names_records:
+                    self._db.execute("INSERT INTO tombstones VALUES (?)",
+                                     (json.dumps(Tombstone(filter, time.time()).as_dict()),))
+                deleted = self._db.execute(f"DELETE FROM logs{where}", params).rowcount
             # the WAL still holds earlier copies of the deleted rows' pages: move what it has
             # into the file (whose freed pages secure_delete zeroed) and empty it; a reader
             # that holds an old snapshot keeps that from finishing until the next delete

@@ -10,7 +10,7 @@ process's lock, default 60 s, before it fails and the log writer spools), `elast
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from flywheel.records import Feedback, LogRecord
 
 SCAN_FIELDS = ("id", "timestamp", "workload_id", "client_id", "model", "status", "record")
+NAMING_FIELDS = ("workload_id", "client_id", "model", "status")  # LogFilter fields that name whose records
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,73 @@ class LogFilter:
     status: Literal["ok", "error"] | None = None
     since: float | None = None
     until: float | None = None
+
+    @property
+    def names_records(self) -> bool:
+        """Whether it names whose records (a workload, client, model or status), not only an age."""
+        return any(getattr(self, name) is not None for name in NAMING_FIELDS)
+
+    def matches(self, record: LogRecord) -> bool:
+        """The test the backends' queries make, on a record in hand."""
+        return ((self.workload_id is None or record.workload_id == self.workload_id)
+                and (self.client_id is None or record.client_id == self.client_id)
+                and (self.model is None or record.model == self.model)
+                and (self.status is None or record.status == self.status)
+                and (self.since is None or record.timestamp >= self.since)
+                and (self.until is None or record.timestamp < self.until))
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """A remembered erasure: a record it covers that reaches the store afterwards (queued
+    in a replica, spooled while the store was down, re-imported from a backup) is dropped
+    instead of stored. Records that arrive after the erasure are not covered."""
+
+    filter: LogFilter
+    issued_at: float
+
+    def covers(self, record: LogRecord) -> bool:
+        return record.timestamp < self.issued_at and self.filter.matches(record)
+
+    def as_dict(self) -> dict:
+        """The flat form backends store: `issued_at` and the filter's fields."""
+        return {"issued_at": self.issued_at, **asdict(self.filter)}
+
+    def describe(self) -> dict:
+        """What `flywheel logs erasures` and the API show: when, and the criteria that were set."""
+        return {"issued_at": self.issued_at,
+                "filter": {name: value for name, value in asdict(self.filter).items() if value is not None}}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> Tombstone:
+        return cls(LogFilter(**{name: stored.get(name) for name in LogFilter.__dataclass_fields__}),
+                   stored["issued_at"])
+
+
+class Tombstones:
+    """Every tombstone of a store, looked up by the client or workload it names (the usual
+    erasures), so checking a record costs about the same with thousands of them."""
+
+    def __init__(self, tombstones: Iterable[Tombstone] = ()):
+        self.all = list(tombstones)
+        self._by_client: dict[str, list[Tombstone]] = {}
+        self._by_workload: dict[str, list[Tombstone]] = {}
+        self._rest: list[Tombstone] = []
+        for tombstone in self.all:
+            if tombstone.filter.client_id is not None:
+                self._by_client.setdefault(tombstone.filter.client_id, []).append(tombstone)
+            elif tombstone.filter.workload_id is not None:
+                self._by_workload.setdefault(tombstone.filter.workload_id, []).append(tombstone)
+            else:
+                self._rest.append(tombstone)
+
+    def covers(self, record: LogRecord) -> bool:
+        return bool(self.all) and any(tombstone.covers(record) for tombstones in (self._by_client.get(record.client_id, ()),
+                                                               self._by_workload.get(record.workload_id, ()),
+                                                               self._rest) for tombstone in tombstones)
+
+    def kept(self, records: Iterable[LogRecord]) -> list[LogRecord]:
+        return [record for record in records if not self.covers(record)] if self.all else list(records)
 
 
 @dataclass(frozen=True)
@@ -53,7 +121,8 @@ class LogStore(Protocol):
     url: str  # reopens this store elsewhere (Ray Data read tasks)
 
     def write_batch(self, records: Iterable[LogRecord]) -> int:
-        """Store records; ids already present are skipped. Returns how many were new."""
+        """Store records; ids already present, and records a tombstone covers, are skipped.
+        Returns how many were stored."""
 
     def get(self, record_id: str) -> LogRecord | None: ...
 
@@ -79,7 +148,12 @@ class LogStore(Protocol):
 
     def delete(self, filter: LogFilter) -> int:
         """Remove the records the filter matches (retention, a client's erasure request);
-        how many were removed."""
+        how many were removed. A filter that `names_records` is also kept as a `Tombstone`,
+        so none of those records comes back later; an age alone is not (retention runs
+        again and removes a late one)."""
+
+    def tombstones(self) -> list[Tombstone]:
+        """The erasures this store remembers, oldest first."""
 
     def close(self) -> None: ...
 

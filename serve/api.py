@@ -500,6 +500,13 @@ def make_api(
             criteria = {key: body[key] for key in (*names, "older_than_days") if body.get(key) is not None}
             return JSONResponse({**done.model_dump(), "dry_run": dry_run, "filter": criteria})
 
+        @app.get("/v1/flywheel/erasures")
+        async def erasures(request: Request) -> dict:
+            """The erasures the store remembers (`flywheel logs erasures`), oldest first."""
+            admin(request)
+            found = await asyncio.to_thread((await log_store()).tombstones)
+            return {"object": "list", "data": [tombstone.describe() for tombstone in found]}
+
     if doctor is not None:
 
         @app.get("/v1/flywheel/doctor")

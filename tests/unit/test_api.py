@@ -327,6 +327,7 @@ def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_m
     ("GET", "/v1/flywheel/routes", None),
     ("POST", "/v1/flywheel/routes/router", {"adapter": "tuned"}),
     ("POST", "/v1/flywheel/erasures", {"client_id": "alice", "dry_run": False}),
+    ("GET", "/v1/flywheel/erasures", None),
     ("GET", "/v1/flywheel/doctor", None),
 ])
 @pytest.mark.parametrize(("headers", "status"), [
@@ -609,6 +610,9 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     assert (done["matched"], done["deleted"], done["dry_run"]) == (2, 2, False)
     assert [record.client_id for record in log_store.query().records] == ["bob"]
     assert [row["id"] for row in dataset.rows("train")] == [records[2].id]
+    [remembered] = secured.get("/v1/flywheel/erasures", headers=ADMIN).json()["data"]
+    assert remembered["filter"] == {"client_id": "alice"}  # the dry runs and the refused one left none
+    assert log_store.write_batch(records[:1]) == 0  # a late copy of alice's record stays out
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},

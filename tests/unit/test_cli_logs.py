@@ -1,4 +1,4 @@
-"""`flywheel logs import|export|stats|delete` as a user runs them (subprocess, --json last line)."""
+"""`flywheel logs import|export|stats|delete|erasures` as a user runs them (subprocess, --json last line)."""
 
 import json
 import subprocess
@@ -61,11 +61,15 @@ def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_to
     home = tmp_path / "home"
     store = open_store(f"sqlite:///{home / 'logs.db'}")
     now = time.time()
-    store.write_batch([LogRecord(workload_id="support", client_id=client, model="small", request={},
-                                 timestamp=now - age_days * 86400)
+    asked = {"model": "small", "messages": [{"role": "user", "content": "where is my order?"}]}
+    answered = {"choices": [{"message": {"role": "assistant", "content": "on its way"}}]}
+    store.write_batch([LogRecord(workload_id="support", client_id=client, model="small", request=asked,
+                                 response=answered, timestamp=now - age_days * 86400)
                        for client, age_days in [("alice", 0), ("alice", 40), ("bob", 0), ("bob", 40), ("carol", 1)]])
     store.close()
 
+    backup = tmp_path / "backup.jsonl"
+    assert last_json(flywheel("logs", "export", "--out", str(backup), "--json", home=home))["exported"] == 5
     refused = flywheel("logs", "delete", "--yes", home=home)
     assert refused.returncode == 2 and "name what to delete" in refused.stderr
     dry = last_json(flywheel("logs", "delete", "--client", "alice", "--json", home=home))
@@ -77,4 +81,13 @@ def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_to
     assert retained.returncode == 0 and "deleted 1 records" in retained.stdout  # bob's old one
     store = open_store(f"sqlite:///{home / 'logs.db'}")
     assert sorted(record.client_id for record in store.query().records) == ["bob", "carol"]
+    store.close()
+
+    [remembered] = last_json(flywheel("logs", "erasures", "--json", home=home))["erasures"]  # not the age-only one
+    assert remembered["filter"] == {"client_id": "alice"} and now <= remembered["issued_at"] <= time.time()
+    assert "client_id=alice" in flywheel("logs", "erasures", home=home, columns=120).stdout
+    restored = last_json(flywheel("logs", "import", str(backup), "--json", home=home))  # a backup restored
+    assert restored["imported"] == 1  # bob's old record, until retention runs again; alice's stay erased
+    store = open_store(f"sqlite:///{home / 'logs.db'}")
+    assert sorted(record.client_id for record in store.query().records) == ["bob", "bob", "carol"]
     store.close()

@@ -8,7 +8,7 @@ import pytest
 
 from flywheel.log_writer import LogWriter
 from flywheel.records import LogRecord
-from flywheel.store import open_store
+from flywheel.store import LogFilter, open_store
 
 
 class Outage:
@@ -113,3 +113,26 @@ def test_a_replay_repeated_after_a_crash_adds_nothing(tmp_path, url):
     (spool / batch.name).write_text(copy)  # the file "survived" the crash
     LogWriter(outage.open, spool, flush_interval_s=0.05).close()
     assert open_store(url).count() == 10
+
+
+def test_records_spooled_before_an_erasure_are_not_replayed_into_the_store(tmp_path, url):
+    """A client asks to be forgotten while its records wait in a replica's spool (the
+    store was down for the replica, not for the erasure): the replay must drop them."""
+    outage = Outage(url)
+    outage.down.set()
+    writer = LogWriter(outage.open, tmp_path / "spool", flush_interval_s=0.05)
+    for i in range(20):
+        writer.submit(record(i).model_copy(update={"client_id": "gone" if i % 2 else "kept"}))
+    writer.close()
+    assert writer.spooled() >= 1
+
+    store = open_store(url)
+    assert store.delete(LogFilter(client_id="gone")) == 0  # nothing stored yet: only the tombstone
+    outage.down.clear()
+    replayer = LogWriter(outage.open, tmp_path / "spool", flush_interval_s=0.05)
+    replayer.submit(record(99).model_copy(update={"client_id": "gone"}))  # arrived after the erasure
+    replayer.close()
+    assert replayer.spooled() == 0
+    assert store.stats()["total"] == 11 and store.count(LogFilter(client_id="kept")) == 10
+    assert [r.request["messages"][0]["content"] for r in store.query(LogFilter(client_id="gone")).records] == ["99"]
+    store.close()

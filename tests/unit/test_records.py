@@ -49,6 +49,13 @@ def test_ids_are_stable_across_imports_and_sort_by_time():
     assert record_from_json(chat).id == record_from_json(chat).id  # no timestamp: still stable
 
 
+def test_an_exported_record_keeps_its_own_id():
+    """A served record's id is random: a restored export must not store it a second time."""
+    served = record_from_json(NVIDIA).model_copy(update={"id": "01JBX3T6W8Z4Q2M7N5K9R1C0DE"})
+    assert record_from_json(json.loads(served.model_dump_json())).id == served.id
+    assert record_from_json({**NVIDIA, "id": "chatcmpl-123"}).id == record_from_json(NVIDIA).id  # not a ULID
+
+
 def test_overrides_and_chat_records():
     record = record_from_json(NVIDIA, workload_id="w2", client_id="c2")
     assert (record.workload_id, record.client_id) == ("w2", "c2")

@@ -6,6 +6,7 @@ when FLYWHEEL_ES_URL is set (e.g. `http://localhost:9200`)."""
 import multiprocessing
 import os
 import threading
+import time
 import uuid
 from urllib.parse import urlsplit
 
@@ -25,25 +26,34 @@ def index_url(server: str, flavour: str) -> str:
 
 @pytest.fixture(params=["sqlite", "opensearch", "elasticsearch-client", "elasticsearch"])
 def store(request, tmp_path):
-    if request.param == "sqlite":
-        opened = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
-    elif request.param == "opensearch":
-        opened = open_store(index_url(request.getfixturevalue("search_server"), "opensearch"))
-    elif request.param == "elasticsearch-client":
+    opened = _open(request, request.param, tmp_path)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(params=["opensearch", "elasticsearch-client"])
+def engine_store(request, tmp_path):
+    opened = _open(request, request.param, tmp_path)
+    yield opened
+    opened.close()
+
+
+def _open(request, kind: str, tmp_path):
+    if kind == "sqlite":
+        return open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    if kind == "opensearch":
+        return open_store(index_url(request.getfixturevalue("search_server"), "opensearch"))
+    if kind == "elasticsearch-client":
         from elasticsearch import Elasticsearch
 
         from tests.unit.es_dialect import OpenSearchDialectNode
 
         server = request.getfixturevalue("search_server")
         url = index_url(server, "elasticsearch")
-        client = ElasticsearchClient(urlsplit(url), Elasticsearch(server, node_class=OpenSearchDialectNode))
-        opened = SearchLogStore(url, client)
-    else:
-        if not os.environ.get("FLYWHEEL_ES_URL"):
-            pytest.skip("FLYWHEEL_ES_URL is not set: no Elasticsearch server can run here")
-        opened = open_store(index_url(os.environ["FLYWHEEL_ES_URL"], "elasticsearch"))
-    yield opened
-    opened.close()
+        return SearchLogStore(url, ElasticsearchClient(urlsplit(url), Elasticsearch(server, node_class=OpenSearchDialectNode)))
+    if not os.environ.get("FLYWHEEL_ES_URL"):
+        pytest.skip("FLYWHEEL_ES_URL is not set: no Elasticsearch server can run here")
+    return open_store(index_url(os.environ["FLYWHEEL_ES_URL"], "elasticsearch"))
 
 
 def make(i: int, workload: str = "support", status: str = "ok", ts: float | None = None) -> LogRecord:
@@ -120,7 +130,41 @@ def test_delete_removes_exactly_what_the_filter_matches(store):
             (LogRecord.model_validate_json(row[-1]) for row in store.scan(part))}
     assert left == {r.id for i, r in enumerate(records) if i not in (0, 1, 2, 4, 7)}
     assert store.get(records[1].id) is None and store.count(LogFilter(workload_id="billing")) == 3
-    assert store.write_batch([records[1]]) == 1  # its id is free again
+
+
+def test_an_erasure_is_remembered_so_late_copies_stay_out(store):
+    """Records of an erased client that reach the store afterwards (a spool replay, a
+    replica's queued batch, a re-import) are dropped; what the client sends after the
+    erasure is kept; an age-only deletion (retention) leaves no tombstone."""
+    records = [make(i) for i in range(6)]  # clients c0, c1, c2, c0, c1, c2
+    store.write_batch(records[:3])
+    before = time.time()
+    assert store.delete(LogFilter(client_id="c1")) == 1
+    assert store.delete(LogFilter(until=1_700_000_001)) == 1  # records[0]
+    [tombstone] = store.tombstones()
+    assert tombstone.filter == LogFilter(client_id="c1") and before <= tombstone.issued_at <= time.time()
+    fresh = make(7).model_copy(update={"client_id": "c1", "timestamp": time.time() + 1})
+    assert store.write_batch([records[1], records[4], records[0], fresh]) == 2  # records[0] and fresh
+    assert store.get(records[1].id) is None and store.get(records[4].id) is None
+    assert store.get(records[0].id) is not None and store.get(fresh.id) == fresh
+    assert store.write_batch([records[4]]) == 0
+
+
+def test_an_erasure_between_reading_tombstones_and_writing_still_wins(engine_store, monkeypatch):
+    """The race a search engine allows (SQLite reads tombstones in the write's own
+    transaction): the writer has checked its tombstones, another erasure records one and
+    runs its delete-by-query, then the writer's bulk lands. The record must not stay."""
+    bulk, raced = engine_store._client.bulk, []
+
+    def erasure_first(operations):
+        if operations[0]["create"]["_index"] == engine_store.index and not raced:
+            raced.append(engine_store.delete(LogFilter(client_id="c1")))
+        return bulk(operations)
+
+    monkeypatch.setattr(engine_store._client, "bulk", erasure_first)
+    records = [make(i) for i in range(3)]
+    assert engine_store.write_batch(records) == 2
+    assert raced == [0] and engine_store.get(records[1].id) is None and engine_store.count() == 2
 
 
 def test_sqlite_erasure_leaves_no_copy_of_the_records_on_disk(tmp_path):
