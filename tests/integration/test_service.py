@@ -150,6 +150,11 @@ def test_a_client_is_erased_over_http_with_its_dataset_rows(service):
     assert store.get(log_id) is None and store.count(LogFilter(client_id="erase-me")) == 0
     store.close()
     assert dataset.rows("train") == []
+    remembered = httpx.get(url, headers=admin, timeout=60).json()["data"]
+    assert {"client_id": "erase-me"} in [erasure["filter"] for erasure in remembered]
+    again = httpx.post(f"{service.base_url}/chat/completions", json=body, timeout=60,
+                       headers={"X-Workload-Id": "erasure", "X-Client-Id": "erase-me"})
+    assert logged_record(service, again.headers["X-Flywheel-Log-Id"]).client_id == "erase-me"  # sent afterwards: kept
 
 
 def test_the_doctor_runs_in_the_ingress_and_sees_the_cluster_it_serves_from(service, tmp_path):
