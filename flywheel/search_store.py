@@ -171,7 +171,8 @@ class SearchLogStore:
 
     def tombstones(self) -> list[Tombstone]:
         found: list[Tombstone] = []
-        body: dict[str, Any] = {"query": {"match_all": {}}, "size": SCAN_PAGE, "sort": [{"issued_at": "asc"}, {"id": "asc"}]}
+        body: dict[str, Any] = {"query": {"match_all": {}}, "size": SCAN_PAGE,
+                                "sort": [{"issued_at": "asc"}, {"id": "asc"}]}
         while True:
             hits = self._client.search(self.tombstone_index, body)["hits"]["hits"]
             found += [Tombstone.from_dict(hit["_source"]) for hit in hits]

@@ -92,9 +92,10 @@ class Tombstones:
                 self._rest.append(tombstone)
 
     def covers(self, record: LogRecord) -> bool:
-        return bool(self.all) and any(tombstone.covers(record) for tombstones in (self._by_client.get(record.client_id, ()),
-                                                               self._by_workload.get(record.workload_id, ()),
-                                                               self._rest) for tombstone in tombstones)
+        if not self.all:
+            return False
+        named = (*self._by_client.get(record.client_id, ()), *self._by_workload.get(record.workload_id, ()))
+        return any(tombstone.covers(record) for tombstone in (*named, *self._rest))
 
     def kept(self, records: Iterable[LogRecord]) -> list[LogRecord]:
         return [record for record in records if not self.covers(record)] if self.all else list(records)
