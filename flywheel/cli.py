@@ -351,6 +351,9 @@ def logs_delete(
               f"{erasure.dataset_rows} rows from {len(erasure.datasets)} dataset version(s)", highlight=False)
     for dataset_id, hits in erasure.datasets.items():
         out.print(f"  {dataset_id}: " + ", ".join(f"{count} {split}" for split, count in hits.items()))
+    if erasure.remembered:
+        out.print("the store remembers this erasure: copies of these records that arrive later are dropped "
+                  "(`flywheel logs erasures`)", highlight=False)
     if erasure.adapters:
         out.print(f"[yellow]trained on them:[/yellow] {', '.join(erasure.adapters)}: retrain or retire these "
                   "adapters if their weights must not reflect the records", highlight=False)

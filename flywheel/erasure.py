@@ -38,6 +38,9 @@ class Erasure(BaseModel):
     deleted: int = Field(description="Records deleted from the store (0 on a dry run).")
     datasets: dict[str, dict[str, int]] = Field(
         default_factory=dict, description="Dataset id -> rows removed per split (would be, on a dry run).")
+    remembered: bool = Field(
+        default=False, description="The store keeps a tombstone for this erasure (it names a client, workload, "
+        "model or status): copies of these records that arrive later (queued, spooled, re-imported) are dropped.")
     adapters: list[str] = Field(
         default_factory=list, description="Adapters trained on a removed train or val row, or warm-started from one "
         "that was: their weights may still reflect the erased records; retrain or retire them.")
@@ -65,8 +68,9 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
     lock of each of those workloads, so no turn curates them again meanwhile and no other
     erasure rewrites the same versions: `TurnBusy` when a turn of one is running."""
     matched = store.count(filter)
+    remembered = not dry_run and filter.names_records
     if not matched:  # none stored yet, but some may still be queued or spooled: the tombstone stops those
-        return Erasure(matched=0, deleted=0 if dry_run else store.delete(filter))
+        return Erasure(matched=0, deleted=0 if dry_run else store.delete(filter), remembered=remembered)
     touched = sorted(store.stats(filter)["by_workload"])
     removed: dict[str, dict[str, int]] = {}
     with ExitStack() as held:
@@ -90,7 +94,7 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
                     removed[manifest["dataset_id"]] = {split: count for split, count in hits.items() if count}
         deleted = 0 if dry_run else store.delete(filter)
     learned = {dataset_id for dataset_id, hits in removed.items() if any(split in hits for split in LEARNED_FROM)}
-    return Erasure(matched=matched, deleted=deleted, datasets=removed,
+    return Erasure(matched=matched, deleted=deleted, datasets=removed, remembered=remembered,
                    adapters=_learned_from(config.adapters_dir, learned))
 
 

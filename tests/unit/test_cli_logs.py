@@ -74,11 +74,13 @@ def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_to
     assert refused.returncode == 2 and "name what to delete" in refused.stderr
     dry = last_json(flywheel("logs", "delete", "--client", "alice", "--json", home=home))
     assert (dry["matched"], dry["deleted"], dry["dry_run"], dry["filter"]) == (2, 0, True, {"client": "alice"})
+    assert not dry["remembered"]
     assert last_json(flywheel("logs", "stats", "--json", home=home))["total"] == 5
     erased = last_json(flywheel("logs", "delete", "--client", "alice", "--yes", "--json", home=home))
-    assert (erased["matched"], erased["deleted"], erased["dry_run"]) == (2, 2, False)
+    assert (erased["matched"], erased["deleted"], erased["dry_run"], erased["remembered"]) == (2, 2, False, True)
     retained = flywheel("logs", "delete", "--older-than-days", "30", "--yes", home=home)
     assert retained.returncode == 0 and "deleted 1 records" in retained.stdout  # bob's old one
+    assert "remembers" not in retained.stdout  # an age alone leaves no tombstone
     store = open_store(f"sqlite:///{home / 'logs.db'}")
     assert sorted(record.client_id for record in store.query().records) == ["bob", "carol"]
     store.close()
