@@ -315,12 +315,16 @@ def logs_delete(
     yes: bool = typer.Option(False, "--yes", help="Delete them; without it, only count what would be deleted."),
     keep_datasets: bool = typer.Option(False, "--keep-datasets", help="Leave the curated datasets as they are "
                                        "(default: their rows made from these records are removed too)."),
+    retire_adapters: bool = typer.Option(False, "--retire-adapters", help="Also retire the adapters trained on "
+                                         "those rows: out of every alias (the student, else the teacher, answers), "
+                                         "then deleted."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Delete logged inferences: a client's (an erasure request), a workload's, a model's, or
-    those past a retention period, with their rows in every curated dataset, and name the
-    adapters trained on them. Without --yes it is a dry run that counts."""
+    those past a retention period, with their rows in every curated dataset, and name (or
+    with --retire-adapters retire) the adapters trained on them. Without --yes it is a dry
+    run that counts."""
     from flywheel.erasure import erase, erasure_filter
     from flywheel.log_writer import spooled_batches
     from flywheel.turns import TurnBusy
@@ -334,7 +338,7 @@ def logs_delete(
     try:
         with err.status("deleting" if yes else "counting") as status:
             erasure = erase(cfg, store, chosen, dry_run=not yes, keep_datasets=keep_datasets,
-                            progress=status.update)
+                            retire_adapters=retire_adapters, progress=status.update)
     except TurnBusy as busy:
         fail(f"{busy}: its curation could copy these records again; retry once it ends (`flywheel runs`)")
     finally:
@@ -354,9 +358,13 @@ def logs_delete(
     if erasure.remembered:
         out.print("the store remembers this erasure: copies of these records that arrive later are dropped "
                   "(`flywheel logs erasures`)", highlight=False)
-    if erasure.adapters:
+    if erasure.retired:
+        out.print(f"retired {', '.join(erasure.retired)} (trained on them)"
+                  + (f"; {', '.join(erasure.aliases)} no longer route to them" if erasure.aliases else ""),
+                  highlight=False)
+    elif erasure.adapters:
         out.print(f"[yellow]trained on them:[/yellow] {', '.join(erasure.adapters)}: retrain or retire these "
-                  "adapters if their weights must not reflect the records", highlight=False)
+                  "adapters if their weights must not reflect the records (--retire-adapters)", highlight=False)
     if spooled:
         out.print(f"{spooled} batch(es) in {cfg.spool_dir} are not in the store yet: the store drops these records "
                   "among them when they are replayed", highlight=False)

@@ -6,7 +6,8 @@ removes the records' rows from every dataset version first and deletes the recor
 the store last, so a run that stops halfway finds the same records again and finishes.
 It holds the records' workloads' turn locks meanwhile: a turn curating one of them could
 copy the records into a new version after they were looked for. It names the adapters
-that learned from a removed row, for the operator to retrain or retire. Evaluation
+that learned from a removed row, for the operator to retrain or retire, or retires them
+itself (`retire_adapters`): out of every alias, then off the disk. Evaluation
 reports, decisions and turn records hold record ids, not content. The store remembers
 the erasure (`LogStore.delete` leaves a tombstone), so records a replica had queued or
 spooled, or a later re-import, do not bring the records back.
@@ -24,6 +25,8 @@ from pydantic import BaseModel, Field
 from flywheel.adapters import list_adapters
 from flywheel.config import FlywheelConfig
 from flywheel.datasets import list_datasets, remove_rows, row_ids
+from flywheel.prune import remove_folders
+from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook
 
@@ -44,6 +47,12 @@ class Erasure(BaseModel):
     adapters: list[str] = Field(
         default_factory=list, description="Adapters trained on a removed train or val row, or warm-started from one "
         "that was: their weights may still reflect the erased records; retrain or retire them.")
+    retired: list[str] = Field(
+        default_factory=list, description="Of those, the adapters removed (with `retire_adapters`): taken out of "
+        "every alias's routes and rollback history, then deleted with their checkpoints.")
+    aliases: list[str] = Field(
+        default_factory=list, description="Aliases a retired adapter was serving or on trial in: the student, else "
+        "the teacher, answers them now.")
 
     @property
     def dataset_rows(self) -> int:
@@ -62,11 +71,13 @@ def erasure_filter(workload_id: str | None = None, client_id: str | None = None,
 
 
 def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: bool = False,
-          keep_datasets: bool = False, progress: Callable[[str], None] = lambda _: None) -> Erasure:
+          keep_datasets: bool = False, retire_adapters: bool = False,
+          progress: Callable[[str], None] = lambda _: None) -> Erasure:
     """Delete the records `filter` matches and their rows in the dataset versions of their
-    workloads (none with `keep_datasets`). With `dry_run`, only count. It holds the turn
-    lock of each of those workloads, so no turn curates them again meanwhile and no other
-    erasure rewrites the same versions: `TurnBusy` when a turn of one is running."""
+    workloads (none with `keep_datasets`), and with `retire_adapters` the adapters that
+    learned from those rows. With `dry_run`, only count. It holds the turn lock of each of
+    those workloads, so no turn curates them again meanwhile and no other erasure rewrites
+    the same versions: `TurnBusy` when a turn of one is running."""
     matched = store.count(filter)
     remembered = not dry_run and filter.names_records
     if not matched:  # none stored yet, but some may still be queued or spooled: the tombstone stops those
@@ -93,9 +104,24 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
                 if any(hits.values()):
                     removed[manifest["dataset_id"]] = {split: count for split, count in hits.items() if count}
         deleted = 0 if dry_run else store.delete(filter)
-    learned = {dataset_id for dataset_id, hits in removed.items() if any(split in hits for split in LEARNED_FROM)}
-    return Erasure(matched=matched, deleted=deleted, datasets=removed, remembered=remembered,
-                   adapters=_learned_from(config.adapters_dir, learned))
+        learned = {dataset_id for dataset_id, hits in removed.items() if any(split in hits for split in LEARNED_FROM)}
+        erasure = Erasure(matched=matched, deleted=deleted, datasets=removed, remembered=remembered,
+                          adapters=_learned_from(config.adapters_dir, learned))
+        if retire_adapters and not dry_run and erasure.adapters:
+            erasure.aliases, erasure.retired = _retire(config, erasure.adapters, filter)
+    return erasure
+
+
+def _retire(config: FlywheelConfig, adapter_ids: list[str], filter: LogFilter) -> tuple[list[str], list[str]]:
+    """Routes first (no request is sent to an adapter being deleted), then the files; the
+    engines stat an adapter's files per request, so a deleted one answers 404 by name."""
+    criteria = ", ".join(f"{name}={value}" for name, value in filter.criteria().items())
+    aliases = open_route_book(config).retire(set(adapter_ids), f"retired: learned from erased records ({criteria})")
+    adapters = {adapter.adapter_id: adapter for adapter in list_adapters(config.adapters_dir)}
+    retired = [adapter_id for adapter_id in adapter_ids if adapter_id in adapters]
+    remove_folders([path for adapter_id in retired for path in (
+        adapters[adapter_id].path, config.runs_dir / adapter_id, config.checkpoints_dir / adapter_id)])
+    return aliases, retired
 
 
 def _learned_from(adapters_dir: Path, dataset_ids: set[str]) -> list[str]:

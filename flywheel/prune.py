@@ -99,11 +99,17 @@ def _prune(config: FlywheelConfig, workload: str, keep: int, dry_run: bool, requ
             doomed.append(checkpoints)
     pruned.bytes = sum(_size(path) for path in doomed)
     if not dry_run:
-        for path in filter(Path.is_dir, doomed):
-            for marker in ("manifest.json", RECORD):  # unregister first: a removal cut short lists nothing half gone
-                (path / marker).unlink(missing_ok=True)
-            shutil.rmtree(path)
+        remove_folders(doomed)
     return pruned
+
+
+def remove_folders(paths: list[Path]) -> None:
+    """Unregister each first (its manifest or adapter record), so a removal cut short
+    never lists a half-deleted dataset version or adapter."""
+    for path in filter(Path.is_dir, paths):
+        for marker in ("manifest.json", RECORD):
+            (path / marker).unlink(missing_ok=True)
+        shutil.rmtree(path)
 
 
 def workloads_on_disk(config: FlywheelConfig) -> list[str]:

@@ -174,6 +174,31 @@ class RouteBook:
             table.events.append(RouteEvent(alias=alias, action="rollback", before=before, after=after))
             return after
 
+    def retire(self, adapters: set[str], reason: str) -> list[str]:
+        """Take these adapter ids out of every alias: a retired student or candidate is
+        dropped, a trial ends (the student, or else the teacher, answers) and rollback
+        targets that name one are forgotten. Returns the aliases whose state changed."""
+        def retired(model: str | None) -> bool:
+            return bool(model) and model.partition(":")[2] in adapters
+
+        def names_one(state: AliasState) -> bool:
+            return retired(state.student) or retired(state.candidate)
+
+        changed = []
+        with self._locked() as table:
+            for alias, before in {**self.seed, **table.aliases}.items():
+                if alias in table.history:
+                    table.history[alias] = [state for state in table.history[alias] if not names_one(state)]
+                if not names_one(before):
+                    continue
+                student = None if retired(before.student) else before.student
+                after = AliasState(teacher=before.teacher, student=student, mode="student" if student else "teacher",
+                                   reason=reason)
+                table.aliases[alias] = after
+                table.events.append(RouteEvent(alias=alias, action="retire", before=before, after=after))
+                changed.append(alias)
+        return changed
+
     def _change(self, alias: str, action: str, change: Callable[[AliasState | None], AliasState]) -> AliasState:
         if not MODEL_NAME.match(alias):
             raise RouteError(f"alias {alias!r}: use letters, digits, '.', '_' and '-' only")

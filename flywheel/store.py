@@ -37,6 +37,10 @@ class LogFilter:
         """Whether it names whose records (a workload, client, model or status), not only an age."""
         return any(getattr(self, name) is not None for name in NAMING_FIELDS)
 
+    def criteria(self) -> dict:
+        """The fields that are set."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
     def matches(self, record: LogRecord) -> bool:
         """The test the backends' queries make, on a record in hand."""
         return ((self.workload_id is None or record.workload_id == self.workload_id)
@@ -65,8 +69,7 @@ class Tombstone:
 
     def describe(self) -> dict:
         """What `flywheel logs erasures` and the API show: when, and the criteria that were set."""
-        return {"issued_at": self.issued_at,
-                "filter": {name: value for name, value in asdict(self.filter).items() if value is not None}}
+        return {"issued_at": self.issued_at, "filter": self.filter.criteria()}
 
     @classmethod
     def from_dict(cls, stored: dict) -> Tombstone:

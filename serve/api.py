@@ -110,7 +110,7 @@ def make_api(
     runs: RunBook | None = None,
     decisions: Path | None = None,
     prices: TurnConfig | None = None,
-    erase: Callable[[LogStore, LogFilter, bool, bool], Erasure] | None = None,
+    erase: Callable[[LogStore, LogFilter, bool, bool, bool], Erasure] | None = None,
     doctor: Callable[[], list[Check]] | None = None,
 ) -> FastAPI:
     """`store` opens the log store on first use (feedback); without one, /v1/feedback is 404.
@@ -469,11 +469,12 @@ def make_api(
         @app.post("/v1/flywheel/erasures")
         async def erasure(request: Request) -> JSONResponse:
             """`flywheel logs delete` over HTTP: `{"client_id"?, "workload_id"?, "model"?,
-            "older_than_days"?, "dry_run": true, "keep_datasets": false}`. It counts unless
-            `dry_run` is false; then it deletes the records and their rows in curated datasets."""
+            "older_than_days"?, "dry_run": true, "keep_datasets": false, "retire_adapters": false}`.
+            It counts unless `dry_run` is false; then it deletes the records and their rows in
+            curated datasets (and retires the adapters trained on those rows)."""
             admin(request)
             body = await read_body(request, config.max_body_bytes, require_model=False)
-            names, flags = ("workload_id", "client_id", "model"), ("dry_run", "keep_datasets")
+            names, flags = ("workload_id", "client_id", "model"), ("dry_run", "keep_datasets", "retire_adapters")
             if unknown := sorted(set(body) - {*names, "older_than_days", *flags}):
                 raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(names)}, "
                                f"older_than_days, {', '.join(flags)}", unknown[0])
@@ -493,7 +494,7 @@ def make_api(
             dry_run = body.get("dry_run", True)
             try:
                 done = await asyncio.to_thread(erase, await log_store(), chosen, dry_run,
-                                               body.get("keep_datasets", False))
+                                               body.get("keep_datasets", False), body.get("retire_adapters", False))
             except TurnBusy as busy:
                 raise ApiError(409, f"{busy}: its curation could copy these records again; retry once it ends") \
                     from None

@@ -9,6 +9,7 @@ models another API serves (`serve.upstreams`) are forwarded by the ingress itsel
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ class Ingress:
         self._api = make_api(cfg.serve, routing, engines, classify_serve_failure,
                              store=lambda: open_store(cfg.store_url), inference_log=inference_log,
                              runs=RunBook(cfg.turns_dir), decisions=cfg.decisions_dir, prices=cfg.turn,
-                             erase=lambda store, chosen, dry_run, keep: erase(cfg, store, chosen, dry_run, keep),
+                             erase=partial(erase, cfg),
                              doctor=lambda: run_checks(cfg))
 
     def __serve_build_asgi_app__(self):

@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import time
+from functools import partial
 
 import pytest
 from fastapi.testclient import TestClient
@@ -316,9 +317,8 @@ def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_m
     return TestClient(make_api(config, routing, {"small": engine}, runs=RunBook(tmp_path / "turns"),
                                inference_log=InferenceLog(LoggingConfig(), logged.append),
                                decisions=tmp_path / "decisions", store=lambda: log_store, prices=PRICES,
-                               erase=lambda store, chosen, dry_run, keep: erase(
-                                   FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {
-                                       "models": [{"name": "small", "source": "x"}]}}), store, chosen, dry_run, keep),
+                               erase=partial(erase, FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {
+                                   "models": [{"name": "small", "source": "x"}]}})),
                                doctor=lambda: [Check("log store", "ok", "12 records"),
                                                Check("upstream big", "fail", "$BIG_KEY is not set here")]))
 
@@ -598,7 +598,8 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     dataset = write_dataset(tmp_path / "datasets", "support", {"train": rows, "val": [], "eval": [], "icl": []},
                             {"prefix": None}, {"train": 3}, [])
     for body in ({}, {"dry_run": False}, {"client_id": ""}, {"client_id": 7}, {"client_id": "alice", "who": 1},
-                 {"client_id": "alice", "dry_run": "no"}, {"older_than_days": -1}, {"older_than_days": True}):
+                 {"client_id": "alice", "dry_run": "no"}, {"client_id": "alice", "retire_adapters": 1},
+                 {"older_than_days": -1}, {"older_than_days": True}):
         assert_openai_error(secured.post("/v1/flywheel/erasures", json=body, headers=ADMIN), 400)
     counted = secured.post("/v1/flywheel/erasures", json={"client_id": "alice"}, headers=ADMIN).json()
     assert (counted["matched"], counted["deleted"], counted["dry_run"]) == (2, 0, True) and log_store.count() == 3

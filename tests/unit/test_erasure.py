@@ -10,12 +10,13 @@ import pyarrow.parquet
 import pytest
 
 from flywheel import erasure
-from flywheel.adapters import AdapterVersion
-from flywheel.config import load_config
+from flywheel.adapters import AdapterVersion, list_adapters
+from flywheel.config import FlywheelConfig, load_config
 from flywheel.curation import curate_workload, prepare_in_process
 from flywheel.datasets import SPLITS, load_dataset, remove_rows, write_dataset
 from flywheel.erasure import erase
-from flywheel.records import record_from_json
+from flywheel.records import LogRecord, record_from_json
+from flywheel.routes import open_route_book
 from flywheel.store import LogFilter, open_store
 from flywheel.turns import RunBook, TurnBusy
 from flywheel.workloads.support_tools import TEACHER, generate
@@ -138,3 +139,49 @@ def test_the_erasure_benchmark_runs_at_a_small_size():
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["benchmark"] == "erasure" and set(report["seconds"]) == {
         "records only (store.delete)", "erase, dry run", "erase: records and dataset rows"}
+
+
+def test_retiring_takes_the_adapters_that_learned_the_records_out_of_routes_then_off_disk(tmp_path):
+    """`retire_adapters`: an alias whose student learned from an erased row goes back to its
+    teacher, with that student gone from its rollback history (rollback reaches the clean
+    student before it); a canary of one ends on the clean student; the files go last."""
+    config = FlywheelConfig.model_validate({"home": str(tmp_path), "serve": {"models": [{"name": "small",
+                                                                                          "source": "x"}]}})
+    store = open_store(config.store_url)
+    records = [LogRecord(workload_id="support", client_id=client, model="small", request={})
+               for client in ("alice", "alice", "bob")]
+    store.write_batch(records)
+    version = write_dataset(config.datasets_dir, "support", {"train": [_example(r.id) for r in records], "val": [],
+                                                             "eval": [], "icl": []}, {"prefix": None}, {}, [])
+    for adapter_id, dataset_id in (("clean", "support-older"), ("tainted", version.dataset_id)):
+        made = AdapterVersion(adapter_id=adapter_id, base_model="small", dataset_id=dataset_id, dataset_hash="h",
+                              hyperparameters={}, metrics={}, path=config.adapters_dir / "small" / adapter_id)
+        made.path.mkdir(parents=True)
+        (made.path / "adapter_config.json").write_text("{}")
+        made.save()
+    (config.checkpoints_dir / "tainted").mkdir(parents=True)
+    book = open_route_book(config)
+    book.promote("support", "clean")
+    book.promote("support", "tainted")
+    book.promote("trial", "clean")
+    book.set_mode("trial", "canary", percent=10, candidate="tainted")
+    book.promote("moved-on", "tainted")
+    book.promote("moved-on", "clean")  # the tainted student is its rollback target
+
+    chosen = LogFilter(client_id="alice")
+    counted = erase(config, store, chosen, dry_run=True, retire_adapters=True)
+    assert (counted.adapters, counted.retired, counted.aliases) == (["tainted"], [], [])
+    assert book.get("support").student == "small:tainted" and (config.adapters_dir / "small" / "tainted").is_dir()
+
+    done = erase(config, store, chosen, retire_adapters=True)
+    assert (done.adapters, done.retired, sorted(done.aliases)) == (["tainted"], ["tainted"], ["support", "trial"])
+    support, trial = book.get("support"), book.get("trial")
+    assert (support.mode, support.student, trial.mode, trial.student, trial.candidate) == \
+        ("teacher", None, "student", "small:clean", None)
+    assert "client_id=alice" in support.reason
+    assert all("tainted" not in str(state) for states in book.table().history.values() for state in states)
+    assert book.rollback("support").student == "small:clean"
+    assert book.get("moved-on").student == "small:clean" and book.rollback("moved-on").mode == "teacher"
+    assert [a.adapter_id for a in list_adapters(config.adapters_dir)] == ["clean"]
+    assert not (config.checkpoints_dir / "tainted").exists() and not (config.adapters_dir / "small" / "tainted").exists()
+    store.close()
