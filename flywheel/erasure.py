@@ -71,17 +71,18 @@ def erasure_filter(workload_id: str | None = None, client_id: str | None = None,
 
 
 def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: bool = False,
-          keep_datasets: bool = False, retire_adapters: bool = False,
+          keep_datasets: bool = False, retire_adapters: bool = False, remember: bool = True,
           progress: Callable[[str], None] = lambda _: None) -> Erasure:
     """Delete the records `filter` matches and their rows in the dataset versions of their
     workloads (none with `keep_datasets`), and with `retire_adapters` the adapters that
     learned from those rows. With `dry_run`, only count. It holds the turn lock of each of
     those workloads, so no turn curates them again meanwhile and no other erasure rewrites
-    the same versions: `TurnBusy` when a turn of one is running."""
+    the same versions: `TurnBusy` when a turn of one is running. `remember`: whether the
+    store keeps a tombstone (`LogStore.delete`)."""
     matched = store.count(filter)
-    remembered = not dry_run and filter.names_records
+    remembered = not dry_run and remember and filter.names_records
     if not matched:  # none stored yet, but some may still be queued or spooled: the tombstone stops those
-        return Erasure(matched=0, deleted=0 if dry_run else store.delete(filter), remembered=remembered)
+        return Erasure(matched=0, deleted=0 if dry_run else store.delete(filter, remember), remembered=remembered)
     touched = sorted(store.stats(filter)["by_workload"])
     removed: dict[str, dict[str, int]] = {}
     with ExitStack() as held:
@@ -103,7 +104,7 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
                 hits = remove_rows(Path(manifest["path"]), ids, dry_run)
                 if any(hits.values()):
                     removed[manifest["dataset_id"]] = {split: count for split, count in hits.items() if count}
-        deleted = 0 if dry_run else store.delete(filter)
+        deleted = 0 if dry_run else store.delete(filter, remember)
         learned = {dataset_id for dataset_id, hits in removed.items() if any(split in hits for split in LEARNED_FROM)}
         erasure = Erasure(matched=matched, deleted=deleted, datasets=removed, remembered=remembered,
                           adapters=_learned_from(config.adapters_dir, learned))

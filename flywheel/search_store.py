@@ -180,9 +180,9 @@ class SearchLogStore:
                 return found
             body["search_after"] = hits[-1]["sort"]
 
-    def delete(self, filter: LogFilter) -> int:
+    def delete(self, filter: LogFilter, remember: bool = True) -> int:
         """The tombstone is searchable before the delete-by-query starts (see `write_batch`)."""
-        if filter.names_records:
+        if remember and filter.names_records:
             tombstone = {"id": uuid.uuid4().hex, **Tombstone(filter, time.time()).as_dict()}
             [item] = self._client.bulk([{"create": {"_index": self.tombstone_index, "_id": tombstone["id"]}},
                                         tombstone])["items"]

@@ -187,11 +187,11 @@ class SqliteLogStore:
         with self._lock:
             return self._read_tombstones()
 
-    def delete(self, filter: LogFilter) -> int:
+    def delete(self, filter: LogFilter, remember: bool = True) -> int:
         where, params = _where(filter)
         with self._lock:
             with self._transaction():
-                if filter.names_records:
+                if remember and filter.names_records:
                     self._db.execute("INSERT INTO tombstones VALUES (?)",
                                      (json.dumps(Tombstone(filter, time.time()).as_dict()),))
                 deleted = self._db.execute(f"DELETE FROM logs{where}", params).rowcount

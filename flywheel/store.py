@@ -150,11 +150,11 @@ class LogStore(Protocol):
     def stats(self, filter: LogFilter = LogFilter()) -> dict:
         """`total`, and name -> count maps `by_workload`, `by_model`, `by_status`, `by_day` (UTC)."""
 
-    def delete(self, filter: LogFilter) -> int:
+    def delete(self, filter: LogFilter, remember: bool = True) -> int:
         """Remove the records the filter matches (retention, a client's erasure request);
-        how many were removed. A filter that `names_records` is also kept as a `Tombstone`,
-        so none of those records comes back later; an age alone is not (retention runs
-        again and removes a late one)."""
+        how many were removed. With `remember`, a filter that `names_records` is also kept
+        as a `Tombstone`, so none of those records comes back later. Retention remembers
+        nothing: its next pass removes a late record, and a tombstone an hour would pile up."""
 
     def tombstones(self) -> list[Tombstone]:
         """The erasures this store remembers, oldest first."""

@@ -158,7 +158,7 @@ class Watcher:
         expired, deleted = LogFilter(until=now - days * 86400), 0
         for workload in sorted(self.store.stats(expired)["by_workload"]):
             try:
-                erasure = erase(self.config, self.store, replace(expired, workload_id=workload))
+                erasure = erase(self.config, self.store, replace(expired, workload_id=workload), remember=False)
             except TurnBusy as busy:
                 logger.info("store.retention_days waits an hour: %s", busy)
                 continue
