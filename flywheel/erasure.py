@@ -109,15 +109,15 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
         erasure = Erasure(matched=matched, deleted=deleted, datasets=removed, remembered=remembered,
                           adapters=_learned_from(config.adapters_dir, learned))
         if retire_adapters and not dry_run and erasure.adapters:
-            erasure.aliases, erasure.retired = _retire(config, erasure.adapters, filter)
+            erasure.aliases, erasure.retired = _retire(config, erasure.adapters)
     return erasure
 
 
-def _retire(config: FlywheelConfig, adapter_ids: list[str], filter: LogFilter) -> tuple[list[str], list[str]]:
+def _retire(config: FlywheelConfig, adapter_ids: list[str]) -> tuple[list[str], list[str]]:
     """Routes first (no request is sent to an adapter being deleted), then the files; the
-    engines stat an adapter's files per request, so a deleted one answers 404 by name."""
-    criteria = ", ".join(f"{name}={value}" for name, value in filter.criteria().items())
-    aliases = open_route_book(config).retire(set(adapter_ids), f"retired: learned from erased records ({criteria})")
+    engines stat an adapter's files per request, so a deleted one answers 404 by name. The
+    routes' reason names no criteria: the tombstone is the one record of whom was erased."""
+    aliases = open_route_book(config).retire(set(adapter_ids), "retired: it learned from erased records")
     adapters = {adapter.adapter_id: adapter for adapter in list_adapters(config.adapters_dir)}
     retired = [adapter_id for adapter_id in adapter_ids if adapter_id in adapters]
     remove_folders([path for adapter_id in retired for path in (
