@@ -210,14 +210,17 @@ def logs_import(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Import a JSONL file; bad lines are reported as `line N: reason`, good ones stored once."""
+    """Import a JSONL file; bad lines are reported as `line N: reason`, good ones stored once.
+    Records an earlier erasure covers are not stored, and are counted apart."""
     from flywheel.records import record_from_json
+    from flywheel.store import Tombstones
 
     cfg = config_from(config)
     if not file.is_file():
         fail(f"{file}: no such file")
     store = store_from(cfg)
-    lines = new = 0
+    tombstones = Tombstones(store.tombstones())  # the store drops these itself; read here to say so
+    lines = new = erased = 0
     errors: list[str] = []
     batch = []
     with file.open(encoding="utf-8", errors="replace") as handle:
@@ -225,9 +228,14 @@ def logs_import(
             if not line.strip():
                 continue
             try:
-                batch.append(record_from_json(json.loads(line), workload, client))
+                record = record_from_json(json.loads(line), workload, client)
             except (ValueError, TypeError) as error:  # JSONDecodeError is a ValueError
                 errors.append(f"line {lines}: {str(error).splitlines()[0]}")
+                continue
+            if tombstones.covers(record):
+                erased += 1
+            else:
+                batch.append(record)
             if len(batch) >= IMPORT_BATCH:
                 new += store.write_batch(batch)
                 batch = []
@@ -237,12 +245,15 @@ def logs_import(
         err.print(message, highlight=False, soft_wrap=True)
     if len(errors) > 50:
         err.print(f"... and {len(errors) - 50} more bad lines")
-    result = {"file": str(file), "lines": lines, "imported": new, "bad": len(errors), "errors": errors[:50],
-              "store": cfg.store_url}
+    result = {"file": str(file), "lines": lines, "imported": new, "erased": erased, "bad": len(errors),
+              "errors": errors[:50], "store": cfg.store_url}
     if as_json:
         emit_json(result)
-    else:
-        out.print(f"imported {new} new records from {file} ({len(errors)} bad lines, {lines} lines)")
+        return
+    out.print(f"imported {new} new records from {file} ({len(errors)} bad lines, {lines} lines)")
+    if erased:
+        out.print(f"{erased} records were not imported: an earlier erasure covers them (`flywheel logs erasures`)",
+                  highlight=False)
 
 
 @logs_app.command("export")
