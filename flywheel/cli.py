@@ -382,22 +382,31 @@ def logs_delete(
 
 
 @logs_app.command("erasures")
-def logs_erasures(config: Path | None = ConfigOption, as_json: bool = JsonOption) -> None:
+def logs_erasures(
+    lift: str | None = typer.Option(None, "--lift", help="Forget this erasure (by id; a mistaken one): records it "
+                                    "covered may be stored again, e.g. from a backup."),
+    config: Path | None = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
     """The erasures the log store remembers, oldest first: a record one of them covers that
     reaches the store later (queued, spooled, re-imported) is dropped, not stored."""
     cfg = config_from(config)
     store = store_from(cfg)
     try:
+        if lift is not None and not store.lift(lift):
+            fail(f"no erasure {lift!r} is in force in {cfg.store_url} (`flywheel logs erasures` lists them)")
         erasures = [tombstone.describe() for tombstone in store.tombstones()]
     finally:
         store.close()
     if as_json:
-        emit_json({"erasures": erasures, "store": cfg.store_url})
+        emit_json({"erasures": erasures, "lifted": lift, "store": cfg.store_url})
         return
-    table = Table("issued (UTC)", "records of")
+    if lift is not None:
+        out.print(f"lifted erasure {lift}: the records it covered may be stored again", highlight=False)
+    table = Table("id", "issued (UTC)", "records of")
     for erasure in erasures:
         issued = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(erasure["issued_at"]))
-        table.add_row(issued, ", ".join(f"{name}={value}" for name, value in erasure["filter"].items()))
+        table.add_row(erasure["id"], issued, ", ".join(f"{name}={value}" for name, value in erasure["filter"].items()))
     out.print(f"{len(erasures)} erasure(s) remembered by {cfg.store_url}", highlight=False)
     out.print(table)
 

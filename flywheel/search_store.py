@@ -28,7 +28,17 @@ from urllib.parse import urlsplit
 
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient, OpenSearchClient, SearchClient
-from flywheel.store import NAMING_FIELDS, SCAN_FIELDS, LogFilter, Page, Partition, Tombstone, Tombstones
+from flywheel.store import (
+    NAMING_FIELDS,
+    SCAN_FIELDS,
+    LogFilter,
+    Page,
+    Partition,
+    Tombstone,
+    Tombstones,
+    active_tombstones,
+    lift_entry,
+)
 
 DEFAULT_INDEX = "flywheel-logs"
 PIT_KEEP_ALIVE = "5m"
@@ -40,7 +50,7 @@ MAPPING = {
                    "timestamp": {"type": "double"},
                    "record": {"type": "object", "enabled": False}},
 }
-TOMBSTONE_MAPPING = {  # Tombstone.as_dict() and an id; only read back whole
+TOMBSTONE_MAPPING = {  # erasure entries (store.active_tombstones) with an id; only read back whole
     "dynamic": False,
     "properties": {"id": {"type": "keyword"}, "issued_at": {"type": "double"}},
 }
@@ -77,13 +87,14 @@ class SearchLogStore:
         # its own name, outside the `index*` pattern that dashboards read logs through
         self.tombstone_index = f"erasures-{self.index}"
         self._client.ensure_index(self.tombstone_index, TOMBSTONE_MAPPING)
-        self._tombstones = Tombstones(self.tombstones())
+        self._tombstones = self._read_tombstones()
 
     def write_batch(self, records: Iterable[LogRecord]) -> int:
-        """Records the tombstones known here cover are left out; after the bulk write, a
-        tombstone added meanwhile (an erasure running in another process) is looked for,
-        and the records it covers are deleted again: the erasure's own delete-by-query may
-        have run before this write was searchable."""
+        """Records the current tombstones cover are left out. After the bulk write, an
+        erasure entry added meanwhile (an erasure running in another process) is looked for,
+        and the records a new tombstone covers are deleted again: the erasure's own
+        delete-by-query may have run before this write was searchable."""
+        self._reread_tombstones_if_changed()  # a lift since the last write lets records in again
         kept = self._tombstones.kept(records)
         if not kept:
             return 0
@@ -97,13 +108,19 @@ class SearchLogStore:
                 created.append(record)
             elif status != 409:  # 409: that id is already stored, which is the point
                 raise RuntimeError(f"bulk write failed: {item['create'].get('error')}")
-        if self._client.count(self.tombstone_index, {"match_all": {}}) != len(self._tombstones.all):
-            self._tombstones = Tombstones(self.tombstones())
-            late = [record.id for record in created if self._tombstones.covers(record)]
-            if late:
-                self._client.delete_matching(self.index, {"terms": {"id": late}})
-            return len(created) - len(late)
-        return len(created)
+        if not self._reread_tombstones_if_changed():
+            return len(created)
+        late = [record.id for record in created if self._tombstones.covers(record)]
+        if late:
+            self._client.delete_matching(self.index, {"terms": {"id": late}})
+        return len(created) - len(late)
+
+    def _reread_tombstones_if_changed(self) -> bool:
+        """One count: erasure entries are only ever added, so a new count means news."""
+        if self._client.count(self.tombstone_index, {"match_all": {}}) == self._tombstones.entries:
+            return False
+        self._tombstones = self._read_tombstones()
+        return True
 
     def get(self, record_id: str) -> LogRecord | None:
         found = self._client.get(self.index, record_id)
@@ -169,25 +186,36 @@ class SearchLogStore:
             stats[name] = dict(sorted((bucket["key"], bucket["doc_count"]) for bucket in buckets))
         return stats
 
-    def tombstones(self) -> list[Tombstone]:
-        found: list[Tombstone] = []
+    def _read_tombstones(self) -> Tombstones:
+        entries: list[dict[str, Any]] = []
         body: dict[str, Any] = {"query": {"match_all": {}}, "size": SCAN_PAGE,
                                 "sort": [{"issued_at": "asc"}, {"id": "asc"}]}
         while True:
             hits = self._client.search(self.tombstone_index, body)["hits"]["hits"]
-            found += [Tombstone.from_dict(hit["_source"]) for hit in hits]
+            entries += [hit["_source"] for hit in hits]
             if len(hits) < SCAN_PAGE:
-                return found
+                return Tombstones(active_tombstones(entries), len(entries))
             body["search_after"] = hits[-1]["sort"]
+
+    def tombstones(self) -> list[Tombstone]:
+        return self._read_tombstones().all
+
+    def lift(self, tombstone_id: str) -> bool:
+        if tombstone_id not in {tombstone.id for tombstone in self.tombstones()}:
+            return False
+        self._append_erasure_entry(lift_entry(tombstone_id))
+        return True
+
+    def _append_erasure_entry(self, entry: dict[str, Any]) -> None:
+        entry = {"id": uuid.uuid4().hex, **entry}
+        [item] = self._client.bulk([{"create": {"_index": self.tombstone_index, "_id": entry["id"]}}, entry])["items"]
+        if item["create"]["status"] not in (200, 201):
+            raise RuntimeError(f"could not record the erasure: {item['create'].get('error')}")
 
     def delete(self, filter: LogFilter, remember: bool = True) -> int:
         """The tombstone is searchable before the delete-by-query starts (see `write_batch`)."""
         if remember and filter.names_records:
-            tombstone = {"id": uuid.uuid4().hex, **Tombstone(filter, time.time()).as_dict()}
-            [item] = self._client.bulk([{"create": {"_index": self.tombstone_index, "_id": tombstone["id"]}},
-                                        tombstone])["items"]
-            if item["create"]["status"] not in (200, 201):
-                raise RuntimeError(f"could not record the erasure: {item['create'].get('error')}")
+            self._append_erasure_entry(Tombstone(filter, time.time()).as_dict())
         return self._client.delete_matching(self.index, _query(filter))
 
     def close(self) -> None:

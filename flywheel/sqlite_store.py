@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from flywheel.records import Feedback, LogRecord
-from flywheel.store import NAMING_FIELDS, SCAN_FIELDS, LogFilter, Page, Partition, Tombstone, Tombstones
+from flywheel.store import (
+    NAMING_FIELDS,
+    SCAN_FIELDS,
+    LogFilter,
+    Page,
+    Partition,
+    Tombstone,
+    Tombstones,
+    active_tombstones,
+    lift_entry,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS logs (
@@ -32,7 +42,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_workload_ts ON logs (workload_id, ts, id);
 CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
-CREATE TABLE IF NOT EXISTS tombstones (tombstone TEXT NOT NULL);  -- Tombstone.as_dict() as JSON
+CREATE TABLE IF NOT EXISTS tombstones (entry TEXT NOT NULL);  -- JSON, append-only: store.active_tombstones
 """
 
 
@@ -174,18 +184,26 @@ class SqliteLogStore:
         return result
 
     def _current_tombstones(self) -> Tombstones:
-        """Reread only when another connection added one (tombstones are never removed)."""
-        if self._db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0] != len(self._tombstones.all):
-            self._tombstones = Tombstones(self._read_tombstones())
+        """Reread only when another connection added an entry (entries are never removed)."""
+        if self._db.execute("SELECT COUNT(*) FROM tombstones").fetchone()[0] != self._tombstones.entries:
+            self._tombstones = self._read_tombstones()
         return self._tombstones
 
-    def _read_tombstones(self) -> list[Tombstone]:
-        rows = self._db.execute("SELECT tombstone FROM tombstones ORDER BY rowid").fetchall()
-        return [Tombstone.from_dict(json.loads(stored)) for (stored,) in rows]
+    def _read_tombstones(self) -> Tombstones:
+        rows = self._db.execute("SELECT rowid, entry FROM tombstones ORDER BY rowid").fetchall()
+        return Tombstones(active_tombstones({**json.loads(entry), "id": str(rowid)} for rowid, entry in rows),
+                          len(rows))
 
     def tombstones(self) -> list[Tombstone]:
         with self._lock:
-            return self._read_tombstones()
+            return self._read_tombstones().all
+
+    def lift(self, tombstone_id: str) -> bool:
+        with self._lock, self._transaction():
+            if tombstone_id not in {tombstone.id for tombstone in self._read_tombstones().all}:
+                return False
+            self._db.execute("INSERT INTO tombstones VALUES (?)", (json.dumps(lift_entry(tombstone_id)),))
+            return True
 
     def delete(self, filter: LogFilter, remember: bool = True) -> int:
         where, params = _where(filter)

@@ -9,6 +9,7 @@ process's lock, default 60 s, before it fails and the log writer spools), `elast
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ class Tombstone:
 
     filter: LogFilter
     issued_at: float
+    id: str = ""  # the store's own, once stored: what `LogStore.lift` takes
 
     def covers(self, record: LogRecord) -> bool:
         return record.timestamp < self.issued_at and self.filter.matches(record)
@@ -69,20 +71,36 @@ class Tombstone:
 
     def describe(self) -> dict:
         """What `flywheel logs erasures` and the API show: when, and the criteria that were set."""
-        return {"issued_at": self.issued_at, "filter": self.filter.criteria()}
+        return {"id": self.id, "issued_at": self.issued_at, "filter": self.filter.criteria()}
 
     @classmethod
     def from_dict(cls, stored: dict) -> Tombstone:
         return cls(LogFilter(**{name: stored.get(name) for name in LogFilter.__dataclass_fields__}),
-                   stored["issued_at"])
+                   stored["issued_at"], stored.get("id", ""))
+
+
+def lift_entry(tombstone_id: str) -> dict:
+    """What a store appends to forget a tombstone (its erasure entries are append-only, so
+    their count tells a writer whether its cached tombstones are still current)."""
+    return {"lifts": tombstone_id, "issued_at": time.time()}
+
+
+def active_tombstones(entries: Iterable[dict]) -> list[Tombstone]:
+    """The tombstones a store's erasure entries leave in force, oldest first: each entry is
+    a tombstone (`Tombstone.as_dict()` and its `id`) or a `lift_entry`."""
+    entries = list(entries)
+    lifted = {entry["lifts"] for entry in entries if "lifts" in entry}
+    return [Tombstone.from_dict(entry) for entry in entries if "lifts" not in entry and entry["id"] not in lifted]
 
 
 class Tombstones:
     """Every tombstone of a store, looked up by the client or workload it names (the usual
-    erasures), so checking a record costs about the same with thousands of them."""
+    erasures), so checking a record costs about the same with thousands of them. `entries`:
+    how many erasure entries (tombstones and lifts) they were read from."""
 
-    def __init__(self, tombstones: Iterable[Tombstone] = ()):
+    def __init__(self, tombstones: Iterable[Tombstone] = (), entries: int = 0):
         self.all = list(tombstones)
+        self.entries = entries
         self._by_client: dict[str, list[Tombstone]] = {}
         self._by_workload: dict[str, list[Tombstone]] = {}
         self._rest: list[Tombstone] = []
@@ -158,6 +176,10 @@ class LogStore(Protocol):
 
     def tombstones(self) -> list[Tombstone]:
         """The erasures this store remembers, oldest first."""
+
+    def lift(self, tombstone_id: str) -> bool:
+        """Forget one erasure (a mistaken one): records it covered may be stored again. False
+        when no tombstone in force has that id."""
 
     def close(self) -> None: ...
 

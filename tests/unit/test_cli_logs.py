@@ -87,9 +87,15 @@ def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_to
 
     [remembered] = last_json(flywheel("logs", "erasures", "--json", home=home))["erasures"]  # not the age-only one
     assert remembered["filter"] == {"client_id": "alice"} and now <= remembered["issued_at"] <= time.time()
-    assert "client_id=alice" in flywheel("logs", "erasures", home=home, columns=120).stdout
+    assert "client_id=alice" in flywheel("logs", "erasures", home=home, columns=160).stdout
     restored = last_json(flywheel("logs", "import", str(backup), "--json", home=home))  # a backup restored
     assert (restored["imported"], restored["erased"]) == (1, 2)  # bob's old one until retention runs; alice's stay out
     store = open_store(f"sqlite:///{home / 'logs.db'}")
     assert sorted(record.client_id for record in store.query().records) == ["bob", "bob", "carol"]
     store.close()
+
+    unknown = flywheel("logs", "erasures", "--lift", "nope", home=home)
+    assert unknown.returncode == 2 and "no erasure 'nope'" in unknown.stderr
+    lifted = last_json(flywheel("logs", "erasures", "--lift", remembered["id"], "--json", home=home))
+    assert (lifted["lifted"], lifted["erasures"]) == (remembered["id"], [])  # a mistaken erasure, forgotten
+    assert last_json(flywheel("logs", "import", str(backup), "--json", home=home))["imported"] == 2  # alice's two are back

@@ -135,7 +135,8 @@ def test_delete_removes_exactly_what_the_filter_matches(store):
 def test_an_erasure_is_remembered_so_late_copies_stay_out(store):
     """Records of an erased client that reach the store afterwards (a spool replay, a
     replica's queued batch, a re-import) are dropped; what the client sends after the
-    erasure is kept; an age-only deletion (retention) leaves no tombstone."""
+    erasure is kept; an age-only deletion (retention) leaves no tombstone; a lifted
+    tombstone stops dropping, and the writer's cached tombstones see both changes."""
     records = [make(i) for i in range(6)]  # clients c0, c1, c2, c0, c1, c2
     store.write_batch(records[:3])
     before = time.time()
@@ -148,6 +149,10 @@ def test_an_erasure_is_remembered_so_late_copies_stay_out(store):
     assert store.get(records[1].id) is None and store.get(records[4].id) is None
     assert store.get(records[0].id) is not None and store.get(fresh.id) == fresh
     assert store.write_batch([records[4]]) == 0
+    assert tombstone.id and not store.lift("no-such-erasure")
+    assert store.lift(tombstone.id) and store.tombstones() == [] and not store.lift(tombstone.id)
+    assert store.write_batch([records[4]]) == 1  # a mistaken erasure, lifted: its records may be stored again
+    assert store.delete(LogFilter(client_id="c2")) == 1 and store.write_batch([records[5]]) == 0  # still guards
 
 
 def test_an_erasure_between_reading_tombstones_and_writing_still_wins(engine_store, monkeypatch):
