@@ -36,7 +36,6 @@ from flywheel.store import (
     Partition,
     Tombstone,
     Tombstones,
-    active_tombstones,
     lift_entry,
 )
 
@@ -50,7 +49,7 @@ MAPPING = {
                    "timestamp": {"type": "double"},
                    "record": {"type": "object", "enabled": False}},
 }
-TOMBSTONE_MAPPING = {  # erasure entries (store.active_tombstones) with an id; only read back whole
+TOMBSTONE_MAPPING = {  # erasure entries (Tombstones.from_entries) with an id; only read back whole
     "dynamic": False,
     "properties": {"id": {"type": "keyword"}, "issued_at": {"type": "double"}},
 }
@@ -194,7 +193,7 @@ class SearchLogStore:
             hits = self._client.search(self.tombstone_index, body)["hits"]["hits"]
             entries += [hit["_source"] for hit in hits]
             if len(hits) < SCAN_PAGE:
-                return Tombstones(active_tombstones(entries), len(entries))
+                return Tombstones.from_entries(entries)
             body["search_after"] = hits[-1]["sort"]
 
     def tombstones(self) -> list[Tombstone]:

@@ -26,7 +26,6 @@ from flywheel.store import (
     Partition,
     Tombstone,
     Tombstones,
-    active_tombstones,
     lift_entry,
 )
 
@@ -42,7 +41,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_workload_ts ON logs (workload_id, ts, id);
 CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
-CREATE TABLE IF NOT EXISTS tombstones (entry TEXT NOT NULL);  -- JSON, append-only: store.active_tombstones
+CREATE TABLE IF NOT EXISTS tombstones (entry TEXT NOT NULL);  -- JSON, append-only: Tombstones.from_entries
 """
 
 
@@ -191,8 +190,7 @@ class SqliteLogStore:
 
     def _read_tombstones(self) -> Tombstones:
         rows = self._db.execute("SELECT rowid, entry FROM tombstones ORDER BY rowid").fetchall()
-        return Tombstones(active_tombstones({**json.loads(entry), "id": str(rowid)} for rowid, entry in rows),
-                          len(rows))
+        return Tombstones.from_entries({**json.loads(entry), "id": str(rowid)} for rowid, entry in rows)
 
     def tombstones(self) -> list[Tombstone]:
         with self._lock:

@@ -85,14 +85,6 @@ def lift_entry(tombstone_id: str) -> dict:
     return {"lifts": tombstone_id, "issued_at": time.time()}
 
 
-def active_tombstones(entries: Iterable[dict]) -> list[Tombstone]:
-    """The tombstones a store's erasure entries leave in force, oldest first: each entry is
-    a tombstone (`Tombstone.as_dict()` and its `id`) or a `lift_entry`."""
-    entries = list(entries)
-    lifted = {entry["lifts"] for entry in entries if "lifts" in entry}
-    return [Tombstone.from_dict(entry) for entry in entries if "lifts" not in entry and entry["id"] not in lifted]
-
-
 class Tombstones:
     """Every tombstone of a store, looked up by the client or workload it names (the usual
     erasures), so checking a record costs about the same with thousands of them. `entries`:
@@ -111,6 +103,15 @@ class Tombstones:
                 self._by_workload.setdefault(tombstone.filter.workload_id, []).append(tombstone)
             else:
                 self._rest.append(tombstone)
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[dict]) -> Tombstones:
+        """The tombstones a store's erasure entries leave in force, oldest first: each entry
+        is a tombstone (`Tombstone.as_dict()` and its `id`) or a `lift_entry`."""
+        entries = list(entries)
+        lifted = {entry["lifts"] for entry in entries if "lifts" in entry}
+        return cls([Tombstone.from_dict(entry) for entry in entries if "lifts" not in entry and entry["id"] not in lifted],
+                   len(entries))
 
     def covers(self, record: LogRecord) -> bool:
         if not self.all:
