@@ -86,7 +86,7 @@ class SearchLogStore:
         # its own name, outside the `index*` pattern that dashboards read logs through
         self.tombstone_index = f"erasures-{self.index}"
         self._client.ensure_index(self.tombstone_index, TOMBSTONE_MAPPING)
-        self._tombstones = self._read_tombstones()
+        self._tombstones = Tombstones()  # read by the first write (`_reread_tombstones_if_changed`)
 
     def write_batch(self, records: Iterable[LogRecord]) -> int:
         """Records the current tombstones cover are left out. After the bulk write, an
