@@ -5,9 +5,12 @@ batches into SQLite and into OpenSearch (osmem-server, in memory, on this machin
 reads them back page by page (`query`), by partitions (`scan`), and through Ray Data
 (`read_logs`, one read task per partition). Each write checks the store's erasure
 tombstones: a second SQLite run writes the same records into a store that remembers
-`--erasures` client erasures (and one workload erasure per 100), to show their cost.
+`--erasures` client erasures (and one workload erasure per 100), to show their cost, and
+a third into one that remembers `--text-erasures` erasures by text (people's email
+addresses, none of them in the records: every record is looked through in full).
 
     python bench/store_ingest.py [--records 50000] [--batch 1000] [--partitions 2] [--erasures 1000]
+                                 [--text-erasures 1000]
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--partitions", type=int, default=2, help="read tasks / scan slices (2 cores here)")
     parser.add_argument("--erasures", type=int, default=1_000, help="client erasures the second SQLite store remembers")
+    parser.add_argument("--text-erasures", type=int, default=1_000,
+                        help="erasures by text (email addresses) the third SQLite store remembers")
     args = parser.parse_args()
 
     import ray
@@ -113,6 +118,13 @@ def main() -> None:
             if number % 100 == 0:
                 store.delete(LogFilter(workload_id=f"retired-{number}"))
         results[f"sqlite, {len(store.tombstones()):,} erasures remembered"] = {
+            "write_batch": write_seconds(store, records, args.batch)}
+        assert store.count() == len(records)
+        store.close()
+        store = open_store(f"sqlite:///{tmp}/remembering-texts.db")
+        for number in range(args.text_erasures):
+            store.delete(LogFilter(contains=f"person.{number:05d}.{number * 7919 % 10007}@example.org"))
+        results[f"sqlite, {len(store.tombstones()):,} text erasures remembered"] = {
             "write_batch": write_seconds(store, records, args.batch)}
         assert store.count() == len(records)
         store.close()

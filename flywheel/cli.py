@@ -260,10 +260,14 @@ def logs_import(
 def logs_export(
     out_file: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
     workload: str | None = typer.Option(None, "--workload", help="Only this workload."),
+    client: str | None = typer.Option(None, "--client", help="Only this client's records."),
+    contains: str | None = typer.Option(None, "--contains", help="Only records holding this text anywhere (ASCII "
+                                        "letters in any case): what `logs delete --contains` would erase."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Export records as JSONL (the LogRecord schema), oldest first."""
+    """Export records as JSONL (the LogRecord schema), oldest first: a backup, or what the
+    store holds about someone (an access request)."""
     from flywheel.store import LogFilter
 
     cfg = config_from(config)
@@ -274,7 +278,8 @@ def logs_export(
     exported, cursor = 0, None
     try:
         while True:
-            page = store.query(LogFilter(workload_id=workload), limit=1_000, cursor=cursor)
+            page = store.query(LogFilter(workload_id=workload, client_id=client, contains=contains), limit=1_000,
+                               cursor=cursor)
             for record in page.records:
                 sink.write(record.model_dump_json() + "\n")
             exported += len(page.records)
@@ -323,6 +328,9 @@ def logs_delete(
                                      "answered."),
     older_than_days: float | None = typer.Option(None, "--older-than-days", min=0,
                                                  help="Only records logged more than this many days ago."),
+    contains: str | None = typer.Option(None, "--contains", help="Only records holding this text anywhere (an "
+                                        "email, a name, an account number; ASCII letters in any case): a person's "
+                                        "erasure request."),
     yes: bool = typer.Option(False, "--yes", help="Delete them; without it, only count what would be deleted."),
     keep_datasets: bool = typer.Option(False, "--keep-datasets", help="Leave the curated datasets as they are "
                                        "(default: their rows made from these records are removed too)."),
@@ -332,18 +340,18 @@ def logs_delete(
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Delete logged inferences: a client's (an erasure request), a workload's, a model's, or
-    those past a retention period, with their rows in every curated dataset, and name (or
-    with --retire-adapters retire) the adapters trained on them. Without --yes it is a dry
-    run that counts."""
+    """Delete logged inferences: a client's or those mentioning a person (an erasure request),
+    a workload's, a model's, or those past a retention period, with their rows in every
+    curated dataset, and name (or with --retire-adapters retire) the adapters trained on
+    them. Without --yes it is a dry run that counts."""
     from flywheel.erasure import erase, erasure_filter
     from flywheel.log_writer import spooled_batches
     from flywheel.turns import TurnBusy
 
     try:
-        chosen = erasure_filter(workload, client, model, older_than_days)
-    except ValueError:
-        fail("name what to delete: --workload, --client, --model and/or --older-than-days")
+        chosen = erasure_filter(workload, client, model, older_than_days, contains)
+    except ValueError as error:
+        fail(f"{error} (--workload, --client, --model, --contains, --older-than-days)")
     cfg = config_from(config)
     store = store_from(cfg)
     try:
@@ -355,7 +363,8 @@ def logs_delete(
     finally:
         store.close()
     spooled = spooled_batches(cfg.spool_dir)
-    criteria = {"workload": workload, "client": client, "model": model, "older_than_days": older_than_days}
+    criteria = {"workload": workload, "client": client, "model": model, "contains": contains,
+                "older_than_days": older_than_days}
     result = {**erasure.model_dump(), "dry_run": not yes, "store": cfg.store_url, "spooled_batches": spooled,
               "filter": {key: value for key, value in criteria.items() if value is not None}}
     if as_json:

@@ -1,9 +1,11 @@
 """Deleting logged inferences together with what was derived from them.
 
-A logged answer lives on in the dataset versions curated from it (copies: redacted, not
+An erasure names the records by client, workload, model, age, or a text they hold (a
+person's email: the client id names an application, not who typed into it). A logged
+answer lives on in the dataset versions curated from it (copies: redacted, not
 anonymous) and in the adapters trained on those (weights cannot unlearn a row). `erase`
-removes the records' rows from every dataset version first and deletes the records from
-the store last, so a run that stops halfway finds the same records again and finishes.
+removes the records' rows (by record id) from every dataset version first and deletes the
+records from the store last, so a run that stops halfway finds the same records again and finishes.
 It holds the records' workloads' turn locks meanwhile: a turn curating one of them could
 copy the records into a new version after they were looked for. It names the adapters
 that learned from a removed row, for the operator to retrain or retire, or retires them
@@ -31,6 +33,7 @@ from flywheel.store import LogFilter, LogStore
 from flywheel.turns import RunBook
 
 SCAN_CHUNK = 50_000  # records per slice of the id scan (SQLite reads a slice whole)
+MIN_CONTAINS = 3  # characters of an erasure's text (an email, a name, an account number)
 LEARNED_FROM = ("train", "val")  # the splits an adapter's weights depend on (see datasets.trained_rows)
 
 
@@ -43,7 +46,7 @@ class Erasure(BaseModel):
         default_factory=dict, description="Dataset id -> rows removed per split (would be, on a dry run).")
     remembered: bool = Field(
         default=False, description="The store keeps a tombstone for this erasure (it names a client, workload, "
-        "model or status): copies of these records that arrive later (queued, spooled, re-imported) are dropped.")
+        "model, status or text): copies of these records that arrive later (queued, spooled, re-imported) are dropped.")
     adapters: list[str] = Field(
         default_factory=list, description="Adapters trained on a removed train or val row, or warm-started from one "
         "that was: their weights may still reflect the erased records; retrain or retire them.")
@@ -61,13 +64,17 @@ class Erasure(BaseModel):
 
 
 def erasure_filter(workload_id: str | None = None, client_id: str | None = None, model: str | None = None,
-                   older_than_days: float | None = None, now: float | None = None) -> LogFilter:
+                   older_than_days: float | None = None, contains: str | None = None,
+                   now: float | None = None) -> LogFilter:
     """The records an erasure names; a ValueError when it names none (deleting every record
-    takes naming them all, e.g. `older_than_days=0`)."""
-    if workload_id is None and client_id is None and model is None and older_than_days is None:
-        raise ValueError("name what to delete: a workload, a client, a model and/or an age in days")
+    takes naming them all, e.g. `older_than_days=0`) or names a text shorter than
+    `MIN_CONTAINS` characters (one that short would match most records)."""
+    if workload_id is None and client_id is None and model is None and older_than_days is None and contains is None:
+        raise ValueError("name what to delete: a workload, a client, a model, a text and/or an age in days")
+    if contains is not None and len(contains.strip()) < MIN_CONTAINS:
+        raise ValueError(f"the text to look for needs at least {MIN_CONTAINS} characters besides spaces")
     until = None if older_than_days is None else (time.time() if now is None else now) - older_than_days * 86400
-    return LogFilter(workload_id=workload_id, client_id=client_id, model=model, until=until)
+    return LogFilter(workload_id=workload_id, client_id=client_id, model=model, until=until, contains=contains)
 
 
 def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: bool = False,

@@ -13,7 +13,8 @@ bulk `create` keyed on the record id, so a replayed batch or a re-import adds no
 `query` pages with `search_after` on (timestamp, id); `partitions` open one point in
 time and hand out its slices, so parallel readers see one consistent snapshot (the PIT
 expires by itself after `PIT_KEEP_ALIVE` without reads). Erasures' tombstones live in
-their own index, `erasures-<index>`.
+their own index, `erasures-<index>`. The record is not indexed, so a filter's `contains`
+is tested here on each document the rest of the filter selects.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -36,12 +38,14 @@ from flywheel.store import (
     Partition,
     Tombstone,
     Tombstones,
+    fold,
     lift_entry,
 )
 
 DEFAULT_INDEX = "flywheel-logs"
 PIT_KEEP_ALIVE = "5m"
 SCAN_PAGE = 1_000
+DELETE_CHUNK = 10_000  # ids per delete-by-query (a terms query takes at most 65,536 by default)
 KEYWORDS = ("id", "workload_id", "client_id", "model", "status", "day")
 MAPPING = {
     "dynamic": False,
@@ -65,10 +69,19 @@ def _query(filter: LogFilter) -> dict[str, Any]:
     return {"bool": {"filter": clauses}} if clauses else {"match_all": {}}
 
 
+def _day(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%d")
+
+
+def _record_json(source: dict[str, Any]) -> str:
+    """A document's record as SQLite holds it (`LogRecord.model_dump_json` form)."""
+    return json.dumps(source["record"], separators=(",", ":"), ensure_ascii=False)
+
+
 def _document(record: LogRecord) -> dict[str, Any]:
-    day = datetime.fromtimestamp(record.timestamp, tz=UTC).strftime("%Y-%m-%d")
     return {"id": record.id, "timestamp": record.timestamp, "workload_id": record.workload_id,
-            "client_id": record.client_id, "model": record.model, "status": record.status, "day": day,
+            "client_id": record.client_id, "model": record.model, "status": record.status,
+            "day": _day(record.timestamp),
             "record": record.model_dump(mode="json")}
 
 
@@ -127,17 +140,30 @@ class SearchLogStore:
 
     def query(self, filter: LogFilter = LogFilter(), order: Literal["asc", "desc"] = "asc",
               limit: int = 100, cursor: str | None = None) -> Page:
-        body: dict[str, Any] = {"query": _query(filter), "size": limit,
+        size = limit if filter.contains is None else max(limit, SCAN_PAGE)
+        body: dict[str, Any] = {"query": _query(filter), "size": size,
                                 "sort": [{"timestamp": order}, {"id": order}]}
         if cursor is not None:
             body["search_after"] = json.loads(cursor)
-        hits = self._client.search(self.index, body)["hits"]["hits"]
-        records = [LogRecord.model_validate(hit["_source"]["record"]) for hit in hits]
-        next_cursor = json.dumps(hits[-1]["sort"]) if len(hits) == limit else None
-        return Page(records, next_cursor)
+        records: list[LogRecord] = []
+        while True:  # more than one search only when `contains` leaves hits out
+            hits = self._client.search(self.index, body)["hits"]["hits"]
+            for hit in hits:
+                if filter.contains is None or filter.needle in fold(_record_json(hit["_source"])):
+                    records.append(LogRecord.model_validate(hit["_source"]["record"]))
+                    if len(records) == limit:
+                        return Page(records, json.dumps(hit["sort"]))
+            if len(hits) < size:
+                return Page(records, None)
+            body["search_after"] = hits[-1]["sort"]
 
     def count(self, filter: LogFilter = LogFilter()) -> int:
+        if filter.contains is not None:
+            return sum(1 for _ in self._scan_all(filter))
         return self._client.count(self.index, _query(filter))
+
+    def _scan_all(self, filter: LogFilter) -> Iterator[tuple]:
+        return self.scan(self.partitions(filter, 1)[0])
 
     def partitions(self, filter: LogFilter, count: int) -> list[Partition]:
         """Slices of one point in time: together they cover the filtered snapshot once."""
@@ -154,9 +180,9 @@ class SearchLogStore:
             page = self._client.search(None, body)
             hits = page["hits"]["hits"]
             for hit in hits:
-                source = hit["_source"]
-                yield (*(source[field] for field in SCAN_FIELDS[:-1]),
-                       json.dumps(source["record"], separators=(",", ":"), ensure_ascii=False))  # as SQLite holds it
+                source, text = hit["_source"], _record_json(hit["_source"])
+                if partition.filter.contains is None or partition.filter.needle in fold(text):
+                    yield (*(source[field] for field in SCAN_FIELDS[:-1]), text)
             if len(hits) < SCAN_PAGE:
                 return
             pit_id = page.get("pit_id", pit_id)  # the engine may hand back a new id
@@ -176,6 +202,8 @@ class SearchLogStore:
 
     def stats(self, filter: LogFilter = LogFilter()) -> dict:
         fields = {"by_workload": "workload_id", "by_model": "model", "by_status": "status", "by_day": "day"}
+        if filter.contains is not None:
+            return self._scanned_stats(filter, fields)
         body = {"size": 0, "query": _query(filter), "track_total_hits": True,
                 "aggs": {name: {"terms": {"field": field, "size": 10_000}} for name, field in fields.items()}}
         result = self._client.search(self.index, body)
@@ -184,6 +212,17 @@ class SearchLogStore:
             buckets = result["aggregations"][name]["buckets"]
             stats[name] = dict(sorted((bucket["key"], bucket["doc_count"]) for bucket in buckets))
         return stats
+
+    def _scanned_stats(self, filter: LogFilter, fields: dict[str, str]) -> dict:
+        """`stats` counted from the documents themselves (what `contains` needs)."""
+        counts: dict[str, Counter] = {name: Counter() for name in fields}
+        for row in self._scan_all(filter):
+            found = dict(zip(SCAN_FIELDS, row, strict=True))
+            found["day"] = _day(found["timestamp"])
+            for name, field in fields.items():
+                counts[name][found[field]] += 1
+        return {"total": sum(counts["by_status"].values()),
+                **{name: dict(sorted(counted.items())) for name, counted in counts.items()}}
 
     def _read_tombstones(self) -> Tombstones:
         entries: list[dict[str, Any]] = []
@@ -215,7 +254,11 @@ class SearchLogStore:
         """The tombstone is searchable before the delete-by-query starts (see `write_batch`)."""
         if remember and filter.names_records:
             self._append_erasure_entry(Tombstone(filter, time.time()).as_dict())
-        return self._client.delete_matching(self.index, _query(filter))
+        if filter.contains is None:
+            return self._client.delete_matching(self.index, _query(filter))
+        ids = [row[0] for row in self._scan_all(filter)]
+        return sum(self._client.delete_matching(self.index, {"terms": {"id": ids[start:start + DELETE_CHUNK]}})
+                   for start in range(0, len(ids), DELETE_CHUNK))
 
     def close(self) -> None:
         self._client.close()

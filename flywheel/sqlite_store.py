@@ -61,6 +61,9 @@ def _where(filter: LogFilter) -> tuple[str, list[Any]]:
     if filter.until is not None:
         clauses.append("ts < ?")
         params.append(filter.until)
+    if filter.contains is not None:  # no index can help: it reads every record the other clauses leave
+        clauses.append("instr(lower(record), ?) > 0")
+        params.append(filter.needle)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
@@ -114,7 +117,7 @@ class SqliteLogStore:
             with self._transaction():
                 tombstones = self._current_tombstones()
                 self._db.executemany("INSERT OR IGNORE INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
-                                     [row for record, row in rows if not tombstones.covers(record)])
+                                     [row for record, row in rows if not tombstones.covers(record, row[6])])
             return self._db.total_changes - before
 
     def get(self, record_id: str) -> LogRecord | None:

@@ -9,17 +9,32 @@ process's lock, default 60 s, before it fails and the log writer spools), `elast
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import parse_qsl
+
+import ahocorasick
 
 from flywheel.records import Feedback, LogRecord
 
 SCAN_FIELDS = ("id", "timestamp", "workload_id", "client_id", "model", "status", "record")
 NAMING_FIELDS = ("workload_id", "client_id", "model", "status")  # LogFilter fields that name whose records
+
+
+def fold(text: str) -> str:
+    """Lower case for ASCII letters only, as SQLite's `lower()` does (and `bytes.lower`):
+    every backend then matches `LogFilter.contains` alike."""
+    return text.encode().lower().decode()
+
+
+def record_text(record: LogRecord) -> str:
+    """What `LogFilter.contains` is looked for in: the record's stored JSON, folded."""
+    return fold(record.model_dump_json())
 
 
 @dataclass(frozen=True)
@@ -32,24 +47,33 @@ class LogFilter:
     status: Literal["ok", "error"] | None = None
     since: float | None = None
     until: float | None = None
+    contains: str | None = None  # text anywhere in the stored record, ASCII letters in any case
 
     @property
     def names_records(self) -> bool:
-        """Whether it names whose records (a workload, client, model or status), not only an age."""
-        return any(getattr(self, name) is not None for name in NAMING_FIELDS)
+        """Whether it names whose records (a workload, client, model, status or a text), not only an age."""
+        return self.contains is not None or any(getattr(self, name) is not None for name in NAMING_FIELDS)
+
+    @cached_property
+    def needle(self) -> str:
+        """`contains` as it appears in a record's JSON (quotes, backslashes and newlines
+        escaped), folded: what is looked for in `record_text`."""
+        return fold(json.dumps(self.contains, ensure_ascii=False)[1:-1]) if self.contains is not None else ""
 
     def criteria(self) -> dict:
         """The fields that are set."""
         return {name: value for name, value in asdict(self).items() if value is not None}
 
-    def matches(self, record: LogRecord) -> bool:
-        """The test the backends' queries make, on a record in hand."""
+    def matches(self, record: LogRecord, text: str | None = None) -> bool:
+        """The test the backends' queries make, on a record in hand; `text`: its
+        `record_text`, when the caller has it already."""
         return ((self.workload_id is None or record.workload_id == self.workload_id)
                 and (self.client_id is None or record.client_id == self.client_id)
                 and (self.model is None or record.model == self.model)
                 and (self.status is None or record.status == self.status)
                 and (self.since is None or record.timestamp >= self.since)
-                and (self.until is None or record.timestamp < self.until))
+                and (self.until is None or record.timestamp < self.until)
+                and (self.contains is None or self.needle in (record_text(record) if text is None else text)))
 
 
 @dataclass(frozen=True)
@@ -62,8 +86,8 @@ class Tombstone:
     issued_at: float
     id: str = ""  # the store's own, once stored: what `LogStore.lift` takes
 
-    def covers(self, record: LogRecord) -> bool:
-        return record.timestamp < self.issued_at and self.filter.matches(record)
+    def covers(self, record: LogRecord, text: str | None = None) -> bool:
+        return record.timestamp < self.issued_at and self.filter.matches(record, text)
 
     def as_dict(self) -> dict:
         """The flat form backends store: `issued_at` and the filter's fields."""
@@ -87,22 +111,34 @@ def lift_entry(tombstone_id: str) -> dict:
 
 class Tombstones:
     """Every tombstone of a store, looked up by the client or workload it names (the usual
-    erasures), so checking a record costs about the same with thousands of them. `entries`:
-    how many erasure entries (tombstones and lifts) they were read from."""
+    erasures) or else by its text (one Aho-Corasick pass over a record finds every such
+    text it holds), so checking a record costs about the same with thousands of them. A
+    record newer than every erasure (live traffic) is not looked up at all. `entries`: how
+    many erasure entries (tombstones and lifts) they were read from."""
 
     def __init__(self, tombstones: Iterable[Tombstone] = (), entries: int = 0):
         self.all = list(tombstones)
         self.entries = entries
+        self._newest = max((tombstone.issued_at for tombstone in self.all), default=-float("inf"))
         self._by_client: dict[str, list[Tombstone]] = {}
         self._by_workload: dict[str, list[Tombstone]] = {}
         self._rest: list[Tombstone] = []
+        by_text: dict[str, list[Tombstone]] = {}
         for tombstone in self.all:
             if tombstone.filter.client_id is not None:
                 self._by_client.setdefault(tombstone.filter.client_id, []).append(tombstone)
             elif tombstone.filter.workload_id is not None:
                 self._by_workload.setdefault(tombstone.filter.workload_id, []).append(tombstone)
+            elif tombstone.filter.contains is not None:
+                by_text.setdefault(tombstone.filter.needle, []).append(tombstone)
             else:
                 self._rest.append(tombstone)
+        self._texts: ahocorasick.Automaton | None = None
+        if by_text:
+            self._texts = ahocorasick.Automaton()
+            for needle, named in by_text.items():
+                self._texts.add_word(needle, named)
+            self._texts.make_automaton()
 
     @classmethod
     def from_entries(cls, entries: Iterable[dict]) -> Tombstones:
@@ -113,11 +149,22 @@ class Tombstones:
         return cls([Tombstone.from_dict(entry) for entry in entries if "lifts" not in entry and entry["id"] not in lifted],
                    len(entries))
 
-    def covers(self, record: LogRecord) -> bool:
-        if not self.all:
+    def covers(self, record: LogRecord, dumped: str | None = None) -> bool:
+        """`dumped`: `record.model_dump_json()`, when the caller made it already."""
+        if record.timestamp >= self._newest:
             return False
         named = (*self._by_client.get(record.client_id, ()), *self._by_workload.get(record.workload_id, ()))
-        return any(tombstone.covers(record) for tombstone in (*named, *self._rest))
+        text = None  # the record's JSON, made once, if a tombstone that names a text gets that far
+        for tombstone in (*named, *self._rest):
+            if text is None and tombstone.filter.contains is not None and record.timestamp < tombstone.issued_at:
+                text = record_text(record) if dumped is None else fold(dumped)
+            if tombstone.covers(record, text):
+                return True
+        if self._texts is None:
+            return False
+        if text is None:
+            text = record_text(record) if dumped is None else fold(dumped)
+        return any(tombstone.covers(record, text) for _, found in self._texts.iter(text) for tombstone in found)
 
     def kept(self, records: Iterable[LogRecord]) -> list[LogRecord]:
         return [record for record in records if not self.covers(record)] if self.all else list(records)

@@ -469,12 +469,13 @@ def make_api(
         @app.post("/v1/flywheel/erasures")
         async def erasure(request: Request) -> JSONResponse:
             """`flywheel logs delete` over HTTP: `{"client_id"?, "workload_id"?, "model"?,
-            "older_than_days"?, "dry_run": true, "keep_datasets": false, "retire_adapters": false}`.
+            "contains"?, "older_than_days"?, "dry_run": true, "keep_datasets": false, "retire_adapters": false}`.
             It counts unless `dry_run` is false; then it deletes the records and their rows in
             curated datasets (and retires the adapters trained on those rows)."""
             admin(request)
             body = await read_body(request, config.max_body_bytes, require_model=False)
-            names, flags = ("workload_id", "client_id", "model"), ("dry_run", "keep_datasets", "retire_adapters")
+            names, flags = ("workload_id", "client_id", "model", "contains"), ("dry_run", "keep_datasets",
+                                                                                "retire_adapters")
             if unknown := sorted(set(body) - {*names, "older_than_days", *flags}):
                 raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(names)}, "
                                f"older_than_days, {', '.join(flags)}", unknown[0])
@@ -488,7 +489,7 @@ def make_api(
             if age is not None and (isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf):
                 raise ApiError(400, "`older_than_days` must be a number of days >= 0", "older_than_days")
             try:
-                chosen = erasure_filter(*(body.get(key) for key in names), older_than_days=age)
+                chosen = erasure_filter(**{key: body.get(key) for key in names}, older_than_days=age)
             except ValueError as error:
                 raise ApiError(400, str(error)) from None
             dry_run = body.get("dry_run", True)

@@ -589,8 +589,9 @@ def test_the_doctor_endpoint_reports_this_replicas_checks(secured):
 
 
 def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows(secured, log_store, tmp_path):
-    records = [LogRecord(workload_id="support", client_id=client, model="small", request={}) for client in
-               ("alice", "alice", "bob")]
+    records = [LogRecord(workload_id="support", client_id=client, model="small",
+                         request={"messages": [{"role": "user", "content": f"I am {client}"}]})
+               for client in ("alice", "alice", "bob")]
     log_store.write_batch(records)
     messages = json.dumps([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
     rows = [{"id": record.id, "label": "a", "source": "teacher", "tools": "[]", "messages": messages}
@@ -599,7 +600,7 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
                             {"prefix": None}, {"train": 3}, [])
     for body in ({}, {"dry_run": False}, {"client_id": ""}, {"client_id": 7}, {"client_id": "alice", "who": 1},
                  {"client_id": "alice", "dry_run": "no"}, {"client_id": "alice", "retire_adapters": 1},
-                 {"older_than_days": -1}, {"older_than_days": True}):
+                 {"older_than_days": -1}, {"older_than_days": True}, {"contains": 5}, {"contains": " ab "}):
         assert_openai_error(secured.post("/v1/flywheel/erasures", json=body, headers=ADMIN), 400)
     counted = secured.post("/v1/flywheel/erasures", json={"client_id": "alice"}, headers=ADMIN).json()
     assert (counted["matched"], counted["deleted"], counted["dry_run"]) == (2, 0, True) and log_store.count() == 3
@@ -614,6 +615,8 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     [remembered] = secured.get("/v1/flywheel/erasures", headers=ADMIN).json()["data"]
     assert remembered["filter"] == {"client_id": "alice"}  # the dry runs and the refused one left none
     assert log_store.write_batch(records[:1]) == 0  # a late copy of alice's record stays out
+    mentioned = secured.post("/v1/flywheel/erasures", json={"contains": "I AM BOB"}, headers=ADMIN).json()
+    assert (mentioned["matched"], mentioned["filter"]) == (1, {"contains": "I AM BOB"})
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},

@@ -99,3 +99,28 @@ def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_to
     lifted = last_json(flywheel("logs", "erasures", "--lift", remembered["id"], "--json", home=home))
     assert (lifted["lifted"], lifted["erasures"]) == (remembered["id"], [])  # a mistaken erasure, forgotten
     assert last_json(flywheel("logs", "import", str(backup), "--json", home=home))["imported"] == 2  # alice's two are back
+
+
+def test_a_persons_records_are_found_by_the_text_they_hold_then_exported_and_erased(tmp_path):
+    """An access request (`export --contains`), then the erasure (`delete --contains`): every
+    record that mentions the person, whichever client sent it, and no other."""
+    home = tmp_path / "home"
+    store = open_store(f"sqlite:///{home / 'logs.db'}")
+    said = ["My email is Ana.Lima@example.org", "ok", "write to ana.lima@EXAMPLE.org today", "analima"]
+    store.write_batch([LogRecord(workload_id="support", client_id=client, model="small",
+                                 request={"messages": [{"role": "user", "content": text}]})
+                       for client, text in zip(["alice", "alice", "bob", "bob"], said, strict=True)])
+    store.close()
+
+    found = tmp_path / "ana.jsonl"
+    assert last_json(flywheel("logs", "export", "--contains", "ana.lima@example.org", "--out", str(found), "--json",
+                              home=home))["exported"] == 2
+    assert sorted(json.loads(line)["client_id"] for line in found.read_text().splitlines()) == ["alice", "bob"]
+    short = flywheel("logs", "delete", "--contains", " a ", home=home)
+    assert short.returncode == 2 and "at least 3 characters" in short.stderr and short.stderr.count("\n") == 1
+    dry = last_json(flywheel("logs", "delete", "--contains", "ana.lima@example.org", "--json", home=home))
+    assert (dry["matched"], dry["deleted"], dry["filter"]) == (2, 0, {"contains": "ana.lima@example.org"})
+    erased = last_json(flywheel("logs", "delete", "--contains", "ana.lima@example.org", "--yes", "--json", home=home))
+    assert (erased["deleted"], erased["remembered"]) == (2, True)
+    assert last_json(flywheel("logs", "stats", "--json", home=home))["by_status"] == {"ok": 2}
+    assert "contains=ana.lima@example.org" in flywheel("logs", "erasures", home=home, columns=160).stdout

@@ -122,6 +122,33 @@ def test_erasing_a_client_removes_its_rows_everywhere_and_names_the_adapters_tha
     store.close()
 
 
+def test_erasing_by_a_text_the_datasets_redacted_still_removes_the_rows_made_from_it(tmp_path):
+    """Curation redacts an email out of its copies, so the datasets cannot be searched for
+    it: the rows go by the ids of the store's records that hold it."""
+    config = load_config(REPO_CONFIG, {"home": str(tmp_path), "curate.teacher_models": [TEACHER],
+                                       "curate.icl.semantic": False, "curate.eval_size": 30})
+    store = open_store(config.store_url)
+    records = [record_from_json(item) for item in generate(300, seed=3)]
+    for number in range(0, 300, 25):  # a dozen requests, from several clients, mention one person
+        last = records[number].request["messages"][-1]
+        last["content"] += " - it's Ana.Lima@example.org"
+    store.write_batch(records)
+    version = curate_workload(config, store, "support-tools", prepare=prepare_in_process)
+    assert "ana.lima" not in "".join((version.path / f"{split}.jsonl").read_text().lower() for split in SPLITS)
+    ids = {records[number].id for number in range(0, 300, 25)}
+    held = {split: len(ids & {row["id"] for row in version.rows(split)}) for split in SPLITS}
+    assert sum(held.values()) > 0 and len({records[number].client_id for number in range(0, 300, 25)}) > 1
+
+    done = erase(config, store, erasure.erasure_filter(contains="ana.lima@example.org"))
+    assert (done.matched, done.deleted, done.remembered) == (12, 12, True)
+    assert done.datasets == {version.dataset_id: {split: n for split, n in held.items() if n}}
+    assert all(store.get(record_id) is None for record_id in ids) and store.count() == 288
+    assert not ids & {row["id"] for split in SPLITS for row in load_dataset(config.datasets_dir,
+                                                                           version.dataset_id).rows(split)}
+    assert store.write_batch([records[0]]) == 0  # a late copy stays out
+    store.close()
+
+
 def test_eval_rows_written_without_picks_stay_without(tmp_path):
     splits = {"train": [_example("x1")], "val": [], "eval": [_example("y1")], "icl": []}  # no `icl_ids` key
     version = write_dataset(tmp_path, "w", splits, {"prefix": None}, {}, [])

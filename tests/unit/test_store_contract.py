@@ -16,7 +16,7 @@ from flywheel import search_store
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient
 from flywheel.search_store import SearchLogStore
-from flywheel.store import SCAN_FIELDS, LogFilter, open_store
+from flywheel.store import SCAN_FIELDS, LogFilter, Tombstone, Tombstones, open_store
 
 
 def index_url(server: str, flavour: str) -> str:
@@ -153,6 +153,63 @@ def test_an_erasure_is_remembered_so_late_copies_stay_out(store):
     assert store.lift(tombstone.id) and store.tombstones() == [] and not store.lift(tombstone.id)
     assert store.write_batch([records[4]]) == 1  # a mistaken erasure, lifted: its records may be stored again
     assert store.delete(LogFilter(client_id="c2")) == 1 and store.write_batch([records[5]]) == 0  # still guards
+
+
+def _saying(i: int, text: str) -> LogRecord:
+    return make(i).model_copy(update={"request": {"messages": [{"role": "user", "content": text}]}})
+
+
+def test_a_text_filter_matches_alike_everywhere_and_its_erasure_is_remembered(store, monkeypatch):
+    """`contains` is looked for in the whole stored record, ASCII letters in any case and
+    the rest as written (quotes and newlines too): count, query pages, the scan and stats
+    agree, a client narrows it, and deleting by a text remembers it, so an older copy
+    that arrives later is dropped while the person's next request is kept."""
+    monkeypatch.setattr(search_store, "SCAN_PAGE", 4)  # several pages per search
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"type": "function", "function": {"name": "find", "arguments": '{"email": "jane.doe@example.com"}'}}]}
+    records = [make(i) for i in range(30)]
+    records[3] = _saying(3, "Mail me at Jane.Doe@Example.COM please")
+    records[16] = make(16).model_copy(update={"response": {"choices": [{"message": call}]}})
+    records[22] = _saying(22, 'She said "jane" twice\nthen left')
+    records[26] = _saying(26, "Grüße von Jürgen")
+    store.write_batch(records)
+    jane = LogFilter(contains="JANE.doe@example.com")
+    assert store.count(jane) == 2 and store.count(LogFilter(contains="nobody@example.com")) == 0
+    assert store.count(LogFilter(contains='said "Jane" TWICE\nthen')) == 1
+    assert store.count(LogFilter(contains="Jürgen")) == 1 and store.count(LogFilter(contains="JÜRGEN")) == 0
+    assert store.count(LogFilter(client_id="c0", contains="jane.doe@")) == 1  # records[3]; 16 is c1's
+    seen, cursor = [], None
+    while True:
+        page = store.query(LogFilter(contains="jane"), order="desc", limit=1, cursor=cursor)
+        seen += [record.id for record in page.records]
+        if page.cursor is None:
+            break
+        cursor = page.cursor
+    assert seen == [records[22].id, records[16].id, records[3].id]
+    scanned = {row[0] for part in store.partitions(jane, 2) for row in store.scan(part)}
+    assert scanned == {records[3].id, records[16].id}
+    assert store.stats(jane)["total"] == 2
+    assert store.stats(jane)["by_model"] == {"small": 1, "small:tuned": 1}
+    assert store.delete(jane) == 2 and store.count() == 28 and store.get(records[22].id) is not None
+    [tombstone] = store.tombstones()
+    assert tombstone.filter == jane and tombstone.describe()["filter"] == {"contains": "JANE.doe@example.com"}
+    later = _saying(40, "jane.doe@example.com again").model_copy(update={"timestamp": time.time() + 1})
+    assert store.write_batch([records[3], records[16], records[4], later]) == 1  # only the new request
+    assert store.get(later.id) == later and store.get(records[3].id) is None
+
+
+def test_tombstones_that_name_texts_cover_older_records_holding_them_for_their_client_only():
+    texts = Tombstones([Tombstone(LogFilter(contains="ana@x.org"), 1_700_000_100),
+                        Tombstone(LogFilter(client_id="c1", contains="secret plan"), 1_700_000_100),
+                        Tombstone(LogFilter(contains="zed's"), 1_700_000_050)])
+
+    def said(text, ts, client="c0"):
+        return _saying(0, text).model_copy(update={"timestamp": 1_700_000_000 + ts, "client_id": client})
+
+    assert texts.covers(said("mail ANA@x.org", 60)) and not texts.covers(said("mail ANA@x.org", 100))
+    assert texts.covers(said("the SECRET plan", 60, "c1")) and not texts.covers(said("the secret plan", 60))
+    assert texts.covers(said("zed's here", 40)) and not texts.covers(said("zed's here", 60))
+    assert not texts.covers(said("zed here", 40)) and not Tombstones().covers(said("ana@x.org", 0))
 
 
 def test_an_erasure_between_reading_tombstones_and_writing_still_wins(engine_store, monkeypatch):
