@@ -79,6 +79,7 @@ class RouteTable(BaseModel):
     aliases: dict[str, AliasState] = Field(default_factory=dict)
     history: dict[str, list[AliasState]] = Field(default_factory=dict)  # earlier states, newest last
     events: list[RouteEvent] = Field(default_factory=list)
+    retired: list[str] = Field(default_factory=list)  # adapter ids `retire` took out: none is routed to again
 
 
 def seed_states(aliases: dict[str, RouteTarget]) -> dict[str, AliasState]:
@@ -177,7 +178,9 @@ class RouteBook:
     def retire(self, adapters: set[str], reason: str) -> list[str]:
         """Take these adapter ids out of every alias: a retired student or candidate is
         dropped, a trial ends (the student, or else the teacher, answers) and rollback
-        targets that name one are forgotten. Returns the aliases whose state changed."""
+        targets that name one are forgotten; from then on no change may name one (a gate
+        that decided to promote one just before is refused, though its files still exist
+        until the erasure deletes them). Returns the aliases whose state changed."""
         def retired(model: str | None) -> bool:
             return bool(model) and model.partition(":")[2] in adapters
 
@@ -186,6 +189,7 @@ class RouteBook:
 
         changed = []
         with self._locked() as table:
+            table.retired = sorted({*table.retired, *adapters})
             for alias, before in {**self.seed, **table.aliases}.items():
                 if alias in table.history:
                     table.history[alias] = [state for state in table.history[alias] if not names_one(state)]
@@ -205,6 +209,10 @@ class RouteBook:
         with self._locked() as table:
             before = table.aliases.get(alias) or self.seed.get(alias)
             after = change(before)
+            for model in (after.student, after.candidate):
+                if model and model.partition(":")[2] in table.retired:
+                    raise RouteError(f"adapter {model!r} was retired (it learned from erased records): it cannot "
+                                     "serve again", status=409)
             # a new alias rolls back to its teacher answering
             table.history.setdefault(alias, []).append(before or AliasState(teacher=after.teacher, reason="new"))
             table.aliases[alias] = after

@@ -16,7 +16,7 @@ from flywheel.curation import curate_workload, prepare_in_process
 from flywheel.datasets import SPLITS, load_dataset, remove_rows, write_dataset
 from flywheel.erasure import erase
 from flywheel.records import LogRecord, record_from_json
-from flywheel.routes import open_route_book
+from flywheel.routes import RouteError, open_route_book
 from flywheel.store import LogFilter, open_store
 from flywheel.turns import RunBook, TurnBusy
 from flywheel.workloads.support_tools import TEACHER, generate
@@ -211,4 +211,13 @@ def test_retiring_takes_the_adapters_that_learned_the_records_out_of_routes_then
     assert book.get("moved-on").student == "small:clean" and book.rollback("moved-on").mode == "teacher"
     assert [a.adapter_id for a in list_adapters(config.adapters_dir)] == ["clean"]
     assert not (config.checkpoints_dir / "tainted").exists() and not (config.adapters_dir / "small" / "tainted").exists()
+    # a gate that decided just before the erasure, acting while the files were still there
+    (config.adapters_dir / "small" / "tainted").mkdir(parents=True)
+    (config.adapters_dir / "small" / "tainted" / "adapter_config.json").write_text("{}")
+    for late in (lambda: book.promote("support", "tainted"),
+                 lambda: book.set_mode("trial", "shadow", candidate="small:tainted")):
+        with pytest.raises(RouteError, match="was retired") as refused:
+            late()
+        assert refused.value.status == 409
+    assert book.get("support").student == "small:clean" and book.get("trial").candidate is None
     store.close()
