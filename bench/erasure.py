@@ -9,7 +9,9 @@ sample of the records, as curation makes them), then times, each on a different 
 - `store.delete` alone: the records only (what `flywheel logs delete` did before);
 - `erase` as a dry run: the count, the ids, and every version's id columns read;
 - `erase`: the records deleted, and each version holding one of their rows rewritten
-  (JSONL, Parquet, manifest).
+  (JSONL, Parquet, manifest);
+- the same two by text: each client's requests mention its user's email address, and the
+  erasure names that (`--contains`), so every record is read to find them.
 
     python bench/erasure.py [--records 200000] [--clients 2000] [--versions 5] [--rows 50000] [--repeat 3]
 """
@@ -32,6 +34,7 @@ from store_ingest import record  # realistic tool-calling traffic
 from flywheel.config import FlywheelConfig
 from flywheel.datasets import write_dataset
 from flywheel.erasure import erase
+from flywheel.records import LogRecord
 from flywheel.store import LogFilter, open_store
 
 WORKLOAD = "support"
@@ -49,6 +52,18 @@ def rows(ids: list[str]) -> list[dict]:
     return made
 
 
+def email(client: str) -> str:
+    return f"{client}@example.org"
+
+
+def mentioning(made: LogRecord, client: str) -> LogRecord:
+    """The record as `client` sent it, its user's email address in the request."""
+    system, user = made.request["messages"]
+    asked = {**user, "content": f"{user['content']} Reply to {email(client)}."}
+    return made.model_copy(update={"workload_id": WORKLOAD, "client_id": client,
+                                   "request": {**made.request, "messages": [system, asked]}})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -63,7 +78,7 @@ def main() -> None:
         store = open_store(config.store_url)
         ids = []
         for start in range(0, args.records, 5000):
-            batch = [record(i).model_copy(update={"workload_id": WORKLOAD, "client_id": f"client-{i % args.clients}"})
+            batch = [mentioning(record(i), f"client-{i % args.clients}")
                      for i in range(start, min(start + 5000, args.records))]
             store.write_batch(batch)
             ids += [made.id for made in batch]
@@ -78,10 +93,11 @@ def main() -> None:
         seconds: dict[str, float] = {}
         removed: dict[str, int] = {}
 
-        def timed(name, run) -> None:
+        def timed(name, run, by_text: bool = False) -> None:
             best = float("inf")
             for _ in range(args.repeat):
-                chosen = LogFilter(client_id=next(clients))
+                client = next(clients)
+                chosen = LogFilter(contains=email(client)) if by_text else LogFilter(client_id=client)
                 started = time.perf_counter()
                 result = run(chosen)
                 best = min(best, time.perf_counter() - started)
@@ -93,9 +109,11 @@ def main() -> None:
         timed("records only (store.delete)", store.delete)
         timed("erase, dry run", lambda chosen: erase(config, store, chosen, dry_run=True))
         timed("erase: records and dataset rows", lambda chosen: erase(config, store, chosen))
+        timed("by text: records only", store.delete, by_text=True)
+        timed("by text: erase", lambda chosen: erase(config, store, chosen), by_text=True)
         store.close()
 
-    print(f"{'one client erased':<34} {'seconds':>8} {'dataset rows':>13}   ({args.records:,} records, "
+    print(f"{'one client (or email) erased':<34} {'seconds':>8} {'dataset rows':>13}   ({args.records:,} records, "
           f"{per_client} per client; {args.versions} versions x {args.rows:,} rows)")
     for name, value in seconds.items():
         print(f"{name:<34} {value:>8.3f} {removed.get(name, 0):>13}")

@@ -165,7 +165,8 @@ def test_the_erasure_benchmark_runs_at_a_small_size():
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["benchmark"] == "erasure" and set(report["seconds"]) == {
-        "records only (store.delete)", "erase, dry run", "erase: records and dataset rows"}
+        "records only (store.delete)", "erase, dry run", "erase: records and dataset rows", "by text: records only",
+        "by text: erase"}
 
 
 def test_retiring_takes_the_adapters_that_learned_the_records_out_of_routes_then_off_disk(tmp_path):
