@@ -447,6 +447,40 @@ def make_api(
                 raise ApiError(404, f"no logged inference with id {log_id!r}", "log_id")
             return JSONResponse({"log_id": log_id, "status": "recorded"})
 
+        @app.get("/v1/flywheel/logs")
+        async def logs(request: Request, workload_id: str | None = None, client_id: str | None = None,
+                       model: str | None = None, status: str | None = None, contains: str | None = None,
+                       limit: str = "100", order: str = "desc", after: str | None = None) -> dict:
+            """Logged inferences, newest first (`order=asc`: oldest first), `limit` a page;
+            `after`: the previous page's `next`. What the store holds about a client or, by
+            `contains`, a person (an access request), before or instead of erasing it."""
+            admin(request)
+            if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+                raise ApiError(400, "`limit` must be an integer from 1 to 1000", "limit")
+            if order not in ("asc", "desc"):
+                raise ApiError(400, "`order` must be asc or desc", "order")
+            if status not in (None, "ok", "error"):
+                raise ApiError(400, "`status` must be ok or error", "status")
+            named = {"workload_id": workload_id, "client_id": client_id, "model": model, "contains": contains}
+            if empty := [key for key, value in named.items() if value == ""]:
+                raise ApiError(400, f"`{empty[0]}` must not be empty", empty[0])
+            chosen = LogFilter(status=status, **named)
+            try:
+                page = await asyncio.to_thread((await log_store()).query, chosen, order, int(limit), after)
+            except ValueError:  # a cursor this endpoint did not hand out
+                raise ApiError(400, "`after` must be the `next` of an earlier page", "after") from None
+            return {"object": "list", "data": [record.model_dump(mode="json") for record in page.records],
+                    "next": page.cursor}
+
+        @app.get("/v1/flywheel/logs/{log_id}")
+        async def log_record(request: Request, log_id: str) -> dict:
+            """One logged inference by the id its answer carried (`X-Flywheel-Log-Id`)."""
+            admin(request)
+            found = await asyncio.to_thread((await log_store()).get, log_id)
+            if found is None:
+                raise ApiError(404, f"no logged inference with id {log_id!r}", "log_id")
+            return found.model_dump(mode="json")
+
     if store is not None and prices is not None:
 
         @app.get("/v1/flywheel/savings")

@@ -329,6 +329,8 @@ def secured_api(tmp_path, engine, logged, log_store, audit_percent=0.0, shadow_m
     ("POST", "/v1/flywheel/erasures", {"client_id": "alice", "dry_run": False}),
     ("GET", "/v1/flywheel/erasures", None),
     ("GET", "/v1/flywheel/doctor", None),
+    ("GET", "/v1/flywheel/logs", None),
+    ("GET", "/v1/flywheel/logs/some-id", None),
 ])
 @pytest.mark.parametrize(("headers", "status"), [
     ({}, 401),
@@ -617,6 +619,34 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     assert log_store.write_batch(records[:1]) == 0  # a late copy of alice's record stays out
     mentioned = secured.post("/v1/flywheel/erasures", json={"contains": "I AM BOB"}, headers=ADMIN).json()
     assert (mentioned["matched"], mentioned["filter"]) == (1, {"contains": "I AM BOB"})
+
+
+def test_the_logs_endpoint_pages_through_what_the_store_holds_about_someone(secured, log_store):
+    said = ["I am Ana, ana@example.org", "hello", "write to ANA@example.org", "anna@example.org here"]
+    records = [LogRecord(workload_id="support", client_id=client, model="small", timestamp=1_700_000_000 + i,
+                         request={"messages": [{"role": "user", "content": text}]})
+               for i, (client, text) in enumerate(zip(["alice", "bob", "bob", "carol"], said, strict=True))]
+    log_store.write_batch(records)
+    seen, after = [], None
+    while True:
+        page = secured.get("/v1/flywheel/logs", params={"contains": "ana@example.org", "limit": "1",
+                                                        **({"after": after} if after else {})}, headers=ADMIN).json()
+        assert page["object"] == "list" and len(page["data"]) <= 1
+        seen += [record["id"] for record in page["data"]]
+        if page["next"] is None:
+            break
+        after = page["next"]
+    assert seen == [records[2].id, records[0].id]  # newest first; not anna's
+    bobs = secured.get("/v1/flywheel/logs", params={"client_id": "bob", "order": "asc"}, headers=ADMIN).json()
+    assert [LogRecord.model_validate(record) for record in bobs["data"]] == records[1:3] and bobs["next"] is None
+    one = secured.get(f"/v1/flywheel/logs/{records[3].id}", headers=ADMIN).json()
+    assert LogRecord.model_validate(one) == records[3]
+    assert "no logged inference" in assert_openai_error(secured.get("/v1/flywheel/logs/nope", headers=ADMIN),
+                                                        404)["message"]
+    for params in ({"limit": "0"}, {"limit": "many"}, {"order": "up"}, {"status": "fine"}, {"contains": ""},
+                   {"after": "not-a-cursor"}):
+        assert assert_openai_error(secured.get("/v1/flywheel/logs", params=params, headers=ADMIN),
+                                   400)["param"] == next(iter(params))
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},
