@@ -142,6 +142,10 @@ def test_a_client_is_erased_over_http_with_its_dataset_rows(service):
     dataset = write_dataset(service.home / "datasets", "erasure", {"train": [row], "val": [], "eval": [], "icl": []},
                             {"prefix": None}, {"train": 1}, [])
     url, admin = f"{service.base_url}/flywheel/erasures", {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    logs = f"{service.base_url}/flywheel/logs"  # the access request first: what the store holds
+    held = httpx.get(logs, params={"client_id": "erase-me"}, headers=admin, timeout=60).json()
+    assert [record["id"] for record in held["data"]] == [log_id] and held["next"] is None
+    assert httpx.get(f"{logs}/{log_id}", headers=admin, timeout=60).json()["client_id"] == "erase-me"
     counted = httpx.post(url, json={"client_id": "erase-me"}, headers=admin, timeout=60).json()
     assert (counted["matched"], counted["deleted"], counted["datasets"]) == (1, 0, {dataset.dataset_id: {"train": 1}})
     done = httpx.post(url, json={"client_id": "erase-me", "dry_run": False}, headers=admin, timeout=60).json()
@@ -149,7 +153,7 @@ def test_a_client_is_erased_over_http_with_its_dataset_rows(service):
     store = open_store(service.store_url)
     assert store.get(log_id) is None and store.count(LogFilter(client_id="erase-me")) == 0
     store.close()
-    assert dataset.rows("train") == []
+    assert dataset.rows("train") == [] and httpx.get(f"{logs}/{log_id}", headers=admin, timeout=60).status_code == 404
     remembered = httpx.get(url, headers=admin, timeout=60).json()["data"]
     assert {"client_id": "erase-me"} in [erasure["filter"] for erasure in remembered]
     again = httpx.post(f"{service.base_url}/chat/completions", json=body, timeout=60,
