@@ -32,7 +32,7 @@ from flywheel import telemetry
 from flywheel.config import MODEL_NAME, FlywheelConfig
 from flywheel.evaluation import EvalReport
 from flywheel.file_state import exclusive, replace_file
-from flywheel.routes import AliasState, RouteBook
+from flywheel.routes import AliasState, RouteBook, RouteError
 from flywheel.stats import lower_bound, paired_difference, upper_bound
 from flywheel.store import LogStore
 
@@ -243,7 +243,11 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
         "outcome": "promoted" if decision.promote else "withdrawn"}))
     reason = f"{state.mode} trial {'passed' if decision.promote else 'failed'}: {decision.path.name}"
     if decision.promote:
-        book.promote(alias, state.candidate, reason=reason)
+        try:
+            book.promote(alias, state.candidate, reason=reason)
+        except RouteError as refused:  # retired by an erasure (or deleted) while the trial was judged
+            decision = decision.model_copy(update={"outcome": f"refused: {refused}"})
+            replace_file(decision.path, decision.model_dump_json(indent=2) + "\n")
     else:
         book.set_mode(alias, "student" if state.student else "teacher", reason=reason)
     return decision

@@ -198,6 +198,34 @@ def test_a_shadow_trial_waits_for_enough_pairs_then_promotes_or_withdraws(trial_
     store.close()
 
 
+def test_a_trial_retired_while_it_is_judged_is_not_promoted_and_its_decision_says_so(trial_config, monkeypatch):
+    """An erasure retires the candidate after the watcher read the trial and before it acts
+    (its files still exist then): the routing table refuses, and the recorded decision
+    says refused, not promoted."""
+    from flywheel import shadow
+
+    config = trial_config
+    store = open_store(config.store_url)
+    book = open_route_book(config)
+    book.promote("support", "old")
+    book.set_mode("support", "shadow", candidate="trial")
+    status = call("get_order_status", order_id="ORD-1")
+    for _ in range(10):
+        store.write_batch(pair(status, status, "trial"))
+    report = shadow.shadow_report
+
+    def erased_meanwhile(*args, **kwargs):
+        book.retire({"trial"}, "retired: it learned from erased records")
+        return report(*args, **kwargs)
+
+    monkeypatch.setattr(shadow, "shadow_report", erased_meanwhile)
+    decided = gate_shadow(config, book, store, "support")
+    assert decided.promote and decided.outcome.startswith("refused: adapter 'small:trial' was retired")
+    assert (book.get("support").mode, book.get("support").student) == ("student", "small:old")
+    assert [d["outcome"] for d in list_decisions(config, "support")] == [decided.outcome]
+    store.close()
+
+
 def test_the_cli_judges_a_shadow_trial(tmp_path):
     home = tmp_path / "home"
     (home / "adapters" / "smollm2-135m-instruct" / "trial").mkdir(parents=True)
