@@ -273,13 +273,16 @@ def logs_export(
     cfg = config_from(config)
     if out_file is None and as_json:
         fail("--json needs --out (stdout carries the records)")
+    try:
+        chosen = LogFilter(workload_id=workload, client_id=client, contains=contains)
+    except ValueError as error:
+        fail(str(error).replace("`contains`", "--contains"))
     store = store_from(cfg)
     sink = out_file.open("w", encoding="utf-8") if out_file else sys.stdout
     exported, cursor = 0, None
     try:
         while True:
-            page = store.query(LogFilter(workload_id=workload, client_id=client, contains=contains), limit=1_000,
-                               cursor=cursor)
+            page = store.query(chosen, limit=1_000, cursor=cursor)
             for record in page.records:
                 sink.write(record.model_dump_json() + "\n")
             exported += len(page.records)

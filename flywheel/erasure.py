@@ -4,15 +4,15 @@ An erasure names the records by client, workload, model, age, or a text they hol
 person's email: the client id names an application, not who typed into it). A logged
 answer lives on in the dataset versions curated from it (copies: redacted, not
 anonymous) and in the adapters trained on those (weights cannot unlearn a row). `erase`
-removes the records' rows (by record id) from every dataset version first and deletes the
-records from the store last, so a run that stops halfway finds the same records again and finishes.
-It holds the records' workloads' turn locks meanwhile: a turn curating one of them could
-copy the records into a new version after they were looked for. It names the adapters
-that learned from a removed row, for the operator to retrain or retire, or retires them
-itself (`retire_adapters`): out of every alias, then off the disk. Evaluation
-reports, decisions and turn records hold record ids, not content. The store remembers
-the erasure (`LogStore.delete` leaves a tombstone), so records a replica had queued or
-spooled, or a later re-import, do not bring the records back.
+removes the records' rows (by record id) from every dataset version first and deletes
+the records from the store last, so a run that stops halfway finds the same records
+again and finishes. It holds the records' workloads' turn locks meanwhile: a turn
+curating one of them could copy the records into a new version after they were looked
+for. It names the adapters that learned from a removed row, for the operator to retrain
+or retire, or retires them itself (`retire_adapters`): out of every alias, then off the
+disk. Evaluation reports, decisions and turn records hold record ids, not content. The
+store remembers the erasure (`LogStore.delete` leaves a tombstone), so records a replica
+had queued or spooled, or a later re-import, do not bring the records back.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class LogFilter:
     until: float | None = None
     contains: str | None = None  # text anywhere in the stored record, ASCII letters in any case
 
+    def __post_init__(self) -> None:
+        if self.contains == "":
+            raise ValueError("`contains` must not be empty: it would match every record")
+
     @property
     def names_records(self) -> bool:
         """Whether it names whose records (a workload, client, model, status or a text), not only an age."""
@@ -153,17 +157,19 @@ class Tombstones:
         """`dumped`: `record.model_dump_json()`, when the caller made it already."""
         if record.timestamp >= self._newest:
             return False
+        def text_of() -> str:  # the record's JSON, made once, if a tombstone that names a text gets that far
+            return record_text(record) if dumped is None else fold(dumped)
+
         named = (*self._by_client.get(record.client_id, ()), *self._by_workload.get(record.workload_id, ()))
-        text = None  # the record's JSON, made once, if a tombstone that names a text gets that far
+        text = None
         for tombstone in (*named, *self._rest):
             if text is None and tombstone.filter.contains is not None and record.timestamp < tombstone.issued_at:
-                text = record_text(record) if dumped is None else fold(dumped)
+                text = text_of()
             if tombstone.covers(record, text):
                 return True
         if self._texts is None:
             return False
-        if text is None:
-            text = record_text(record) if dumped is None else fold(dumped)
+        text = text_of() if text is None else text
         return any(tombstone.covers(record, text) for _, found in self._texts.iter(text) for tombstone in found)
 
     def kept(self, records: Iterable[LogRecord]) -> list[LogRecord]:
