@@ -261,8 +261,9 @@ def logs_export(
     out_file: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
     workload: str | None = typer.Option(None, "--workload", help="Only this workload."),
     client: str | None = typer.Option(None, "--client", help="Only this client's records."),
-    contains: str | None = typer.Option(None, "--contains", help="Only records holding this text anywhere (ASCII "
-                                        "letters in any case): what `logs delete --contains` would erase."),
+    contains: list[str] | None = typer.Option(None, "--contains", help="Only records holding this text anywhere "
+                                              "(ASCII letters in any case; repeat it for any of several): what "
+                                              "`logs delete --contains` would erase."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -274,7 +275,7 @@ def logs_export(
     if out_file is None and as_json:
         fail("--json needs --out (stdout carries the records)")
     try:
-        chosen = LogFilter(workload_id=workload, client_id=client, contains=contains)
+        chosen = LogFilter(workload_id=workload, client_id=client, contains=contains or None)
     except ValueError as error:
         fail(str(error).replace("`contains`", "--contains"))
     store = store_from(cfg)
@@ -331,9 +332,9 @@ def logs_delete(
                                      "answered."),
     older_than_days: float | None = typer.Option(None, "--older-than-days", min=0,
                                                  help="Only records logged more than this many days ago."),
-    contains: str | None = typer.Option(None, "--contains", help="Only records holding this text anywhere (an "
-                                        "email, a name, an account number; ASCII letters in any case): a person's "
-                                        "erasure request."),
+    contains: list[str] | None = typer.Option(None, "--contains", help="Only records holding this text anywhere "
+                                              "(an email, a name, an account number; ASCII letters in any case; "
+                                              "repeat it for any of several): a person's erasure request."),
     yes: bool = typer.Option(False, "--yes", help="Delete them; without it, only count what would be deleted."),
     keep_datasets: bool = typer.Option(False, "--keep-datasets", help="Leave the curated datasets as they are "
                                        "(default: their rows made from these records are removed too)."),
@@ -366,7 +367,7 @@ def logs_delete(
     finally:
         store.close()
     spooled = spooled_batches(cfg.spool_dir)
-    criteria = {"workload": workload, "client": client, "model": model, "contains": contains,
+    criteria = {"workload": workload, "client": client, "model": model, "contains": contains or None,
                 "older_than_days": older_than_days}
     result = {**erasure.model_dump(), "dry_run": not yes, "store": cfg.store_url, "spooled_batches": spooled,
               "filter": {key: value for key, value in criteria.items() if value is not None}}
@@ -418,7 +419,9 @@ def logs_erasures(
     table = Table("id", "issued (UTC)", "records of")
     for erasure in erasures:
         issued = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(erasure["issued_at"]))
-        table.add_row(erasure["id"], issued, ", ".join(f"{name}={value}" for name, value in erasure["filter"].items()))
+        table.add_row(erasure["id"], issued, ", ".join(
+            f"{name}={' | '.join(value) if isinstance(value, tuple | list) else value}"
+            for name, value in erasure["filter"].items()))
     out.print(f"{len(erasures)} erasure(s) remembered by {cfg.store_url}", highlight=False)
     out.print(table)
 

@@ -18,7 +18,7 @@ had queued or spooled, or a later re-import, do not bring the records back.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -64,17 +64,20 @@ class Erasure(BaseModel):
 
 
 def erasure_filter(workload_id: str | None = None, client_id: str | None = None, model: str | None = None,
-                   older_than_days: float | None = None, contains: str | None = None,
+                   older_than_days: float | None = None, contains: str | Sequence[str] | None = None,
                    now: float | None = None) -> LogFilter:
-    """The records an erasure names; a ValueError when it names none (deleting every record
-    takes naming them all, e.g. `older_than_days=0`) or names a text shorter than
-    `MIN_CONTAINS` characters (one that short would match most records)."""
-    if workload_id is None and client_id is None and model is None and older_than_days is None and contains is None:
+    """The records an erasure names (with several texts: those holding any of them); a
+    ValueError when it names none (deleting every record takes naming them all, e.g.
+    `older_than_days=0`) or names a text shorter than `MIN_CONTAINS` characters (one that
+    short would match most records)."""
+    texts = [contains] if isinstance(contains, str) else list(contains or [])
+    if workload_id is None and client_id is None and model is None and older_than_days is None and not texts:
         raise ValueError("name what to delete: a workload, a client, a model, a text and/or an age in days")
-    if contains is not None and len(contains.strip()) < MIN_CONTAINS:
-        raise ValueError(f"the text to look for needs at least {MIN_CONTAINS} characters besides spaces")
+    if any(len(text.strip()) < MIN_CONTAINS for text in texts):
+        raise ValueError(f"a text to look for needs at least {MIN_CONTAINS} characters besides spaces")
     until = None if older_than_days is None else (time.time() if now is None else now) - older_than_days * 86400
-    return LogFilter(workload_id=workload_id, client_id=client_id, model=model, until=until, contains=contains)
+    return LogFilter(workload_id=workload_id, client_id=client_id, model=model, until=until,
+                     contains=tuple(texts) or None)
 
 
 def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: bool = False,

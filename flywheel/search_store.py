@@ -149,7 +149,7 @@ class SearchLogStore:
         while True:  # more than one search only when `contains` leaves hits out
             hits = self._client.search(self.index, body)["hits"]["hits"]
             for hit in hits:
-                if filter.contains is None or filter.needle in fold(_record_json(hit["_source"])):
+                if filter.contains is None or filter.holds(fold(_record_json(hit["_source"]))):
                     records.append(LogRecord.model_validate(hit["_source"]["record"]))
                     if len(records) == limit:
                         return Page(records, json.dumps(hit["sort"]))
@@ -181,7 +181,7 @@ class SearchLogStore:
             hits = page["hits"]["hits"]
             for hit in hits:
                 source, text = hit["_source"], _record_json(hit["_source"])
-                if partition.filter.contains is None or partition.filter.needle in fold(text):
+                if partition.filter.contains is None or partition.filter.holds(fold(text)):
                     yield (*(source[field] for field in SCAN_FIELDS[:-1]), text)
             if len(hits) < SCAN_PAGE:
                 return

@@ -62,8 +62,8 @@ def _where(filter: LogFilter) -> tuple[str, list[Any]]:
         clauses.append("ts < ?")
         params.append(filter.until)
     if filter.contains is not None:  # no index can help: it reads every record the other clauses leave
-        clauses.append("instr(lower(record), ?) > 0")
-        params.append(filter.needle)
+        clauses.append("(" + " OR ".join(["instr(lower(record), ?) > 0"] * len(filter.needles)) + ")")
+        params += filter.needles
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 

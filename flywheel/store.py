@@ -47,11 +47,16 @@ class LogFilter:
     status: Literal["ok", "error"] | None = None
     since: float | None = None
     until: float | None = None
-    contains: str | None = None  # text anywhere in the stored record, ASCII letters in any case
+    # texts (a person's email, phone, name): a record holding any of them anywhere in its
+    # stored JSON, ASCII letters in any case; one text may be given as a string
+    contains: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.contains == "":
-            raise ValueError("`contains` must not be empty: it would match every record")
+        if self.contains is not None:
+            texts = (self.contains,) if isinstance(self.contains, str) else tuple(self.contains)
+            if not texts or "" in texts:
+                raise ValueError("`contains` must not be empty: it would match every record")
+            object.__setattr__(self, "contains", texts)  # a list read back from JSON compares equal too
 
     @property
     def names_records(self) -> bool:
@@ -59,10 +64,14 @@ class LogFilter:
         return self.contains is not None or any(getattr(self, name) is not None for name in NAMING_FIELDS)
 
     @cached_property
-    def needle(self) -> str:
-        """`contains` as it appears in a record's JSON (quotes, backslashes and newlines
-        escaped), folded: what is looked for in `record_text`."""
-        return fold(json.dumps(self.contains, ensure_ascii=False)[1:-1]) if self.contains is not None else ""
+    def needles(self) -> tuple[str, ...]:
+        """`contains` as the texts appear in a record's JSON (quotes, backslashes and
+        newlines escaped), folded: what is looked for in `record_text`."""
+        return tuple(fold(json.dumps(text, ensure_ascii=False)[1:-1]) for text in self.contains or ())
+
+    def holds(self, text: str) -> bool:
+        """The `contains` test on a record's `record_text`."""
+        return self.contains is None or any(needle in text for needle in self.needles)
 
     def criteria(self) -> dict:
         """The fields that are set."""
@@ -77,7 +86,7 @@ class LogFilter:
                 and (self.status is None or record.status == self.status)
                 and (self.since is None or record.timestamp >= self.since)
                 and (self.until is None or record.timestamp < self.until)
-                and (self.contains is None or self.needle in (record_text(record) if text is None else text)))
+                and (self.contains is None or self.holds(record_text(record) if text is None else text)))
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,8 @@ class Tombstones:
             elif tombstone.filter.workload_id is not None:
                 self._by_workload.setdefault(tombstone.filter.workload_id, []).append(tombstone)
             elif tombstone.filter.contains is not None:
-                by_text.setdefault(tombstone.filter.needle, []).append(tombstone)
+                for needle in tombstone.filter.needles:
+                    by_text.setdefault(needle, []).append(tombstone)
             else:
                 self._rest.append(tombstone)
         self._texts: ahocorasick.Automaton | None = None

@@ -449,11 +449,12 @@ def make_api(
 
         @app.get("/v1/flywheel/logs")
         async def logs(request: Request, workload_id: str | None = None, client_id: str | None = None,
-                       model: str | None = None, status: str | None = None, contains: str | None = None,
-                       limit: str = "100", order: str = "desc", after: str | None = None) -> dict:
+                       model: str | None = None, status: str | None = None, limit: str = "100",
+                       order: str = "desc", after: str | None = None) -> dict:
             """Logged inferences, newest first (`order=asc`: oldest first), `limit` a page;
             `after`: the previous page's `next`. What the store holds about a client or, by
-            `contains`, a person (an access request), before or instead of erasing it."""
+            `contains` (repeat it for any of several texts), a person (an access request),
+            before or instead of erasing it."""
             admin(request)
             if not limit.isdigit() or not 1 <= int(limit) <= 1000:
                 raise ApiError(400, "`limit` must be an integer from 1 to 1000", "limit")
@@ -461,10 +462,11 @@ def make_api(
                 raise ApiError(400, "`order` must be asc or desc", "order")
             if status not in (None, "ok", "error"):
                 raise ApiError(400, "`status` must be ok or error", "status")
-            named = {"workload_id": workload_id, "client_id": client_id, "model": model, "contains": contains}
-            if empty := [key for key, value in named.items() if value == ""]:
+            named = {"workload_id": workload_id, "client_id": client_id, "model": model}
+            texts = request.query_params.getlist("contains")
+            if empty := [key for key, value in (*named.items(), *(("contains", text) for text in texts)) if value == ""]:
                 raise ApiError(400, f"`{empty[0]}` must not be empty", empty[0])
-            chosen = LogFilter(status=status, **named)
+            chosen = LogFilter(status=status, contains=tuple(texts) or None, **named)
             try:
                 page = await asyncio.to_thread((await log_store()).query, chosen, order, int(limit), after)
             except ValueError:  # a cursor this endpoint did not hand out
@@ -503,19 +505,22 @@ def make_api(
         @app.post("/v1/flywheel/erasures")
         async def erasure(request: Request) -> JSONResponse:
             """`flywheel logs delete` over HTTP: `{"client_id"?, "workload_id"?, "model"?,
-            "contains"?, "older_than_days"?, "dry_run": true, "keep_datasets": false, "retire_adapters": false}`.
+            "contains"? (a text, or a list: any of them), "older_than_days"?, "dry_run": true, "keep_datasets": false, "retire_adapters": false}`.
             It counts unless `dry_run` is false; then it deletes the records and their rows in
             curated datasets (and retires the adapters trained on those rows)."""
             admin(request)
             body = await read_body(request, config.max_body_bytes, require_model=False)
-            names, flags = ("workload_id", "client_id", "model", "contains"), ("dry_run", "keep_datasets",
-                                                                                "retire_adapters")
-            if unknown := sorted(set(body) - {*names, "older_than_days", *flags}):
-                raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(names)}, "
+            names, flags = ("workload_id", "client_id", "model"), ("dry_run", "keep_datasets", "retire_adapters")
+            if unknown := sorted(set(body) - {*names, "contains", "older_than_days", *flags}):
+                raise ApiError(400, f"unknown field(s) {', '.join(unknown)}; use {', '.join(names)}, contains, "
                                f"older_than_days, {', '.join(flags)}", unknown[0])
             for key in names:
                 if key in body and (not isinstance(body[key], str) or not body[key]):
                     raise ApiError(400, f"`{key}` must be a non-empty string", key)
+            texts = body.get("contains")
+            if texts is not None and not (isinstance(texts, str) or isinstance(texts, list) and texts
+                                          and all(isinstance(text, str) for text in texts)):
+                raise ApiError(400, "`contains` must be a text or a non-empty list of texts", "contains")
             for key in flags:
                 if key in body and not isinstance(body[key], bool):
                     raise ApiError(400, f"`{key}` must be true or false", key)
@@ -523,7 +528,7 @@ def make_api(
             if age is not None and (isinstance(age, bool) or not isinstance(age, int | float) or not 0 <= age < math.inf):
                 raise ApiError(400, "`older_than_days` must be a number of days >= 0", "older_than_days")
             try:
-                chosen = erasure_filter(**{key: body.get(key) for key in names}, older_than_days=age)
+                chosen = erasure_filter(**{key: body.get(key) for key in names}, older_than_days=age, contains=texts)
             except ValueError as error:
                 raise ApiError(400, str(error)) from None
             dry_run = body.get("dry_run", True)
@@ -533,7 +538,7 @@ def make_api(
             except TurnBusy as busy:
                 raise ApiError(409, f"{busy}: its curation could copy these records again; retry once it ends") \
                     from None
-            criteria = {key: body[key] for key in (*names, "older_than_days") if body.get(key) is not None}
+            criteria = {key: body[key] for key in (*names, "contains", "older_than_days") if body.get(key) is not None}
             return JSONResponse({**done.model_dump(), "dry_run": dry_run, "filter": criteria})
 
         @app.get("/v1/flywheel/erasures")

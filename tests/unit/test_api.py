@@ -602,7 +602,8 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
                             {"prefix": None}, {"train": 3}, [])
     for body in ({}, {"dry_run": False}, {"client_id": ""}, {"client_id": 7}, {"client_id": "alice", "who": 1},
                  {"client_id": "alice", "dry_run": "no"}, {"client_id": "alice", "retire_adapters": 1},
-                 {"older_than_days": -1}, {"older_than_days": True}, {"contains": 5}, {"contains": " ab "}):
+                 {"older_than_days": -1}, {"older_than_days": True}, {"contains": 5}, {"contains": " ab "},
+                 {"contains": []}, {"contains": ["bob's", 5]}, {"contains": ["I AM BOB", "x"]}):
         assert_openai_error(secured.post("/v1/flywheel/erasures", json=body, headers=ADMIN), 400)
     counted = secured.post("/v1/flywheel/erasures", json={"client_id": "alice"}, headers=ADMIN).json()
     assert (counted["matched"], counted["deleted"], counted["dry_run"]) == (2, 0, True) and log_store.count() == 3
@@ -619,6 +620,8 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     assert log_store.write_batch(records[:1]) == 0  # a late copy of alice's record stays out
     mentioned = secured.post("/v1/flywheel/erasures", json={"contains": "I AM BOB"}, headers=ADMIN).json()
     assert (mentioned["matched"], mentioned["filter"]) == (1, {"contains": "I AM BOB"})
+    either = secured.post("/v1/flywheel/erasures", json={"contains": ["nobody's", "i am BOB"]}, headers=ADMIN).json()
+    assert (either["matched"], either["filter"]) == (1, {"contains": ["nobody's", "i am BOB"]})
 
 
 def test_the_logs_endpoint_pages_through_what_the_store_holds_about_someone(secured, log_store):
@@ -639,6 +642,9 @@ def test_the_logs_endpoint_pages_through_what_the_store_holds_about_someone(secu
     assert seen == [records[2].id, records[0].id]  # newest first; not anna's
     bobs = secured.get("/v1/flywheel/logs", params={"client_id": "bob", "order": "asc"}, headers=ADMIN).json()
     assert [LogRecord.model_validate(record) for record in bobs["data"]] == records[1:3] and bobs["next"] is None
+    either = secured.get("/v1/flywheel/logs", params=[("contains", "ana@example.org"), ("contains", "ANNA@")],
+                         headers=ADMIN).json()
+    assert [record["id"] for record in either["data"]] == [records[3].id, records[2].id, records[0].id]
     one = secured.get(f"/v1/flywheel/logs/{records[3].id}", headers=ADMIN).json()
     assert LogRecord.model_validate(one) == records[3]
     assert "no logged inference" in assert_openai_error(secured.get("/v1/flywheel/logs/nope", headers=ADMIN),

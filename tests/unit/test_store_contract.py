@@ -178,6 +178,7 @@ def test_a_text_filter_matches_alike_everywhere_and_its_erasure_is_remembered(st
     assert store.count(LogFilter(contains='said "Jane" TWICE\nthen')) == 1
     assert store.count(LogFilter(contains="Jürgen")) == 1 and store.count(LogFilter(contains="JÜRGEN")) == 0
     assert store.count(LogFilter(client_id="c0", contains="jane.doe@")) == 1  # records[3]; 16 is c1's
+    assert store.count(LogFilter(contains=("jürgen", "Jürgen", "said \"jane\""))) == 2  # any of them
     seen, cursor = [], None
     while True:
         page = store.query(LogFilter(contains="jane"), order="desc", limit=1, cursor=cursor)
@@ -192,14 +193,14 @@ def test_a_text_filter_matches_alike_everywhere_and_its_erasure_is_remembered(st
     assert store.stats(jane)["by_model"] == {"small": 1, "small:tuned": 1}
     assert store.delete(jane) == 2 and store.count() == 28 and store.get(records[22].id) is not None
     [tombstone] = store.tombstones()
-    assert tombstone.filter == jane and tombstone.describe()["filter"] == {"contains": "JANE.doe@example.com"}
+    assert tombstone.filter == jane and tombstone.describe()["filter"] == {"contains": ("JANE.doe@example.com",)}
     later = _saying(40, "jane.doe@example.com again").model_copy(update={"timestamp": time.time() + 1})
     assert store.write_batch([records[3], records[16], records[4], later]) == 1  # only the new request
     assert store.get(later.id) == later and store.get(records[3].id) is None
 
 
 def test_tombstones_that_name_texts_cover_older_records_holding_them_for_their_client_only():
-    texts = Tombstones([Tombstone(LogFilter(contains="ana@x.org"), 1_700_000_100),
+    texts = Tombstones([Tombstone(LogFilter(contains=("ana@x.org", "+44 7700 900123")), 1_700_000_100),
                         Tombstone(LogFilter(client_id="c1", contains="secret plan"), 1_700_000_100),
                         Tombstone(LogFilter(contains="zed's"), 1_700_000_050)])
 
@@ -207,6 +208,7 @@ def test_tombstones_that_name_texts_cover_older_records_holding_them_for_their_c
         return _saying(0, text).model_copy(update={"timestamp": 1_700_000_000 + ts, "client_id": client})
 
     assert texts.covers(said("mail ANA@x.org", 60)) and not texts.covers(said("mail ANA@x.org", 100))
+    assert texts.covers(said("call +44 7700 900123", 60)) and not texts.covers(said("call +44 7700 900124", 60))
     assert texts.covers(said("the SECRET plan", 60, "c1")) and not texts.covers(said("the secret plan", 60))
     assert texts.covers(said("zed's here", 40)) and not texts.covers(said("zed's here", 60))
     assert not texts.covers(said("zed here", 40)) and not Tombstones().covers(said("ana@x.org", 0))
