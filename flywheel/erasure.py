@@ -89,11 +89,10 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
     those workloads, so no turn curates them again meanwhile and no other erasure rewrites
     the same versions: `TurnBusy` when a turn of one is running. `remember`: whether the
     store keeps a tombstone (`LogStore.delete`)."""
-    matched = store.count(filter)
+    matched, touched, found_ids = _found(store, filter)
     remembered = not dry_run and remember and filter.names_records
     if not matched:  # none stored yet, but some may still be queued or spooled: the tombstone stops those
         return Erasure(matched=0, deleted=0 if dry_run else store.delete(filter, remember), remembered=remembered)
-    touched = sorted(store.stats(filter)["by_workload"])
     removed: dict[str, dict[str, int]] = {}
     with ExitStack() as held:
         if not dry_run and not keep_datasets:
@@ -106,9 +105,12 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
             # only the ids some version holds: memory stays bounded by the datasets, not the store
             held_ids = {row_id for version in versions for ids_in in row_ids(Path(version["path"])).values()
                         for row_id in ids_in}
-            progress(f"reading the ids of {matched:,} records")
-            parts = store.partitions(filter, -(-matched // SCAN_CHUNK))  # a scan holds one slice in memory
-            ids = {row[0] for partition in parts for row in store.scan(partition) if row[0] in held_ids}
+            if found_ids is not None:
+                ids = found_ids & held_ids
+            else:
+                progress(f"reading the ids of {matched:,} records")
+                parts = store.partitions(filter, -(-matched // SCAN_CHUNK))  # a scan holds one slice in memory
+                ids = {row[0] for partition in parts for row in store.scan(partition) if row[0] in held_ids}
             for number, manifest in enumerate(versions, 1):
                 progress(f"dataset {number}/{len(versions)}: {manifest['dataset_id']}")
                 hits = remove_rows(Path(manifest["path"]), ids, dry_run)
@@ -121,6 +123,17 @@ def erase(config: FlywheelConfig, store: LogStore, filter: LogFilter, dry_run: b
         if retire_adapters and not dry_run and erasure.adapters:
             erasure.aliases, erasure.retired = _retire(config, erasure.adapters)
     return erasure
+
+
+def _found(store: LogStore, filter: LogFilter) -> tuple[int, list[str], set[str] | None]:
+    """How many records `filter` matches, their workloads and, for a text filter, their
+    ids. No index helps a text, so one read finds all three, where a count, stats and a
+    scan would each read every record again (a person's records are few)."""
+    if filter.contains is None:
+        matched = store.count(filter)
+        return matched, sorted(store.stats(filter)["by_workload"]) if matched else [], None
+    rows = [(row[0], row[2]) for partition in store.partitions(filter, 1) for row in store.scan(partition)]
+    return len(rows), sorted({workload for _, workload in rows}), {record_id for record_id, _ in rows}
 
 
 def _retire(config: FlywheelConfig, adapter_ids: list[str]) -> tuple[list[str], list[str]]:

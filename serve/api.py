@@ -464,7 +464,8 @@ def make_api(
                 raise ApiError(400, "`status` must be ok or error", "status")
             named = {"workload_id": workload_id, "client_id": client_id, "model": model}
             texts = request.query_params.getlist("contains")
-            if empty := [key for key, value in (*named.items(), *(("contains", text) for text in texts)) if value == ""]:
+            given = [*named.items(), *(("contains", text) for text in texts)]
+            if empty := [key for key, value in given if value == ""]:
                 raise ApiError(400, f"`{empty[0]}` must not be empty", empty[0])
             chosen = LogFilter(status=status, contains=tuple(texts) or None, **named)
             try:
