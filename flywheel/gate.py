@@ -127,9 +127,14 @@ def record_decision(config: FlywheelConfig, decision: Decision) -> Decision:
     with exclusive(folder / ".lock"):
         taken = len(list(folder.glob(f"{stamp}-*.json")))
         decision = decision.model_copy(update={"path": folder / f"{stamp}-{taken:03d}-{decision.candidate}.json"})
-        replace_file(decision.path, decision.model_dump_json(indent=2) + "\n")
+        _save(decision)
     telemetry.decided(decision.alias, decision.outcome or ("passed" if decision.promote else "failed"))
     return decision
+
+
+def _save(decision: Decision) -> None:
+    """Write the decision to its own `path` (set by `record_decision`)."""
+    replace_file(decision.path, decision.model_dump_json(indent=2) + "\n")
 
 
 def list_decisions(config: FlywheelConfig, alias: str) -> list[dict[str, Any]]:
@@ -247,7 +252,7 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
             book.promote(alias, state.candidate, reason=reason)
         except RouteError as refused:  # retired by an erasure (or deleted) while the trial was judged
             decision = decision.model_copy(update={"outcome": f"refused: {refused}"})
-            replace_file(decision.path, decision.model_dump_json(indent=2) + "\n")
+            _save(decision)
     else:
         book.set_mode(alias, "student" if state.student else "teacher", reason=reason)
     return decision

@@ -506,7 +506,8 @@ def make_api(
         @app.post("/v1/flywheel/erasures")
         async def erasure(request: Request) -> JSONResponse:
             """`flywheel logs delete` over HTTP: `{"client_id"?, "workload_id"?, "model"?,
-            "contains"? (a text, or a list: any of them), "older_than_days"?, "dry_run": true, "keep_datasets": false, "retire_adapters": false}`.
+            "contains"? (a text, or a list: any of them), "older_than_days"?, "dry_run": true,
+            "keep_datasets": false, "retire_adapters": false}`.
             It counts unless `dry_run` is false; then it deletes the records and their rows in
             curated datasets (and retires the adapters trained on those rows)."""
             admin(request)
