@@ -55,7 +55,8 @@ class Decision(BaseModel):
     report_id: str = Field(description="The evaluation run, or `shadow:<since>` / `audit:<since>` for live "
                            "evidence (a trial's pairs / the teacher's audits).")
     outcome: str = Field("", description="What happened to the alias: promoted, shadow trial, canary "
-                         "trial, withdrawn, unchanged, demoted (an audited student).")
+                         "trial, withdrawn, unchanged, demoted (an audited student), refused (a trial passed "
+                         "but the routing table refused the candidate: the last reason says why).")
     pending: bool = Field(False, description="Too little live evidence yet: nothing recorded or changed.")
     decided_at: float = Field(default_factory=time.time)
     path: Path | None = None
@@ -119,17 +120,23 @@ def decide(config: FlywheelConfig, report: EvalReport, candidate: str, alias: st
                     versus_incumbent=versus, eval_size=len(scored), report_id=report.run_id)
 
 
-def record_decision(config: FlywheelConfig, decision: Decision) -> Decision:
+def record_decision(config: FlywheelConfig, decision: Decision, count: bool = True) -> Decision:
     """Write the decision as `<stamp>-<n>-<candidate>.json`; the lock makes `n` count the
-    alias's decisions within a second, so the names sort in the order they were made."""
+    alias's decisions within a second, so the names sort in the order they were made.
+    `count`: add it to the metric now (else the caller does, once its outcome is final)."""
     folder = config.decisions_dir / decision.alias
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(decision.decided_at))
     with exclusive(folder / ".lock"):
         taken = len(list(folder.glob(f"{stamp}-*.json")))
         decision = decision.model_copy(update={"path": folder / f"{stamp}-{taken:03d}-{decision.candidate}.json"})
         _save(decision)
-    telemetry.decided(decision.alias, decision.outcome or ("passed" if decision.promote else "failed"))
+    if count:
+        _count(decision)
     return decision
+
+
+def _count(decision: Decision) -> None:
+    telemetry.decided(decision.alias, decision.outcome or ("passed" if decision.promote else "failed"))
 
 
 def _save(decision: Decision) -> None:
@@ -245,16 +252,18 @@ def gate_shadow(config: FlywheelConfig, book: RouteBook, store: LogStore, alias:
     if decision.pending:
         return decision
     decision = record_decision(config, decision.model_copy(update={
-        "outcome": "promoted" if decision.promote else "withdrawn"}))
+        "outcome": "promoted" if decision.promote else "withdrawn"}), count=False)
     reason = f"{state.mode} trial {'passed' if decision.promote else 'failed'}: {decision.path.name}"
     if decision.promote:
         try:
             book.promote(alias, state.candidate, reason=reason)
         except RouteError as refused:  # retired by an erasure (or deleted) while the trial was judged
-            decision = decision.model_copy(update={"outcome": f"refused: {refused}"})
+            decision = decision.model_copy(update={
+                "outcome": "refused", "reasons": [*decision.reasons, f"promotion refused: {refused}"]})
             _save(decision)
     else:
         book.set_mode(alias, "student" if state.student else "teacher", reason=reason)
+    _count(decision)
     return decision
 
 

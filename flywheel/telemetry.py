@@ -12,7 +12,7 @@ Names as Prometheus sees them carry Ray's `ray_` prefix (counters also get `_tot
 - `flywheel_candidate_score{workload, candidate, metric}` — the latest turn's scores
 - `flywheel_promoted{alias, model}` — 1 for what each alias's student is now, 0 for the former
 - `flywheel_gate_decisions{alias, outcome}` — recorded gate decisions: promoted, shadow trial,
-  withdrawn, unchanged, demoted
+  withdrawn, unchanged, demoted, refused
 - `flywheel_shadow_pairs{alias, candidate}`, `flywheel_shadow_score{alias, candidate}` — a shadow
   trial's (or an audited student's) live pairs so far and its score on them, as of the
   watcher's latest look

@@ -218,9 +218,13 @@ def test_a_trial_retired_while_it_is_judged_is_not_promoted_and_its_decision_say
         book.retire({"trial"}, "retired: it learned from erased records")
         return report(*args, **kwargs)
 
+    counted = []
     monkeypatch.setattr(shadow, "shadow_report", erased_meanwhile)
+    monkeypatch.setattr(telemetry, "decided", lambda alias, outcome: counted.append((alias, outcome)))
     decided = gate_shadow(config, book, store, "support")
-    assert decided.promote and decided.outcome.startswith("refused: adapter 'small:trial' was retired")
+    assert decided.promote and decided.outcome == "refused"
+    assert decided.reasons[-1].startswith("promotion refused: adapter 'small:trial' was retired")
+    assert counted == [("support", "refused")]  # the metric counts the outcome that stood, once
     assert (book.get("support").mode, book.get("support").student) == ("student", "small:old")
     assert [d["outcome"] for d in list_decisions(config, "support")] == [decided.outcome]
     store.close()
