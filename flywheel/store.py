@@ -32,6 +32,11 @@ def fold(text: str) -> str:
     return text.encode().lower().decode()
 
 
+def _escaped(text: str) -> str:
+    """`text` as it stands within a JSON string."""
+    return json.dumps(text, ensure_ascii=False)[1:-1]
+
+
 def record_text(record: LogRecord) -> str:
     """What `LogFilter.contains` is looked for in: the record's stored JSON, folded."""
     return fold(record.model_dump_json())
@@ -65,9 +70,15 @@ class LogFilter:
 
     @cached_property
     def needles(self) -> tuple[str, ...]:
-        """`contains` as the texts appear in a record's JSON (quotes, backslashes and
-        newlines escaped), folded: what is looked for in `record_text`."""
-        return tuple(fold(json.dumps(text, ensure_ascii=False)[1:-1]) for text in self.contains or ())
+        """`contains` as the texts appear in a record's JSON, folded: what is looked for in
+        `record_text`. In a string, quotes, backslashes and newlines are escaped; in a JSON
+        string within it (tool-call arguments) they are escaped twice, and other non-ASCII
+        characters may be too (`\\u00fc`, as `json.dumps` writes by default)."""
+        forms = []
+        for text in self.contains or ():
+            forms.append(_escaped(text))
+            forms += [_escaped(json.dumps(text, ensure_ascii=ascii_only)[1:-1]) for ascii_only in (False, True)]
+        return tuple(dict.fromkeys(fold(form) for form in forms))  # most texts have one form
 
     def holds(self, text: str) -> bool:
         """The `contains` test on a record's `record_text`."""

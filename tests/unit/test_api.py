@@ -603,7 +603,8 @@ def test_the_erasure_endpoint_counts_then_deletes_records_and_their_dataset_rows
     for body in ({}, {"dry_run": False}, {"client_id": ""}, {"client_id": 7}, {"client_id": "alice", "who": 1},
                  {"client_id": "alice", "dry_run": "no"}, {"client_id": "alice", "retire_adapters": 1},
                  {"older_than_days": -1}, {"older_than_days": True}, {"contains": 5}, {"contains": " ab "},
-                 {"contains": []}, {"contains": ["bob's", 5]}, {"contains": ["I AM BOB", "x"]}):
+                 {"contains": []}, {"contains": ["bob's", 5]}, {"contains": ["I AM BOB", "x"]},
+                 {"contains": ["I AM BOB", "Content"]}):
         assert_openai_error(secured.post("/v1/flywheel/erasures", json=body, headers=ADMIN), 400)
     counted = secured.post("/v1/flywheel/erasures", json={"client_id": "alice"}, headers=ADMIN).json()
     assert (counted["matched"], counted["deleted"], counted["dry_run"]) == (2, 0, True) and log_store.count() == 3

@@ -149,6 +149,21 @@ def test_erasing_by_a_text_the_datasets_redacted_still_removes_the_rows_made_fro
     store.close()
 
 
+def test_an_erasure_refuses_a_text_the_records_structure_holds(tmp_path):
+    """Field names and roles are in (nearly) every stored record: a text among them
+    (`content`, or a name like Tim, inside `timestamp`) would erase them all, so it is
+    refused before any count; a person's identifiers pass."""
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.write_batch([record_from_json(item) for item in generate(40, seed=5)])
+    for text in ("Content", "Tim", "messages", "ASSISTANT"):
+        assert store.count(LogFilter(contains=text)) == 40  # what the refusal spares
+        with pytest.raises(ValueError, match="is part of the records' structure"):
+            erasure.erasure_filter(contains=["ana.lima@example.org", text])
+    for text in ("Tom", "ana.lima@example.org", "+44 7700 900123"):
+        assert erasure.erasure_filter(contains=text).contains == (text,)
+    store.close()
+
+
 def test_eval_rows_written_without_picks_stay_without(tmp_path):
     splits = {"train": [_example("x1")], "val": [], "eval": [_example("y1")], "icl": []}  # no `icl_ids` key
     version = write_dataset(tmp_path, "w", splits, {"prefix": None}, {}, [])

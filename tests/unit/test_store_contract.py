@@ -3,6 +3,7 @@ real OpenSearch-compatible server (osmem-server); Elasticsearch (the official cl
 the same server through `es_dialect.OpenSearchDialectNode`, and against a real Elasticsearch
 when FLYWHEEL_ES_URL is set (e.g. `http://localhost:9200`)."""
 
+import json
 import multiprocessing
 import os
 import threading
@@ -172,7 +173,11 @@ def test_a_text_filter_matches_alike_everywhere_and_its_erasure_is_remembered(st
     records[16] = make(16).model_copy(update={"response": {"choices": [{"message": call}]}})
     records[22] = _saying(22, 'She said "jane" twice\nthen left')
     records[26] = _saying(26, "Grüße von Jürgen")
+    arguments = json.dumps({"name": 'Sean "O\'Neil"', "city": "Zürich"})  # quotes escaped twice, ü as \u00fc
+    records[9] = make(9).model_copy(update={"response": {"choices": [{"message": {**call, "tool_calls": [
+        {"type": "function", "function": {"name": "find", "arguments": arguments}}]}}]}})
     store.write_batch(records)
+    assert store.count(LogFilter(contains='sean "o\'neil"')) == 1 and store.count(LogFilter(contains="Zürich")) == 1
     jane = LogFilter(contains="JANE.doe@example.com")
     assert store.count(jane) == 2 and store.count(LogFilter(contains="nobody@example.com")) == 0
     assert store.count(LogFilter(contains='said "Jane" TWICE\nthen')) == 1
