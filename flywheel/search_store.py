@@ -40,6 +40,7 @@ from flywheel.store import (
     Tombstones,
     fold,
     lift_entry,
+    lifted_entry,
 )
 
 DEFAULT_INDEX = "flywheel-logs"
@@ -239,9 +240,16 @@ class SearchLogStore:
         return self._read_tombstones().all
 
     def lift(self, tombstone_id: str) -> bool:
-        if tombstone_id not in {tombstone.id for tombstone in self.tombstones()}:
+        """The lift is appended, then the lifted entry is overwritten with only its time and
+        id: what it named (a person's email) is not kept once it guards nothing."""
+        lifted = {tombstone.id: tombstone for tombstone in self.tombstones()}.get(tombstone_id)
+        if lifted is None:
             return False
         self._append_erasure_entry(lift_entry(tombstone_id))
+        [item] = self._client.bulk([{"index": {"_index": self.tombstone_index, "_id": tombstone_id}},
+                                    {"id": tombstone_id, **lifted_entry(lifted)}])["items"]
+        if item["index"]["status"] not in (200, 201):
+            raise RuntimeError(f"lifted, but could not blank the erasure's criteria: {item['index'].get('error')}")
         return True
 
     def _append_erasure_entry(self, entry: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ from flywheel.store import (
     Tombstone,
     Tombstones,
     lift_entry,
+    lifted_entry,
 )
 
 SCHEMA = """
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS logs (
 );
 CREATE INDEX IF NOT EXISTS logs_workload_ts ON logs (workload_id, ts, id);
 CREATE INDEX IF NOT EXISTS logs_ts ON logs (ts, id);
-CREATE TABLE IF NOT EXISTS tombstones (entry TEXT NOT NULL);  -- JSON, append-only: Tombstones.from_entries
+CREATE TABLE IF NOT EXISTS tombstones (entry TEXT NOT NULL);  -- JSON, rows only added: Tombstones.from_entries
 """
 
 
@@ -200,10 +201,17 @@ class SqliteLogStore:
             return self._read_tombstones().all
 
     def lift(self, tombstone_id: str) -> bool:
-        with self._lock, self._transaction():
-            if tombstone_id not in {tombstone.id for tombstone in self._read_tombstones().all}:
-                return False
-            self._db.execute("INSERT INTO tombstones VALUES (?)", (json.dumps(lift_entry(tombstone_id)),))
+        """The lift is appended, and the lifted entry keeps only its time: what it named
+        (a person's email) is not kept once it guards nothing."""
+        with self._lock:
+            with self._transaction():
+                lifted = {tombstone.id: tombstone for tombstone in self._read_tombstones().all}.get(tombstone_id)
+                if lifted is None:
+                    return False
+                self._db.execute("INSERT INTO tombstones VALUES (?)", (json.dumps(lift_entry(tombstone_id)),))
+                self._db.execute("UPDATE tombstones SET entry = ? WHERE rowid = ?",
+                                 (json.dumps(lifted_entry(lifted)), int(tombstone_id)))
+            self._checkpoint()
             return True
 
     def delete(self, filter: LogFilter, remember: bool = True) -> int:
@@ -214,11 +222,14 @@ class SqliteLogStore:
                     self._db.execute("INSERT INTO tombstones VALUES (?)",
                                      (json.dumps(Tombstone(filter, time.time()).as_dict()),))
                 deleted = self._db.execute(f"DELETE FROM logs{where}", params).rowcount
-            # the WAL still holds earlier copies of the deleted rows' pages: move what it has
-            # into the file (whose freed pages secure_delete zeroed) and empty it; a reader
-            # that holds an old snapshot keeps that from finishing until the next delete
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._checkpoint()
             return deleted
+
+    def _checkpoint(self) -> None:
+        """The WAL still holds earlier copies of the pages a delete or lift rewrote: move
+        what it has into the file (whose freed pages secure_delete zeroed) and empty it; a
+        reader that holds an old snapshot keeps that from finishing until the next one."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def close(self) -> None:
         with self._lock:

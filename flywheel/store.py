@@ -128,9 +128,14 @@ class Tombstone:
 
 
 def lift_entry(tombstone_id: str) -> dict:
-    """What a store appends to forget a tombstone (its erasure entries are append-only, so
+    """What a store adds to forget a tombstone (erasure entries are only ever added, so
     their count tells a writer whether its cached tombstones are still current)."""
     return {"lifts": tombstone_id, "issued_at": time.time()}
+
+
+def lifted_entry(tombstone: Tombstone) -> dict:
+    """What a store keeps of a lifted tombstone in its place: its time, not its criteria."""
+    return {"issued_at": tombstone.issued_at}
 
 
 class Tombstones:

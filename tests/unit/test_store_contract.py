@@ -6,6 +6,7 @@ when FLYWHEEL_ES_URL is set (e.g. `http://localhost:9200`)."""
 import json
 import multiprocessing
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -202,6 +203,17 @@ def test_a_text_filter_matches_alike_everywhere_and_its_erasure_is_remembered(st
     later = _saying(40, "jane.doe@example.com again").model_copy(update={"timestamp": time.time() + 1})
     assert store.write_batch([records[3], records[16], records[4], later]) == 1  # only the new request
     assert store.get(later.id) == later and store.get(records[3].id) is None
+    assert store.lift(tombstone.id) and store.write_batch([records[3]]) == 1
+    assert "jane" not in json.dumps(_erasure_entries(store)).lower()  # a lifted erasure's text is not kept
+
+
+def _erasure_entries(store) -> list:
+    """What the store holds of its erasures, read around it."""
+    if isinstance(store, SearchLogStore):
+        found = store._client.search(store.tombstone_index, {"query": {"match_all": {}}, "size": 100})
+        return [hit["_source"] for hit in found["hits"]["hits"]]
+    with sqlite3.connect(store.path) as db:
+        return [json.loads(entry) for (entry,) in db.execute("SELECT entry FROM tombstones")]
 
 
 def test_tombstones_that_name_texts_cover_older_records_holding_them_for_their_client_only():
