@@ -218,13 +218,18 @@ def logs_import(
     cfg = config_from(config)
     if not file.is_file():
         fail(f"{file}: no such file")
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     store = store_from(cfg)
     tombstones = Tombstones(store.tombstones())  # the store drops these itself; read here to say so
     lines = new = erased = 0
     errors: list[str] = []
     batch = []
-    with file.open(encoding="utf-8", errors="replace") as handle:
-        for lines, line in enumerate(handle, start=1):
+    columns = (TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+    with file.open("rb") as handle, Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task("import", total=file.stat().st_size)
+        for lines, raw in enumerate(handle, start=1):
+            line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
             try:
@@ -239,7 +244,8 @@ def logs_import(
             if len(batch) >= IMPORT_BATCH:
                 new += store.write_batch(batch)
                 batch = []
-    new += store.write_batch(batch)
+                progress.update(task, completed=handle.tell())
+        new += store.write_batch(batch)
     store.close()
     for message in errors[:50]:
         err.print(message, highlight=False, soft_wrap=True)
@@ -282,14 +288,16 @@ def logs_export(
     sink = out_file.open("w", encoding="utf-8") if out_file else sys.stdout
     exported, cursor = 0, None
     try:
-        while True:
-            page = store.query(chosen, limit=1_000, cursor=cursor)
-            for record in page.records:
-                sink.write(record.model_dump_json() + "\n")
-            exported += len(page.records)
-            if page.cursor is None:
-                break
-            cursor = page.cursor
+        with err.status("exporting") as status:
+            while True:
+                page = store.query(chosen, limit=1_000, cursor=cursor)
+                for record in page.records:
+                    sink.write(record.model_dump_json() + "\n")
+                exported += len(page.records)
+                status.update(f"exported {exported:,} records")
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
     finally:
         if out_file:
             sink.close()
