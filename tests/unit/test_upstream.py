@@ -97,7 +97,7 @@ def hosted():
     while not server.started:
         time.sleep(0.05)
     yield f"http://127.0.0.1:{server.config.port}/v1", seen
-    server.should_exit = True
+    server.should_exit = server.force_exit = True  # a client's idle keep-alive connection need not be waited for
     thread.join(10)
 
 
