@@ -9,6 +9,14 @@ present, skip index -1 (vLLM's "no LoRA") and skip adapter slots that are all ze
 module (vLLM wraps every linear layer; an adapter usually trains a few) — the same
 results (see tests/unit/test_cpu_lora.py), far less work.
 
+Above the ops, `add_lora_linear` (what every wrapped linear layer calls) is replaced
+too: vLLM's goes through a prefill path on every engine step (it expands per-sequence
+indices back to per-token ones, and finds the adapters present, in each of the 2 x
+slices calls per layer). Here the token groups are found once per step (the indices
+tensor's version changes when vLLM writes the next step's) and each slice is one shrink
+and one expand per adapter present: the same arithmetic (shrink in float32, expand in
+the output's dtype), ~2/3 less LoRA overhead on SmolLM2 at batch 32.
+
 vLLM loads `vllm.general_plugins` entry points in every engine and worker process;
 pyproject.toml registers `register` there. Set FLYWHEEL_CPU_LORA_KERNELS=0 to keep
 vLLM's own ops. Nothing changes on GPU platforms.
@@ -37,6 +45,64 @@ def _live(weights: torch.Tensor, slot: int) -> bool:
     if slot not in slots:
         slots[slot] = bool(weights[slot].any())
     return slots[slot]
+
+
+_groups_cache: list = [None, []]  # [(data_ptr, version, length) of the indices, their groups]
+
+
+def _groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
+    """The adapter slots the tokens use (not -1) and each one's rows (None: every row)."""
+    key = (indices.data_ptr(), indices._version, indices.shape[0])
+    if _groups_cache[0] != key:
+        present = torch.unique(indices).tolist()
+        groups = [(slot, None if len(present) == 1 else (indices == slot).nonzero().squeeze(1))
+                  for slot in present if slot >= 0]
+        _groups_cache[:] = [key, groups]
+    return _groups_cache[1]
+
+
+def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
+                    lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...],
+                    **kwargs) -> None:
+    """`PunicaWrapperCPU.add_lora_linear`: for each slice, `y[:, slice] += (x @ A.T * scale)
+    @ B.T` with each token's own adapter (A and B from its slot; none for -1), in place."""
+    groups = _groups(self.token_lora_indices)
+    if not groups:
+        return
+    flat = y.view(-1, y.shape[-1])
+    x = x.view(-1, x.shape[-1])
+    wide = None  # x in float32, made once for every slice
+    offset = 0
+    for a, b, size in zip(lora_a_stacked, lora_b_stacked, output_slices, strict=True):
+        for slot, rows in groups:
+            if (pair := _pair(a, b, slot, flat.dtype)) is None:
+                continue
+            wide = x.float() if wide is None else wide
+            shrunk = (wide if rows is None else wide[rows]) @ pair[0]
+            if scale != 1.0:
+                shrunk *= scale
+            delta = shrunk.to(flat.dtype) @ pair[1]
+            if rows is None:
+                flat[:, offset:offset + size] += delta
+            else:
+                flat[rows, offset:offset + size] += delta
+        offset += size
+
+
+# (A's and B's (storage address, version), slot, dtype) -> (A.T in float32, B.T in dtype), or
+# None for a slot that is all zeros in this module; versions make in-place loads seen
+_pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor, slot: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
+    key = (a.data_ptr(), a._version, b.data_ptr(), b._version, slot, dtype)
+    if key not in _pairs:
+        if len(_pairs) > 4096:  # old versions of reloaded tensors
+            _pairs.clear()
+        a, b = (a.squeeze(1) if a.dim() == 4 else a), (b.squeeze(1) if b.dim() == 4 else b)
+        live = bool(a[slot].any()) and bool(b[slot].any())
+        _pairs[key] = (a[slot].float().T.contiguous(), b[slot].to(dtype).T.contiguous()) if live else None
+    return _pairs[key]
 
 
 def _lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
@@ -110,3 +176,4 @@ def register() -> None:
         module.bgmv_shrink = bgmv_shrink
         module.bgmv_expand = bgmv_expand
         module.bgmv_expand_slice = bgmv_expand_slice
+    punica_cpu.PunicaWrapperCPU.add_lora_linear = add_lora_linear

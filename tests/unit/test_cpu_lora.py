@@ -4,6 +4,8 @@ The reference below is vLLM's torch_ops semantics written out (gather each token
 weights, batched matvec), with index -1 meaning "no adapter" (a zero contribution).
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -80,6 +82,53 @@ def test_bf16_weights_are_computed_in_the_output_dtype(seeded):
     torch.testing.assert_close(out, reference(x, a, indices, torch.float32))
 
 
+SLICES = (OUT, 16, OUT)  # a fused q/k/v projection's output slices
+
+
+def linear_reference(y, x, a_stacked, b_stacked, indices, scale):
+    """vLLM's add_lora_linear: per slice, shrink in float32 into a buffer, expand in y's dtype."""
+    out, offset = y.clone(), 0
+    for a, b, size in zip(a_stacked, b_stacked, SLICES, strict=True):
+        shrunk = scale * reference(x, a, indices, torch.float32)
+        out[:, offset:offset + size] += reference(shrunk, b, indices, y.dtype)
+        offset += size
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_lora_linear_gives_vllms_sums_slice_by_slice(seeded, indices, dtype):
+    x = torch.randn(len(indices), IN, dtype=dtype)
+    a_stacked = tuple(torch.randn(MAX_LORAS, 1, RANK, IN, dtype=dtype) for _ in SLICES)
+    b_stacked = tuple(torch.randn(MAX_LORAS, 1, size, RANK, dtype=dtype) for size in SLICES)
+    a_stacked[1][2].zero_()  # slot 2 trains no k: skipped there, used elsewhere
+    y = torch.randn(len(indices), sum(SLICES), dtype=dtype)
+    expected = linear_reference(y, x, a_stacked, b_stacked, indices, 0.5)
+    cpu_lora.add_lora_linear(SimpleNamespace(token_lora_indices=indices), y, x, a_stacked, b_stacked, 0.5, SLICES)
+    torch.testing.assert_close(y, expected)
+
+
+def test_add_lora_linear_sees_the_next_steps_indices_and_in_place_loads(seeded):
+    """vLLM writes each step's token indices, and a newly loaded adapter's weights, into
+    the same tensors in place: neither may be answered from the previous step's cache."""
+    buffer = torch.tensor([0, 0, 0, 0, 9, 9])
+    wrapper = SimpleNamespace(token_lora_indices=buffer[:4])
+    a_stacked = tuple(torch.randn(MAX_LORAS, 1, RANK, IN) for _ in SLICES)
+    b_stacked = tuple(torch.randn(MAX_LORAS, 1, size, RANK) for size in SLICES)
+    for a in a_stacked:
+        a[3].zero_()
+    x = torch.randn(4, IN)
+    for step, indices in enumerate(([0, 0, 0, 0], [3, -1, 0, 3], [3, 3, 3, 3])):
+        if step == 2:
+            for a in a_stacked:
+                a[3].copy_(torch.randn(1, RANK, IN))  # an adapter loads into slot 3
+        buffer[:4].copy_(torch.tensor(indices))
+        y = torch.zeros(4, sum(SLICES))
+        cpu_lora.add_lora_linear(wrapper, y, x, a_stacked, b_stacked, 1.0, SLICES)
+        torch.testing.assert_close(y, linear_reference(torch.zeros(4, sum(SLICES)), x, a_stacked, b_stacked,
+                                                       wrapper.token_lora_indices, 1.0))
+        assert (y != 0).any()
+
+
 def test_register_replaces_the_cpu_ops_and_can_be_turned_off(monkeypatch):
     from vllm.lora.ops.torch_ops import lora_ops
     from vllm.lora.punica_wrapper import punica_cpu
@@ -88,13 +137,16 @@ def test_register_replaces_the_cpu_ops_and_can_be_turned_off(monkeypatch):
     for module in (lora_ops, punica_cpu):
         for name, function in originals.items():
             monkeypatch.setattr(module, name, function)
+    linear = punica_cpu.PunicaWrapperCPU.add_lora_linear
+    monkeypatch.setattr(punica_cpu.PunicaWrapperCPU, "add_lora_linear", linear)
     monkeypatch.setenv("FLYWHEEL_CPU_LORA_KERNELS", "0")
     cpu_lora.register()
-    assert punica_cpu.bgmv_shrink is originals["bgmv_shrink"]
+    assert punica_cpu.bgmv_shrink is originals["bgmv_shrink"] and punica_cpu.PunicaWrapperCPU.add_lora_linear is linear
     monkeypatch.setenv("FLYWHEEL_CPU_LORA_KERNELS", "1")
     cpu_lora.register()
     assert punica_cpu.bgmv_shrink is cpu_lora.bgmv_shrink
     assert lora_ops.bgmv_expand_slice is cpu_lora.bgmv_expand_slice
+    assert punica_cpu.PunicaWrapperCPU.add_lora_linear is cpu_lora.add_lora_linear
 
 
 def test_all_zero_slots_are_skipped_and_in_place_loads_are_seen(seeded):
