@@ -89,20 +89,22 @@ def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tupl
         offset += size
 
 
-# (A's and B's (storage address, version), slot, dtype) -> (A.T in float32, B.T in dtype), or
-# None for a slot that is all zeros in this module; versions make in-place loads seen
-_pairs: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}
+# (A's and B's storage address, slot, dtype) -> their versions and (A.T in float32, B.T in
+# dtype), or None for a slot that is all zeros in this module. vLLM allocates the stacked
+# tensors once and loads an adapter into a slot in place, which bumps their versions: an
+# entry is rebuilt then, so there is one per module and slot (float32 copies of A: twice
+# vLLM's own bf16 A buffers at most; B is a view when its dtype is already the output's).
+_pairs: dict[tuple, tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor] | None]] = {}
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor, slot: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    key = (a.data_ptr(), a._version, b.data_ptr(), b._version, slot, dtype)
-    if key not in _pairs:
-        if len(_pairs) > 4096:  # old versions of reloaded tensors
-            _pairs.clear()
+    key, versions = (a.data_ptr(), b.data_ptr(), slot, dtype), (a._version, b._version)
+    cached = _pairs.get(key)
+    if cached is None or cached[0] != versions:
         a, b = (a.squeeze(1) if a.dim() == 4 else a), (b.squeeze(1) if b.dim() == 4 else b)
         live = bool(a[slot].any()) and bool(b[slot].any())
-        _pairs[key] = (a[slot].float().T.contiguous(), b[slot].to(dtype).T.contiguous()) if live else None
-    return _pairs[key]
+        cached = _pairs[key] = versions, (a[slot].float().T, b[slot].to(dtype).T) if live else None
+    return cached[1]
 
 
 def _lora_matmul(inputs: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor,
