@@ -161,15 +161,17 @@ def test_the_live_admin_endpoints_refuse_missing_and_wrong_tokens(service, adapt
 def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(service, adapters):
     admin(service, {"adapter": "swap-alpha", "reason": "audit test"})
     body = {"model": ALIAS, "messages": ASK, "max_tokens": 8, "temperature": 0}
-    for _ in range(5):
+    for number in range(5):
         response = httpx.post(f"{service.base_url}/chat/completions", json=body, timeout=120)
-        assert response.status_code == 200 and response.json()["model"] == f"{MODEL}:swap-alpha"
+        assert response.status_code == 200 and response.json()["model"] == f"{MODEL}:swap-alpha", response.text
         student = logged_record(service, response.headers["X-Flywheel-Log-Id"])
+        assert "shadow" in student.tags, f"request {number} was not audited: {student.tags}"
         audit = logged_record(service, student.tags["shadow"], timeout_s=60)  # answered after the reply
-        assert (audit.base_model, audit.adapter, audit.status, audit.tags["role"]) == (MODEL, None, "ok", "teacher")
+        assert (audit.base_model, audit.adapter, audit.status, audit.tags["role"]) == (MODEL, None, "ok", "teacher"), \
+            (audit.status, audit.error, audit.tags)
         assert audit.tags["shadow_of"] == student.id and audit.request == student.request
     shown = run_cli("status", env=service.env)["aliases"][ALIAS]["audit"]
-    assert shown["pairs"] == 5 and shown["metric"] == "token_f1" and shown["score"] < 0.5
+    assert shown["pairs"] == 5 and shown["metric"] == "token_f1" and shown["score"] < 0.5, shown
     # alpha's fixed reply is far from what the teacher says: judged on the live pairs (the
     # service's config: five of them are enough), it is demoted
     verdict = run_cli("audit", "--alias", ALIAS, env=service.env, config=service.home / "config.yaml")
