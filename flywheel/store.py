@@ -76,8 +76,8 @@ class LogFilter:
         characters may be too (`\\u00fc`, as `json.dumps` writes by default)."""
         forms = []
         for text in self.contains or ():
-            forms.append(_escaped(text))
-            forms += [_escaped(json.dumps(text, ensure_ascii=ascii_only)[1:-1]) for ascii_only in (False, True)]
+            once = _escaped(text)
+            forms += [once, _escaped(once), _escaped(json.dumps(text)[1:-1])]
         return tuple(dict.fromkeys(fold(form) for form in forms))  # most texts have one form
 
     def holds(self, text: str) -> bool:
