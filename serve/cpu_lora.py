@@ -101,8 +101,8 @@ def _pair(a: torch.Tensor, b: torch.Tensor, slot: int, dtype: torch.dtype) -> tu
     key, versions = (a.data_ptr(), b.data_ptr(), slot, dtype), (a._version, b._version)
     cached = _pairs.get(key)
     if cached is None or cached[0] != versions:
+        live = _live(a, slot) and _live(b, slot)
         a, b = (a.squeeze(1) if a.dim() == 4 else a), (b.squeeze(1) if b.dim() == 4 else b)
-        live = bool(a[slot].any()) and bool(b[slot].any())
         cached = _pairs[key] = versions, (a[slot].float().T, b[slot].to(dtype).T) if live else None
     return cached[1]
 
