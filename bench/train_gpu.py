@@ -35,7 +35,8 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
-VARIANTS = {"eager": (False, False), "compiled": (False, True), "liger": (True, False), "liger-compiled": (True, True)}
+VARIANTS = {"eager": (False, False), "compiled": (False, True), "liger-compiled": (True, True), "liger": (True, False)}
+VARIANT_TIMEOUT_S = 240  # one variant's process, compilation included: a hung compile is a row, not the whole budget
 
 
 def build(tiny: bool, device: str, liger: bool):
@@ -50,7 +51,8 @@ def build(tiny: bool, device: str, liger: bool):
     shape = TINY if tiny else LLAMA_1B
     torch.manual_seed(0)
     config = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=True)
-    model = LlamaForCausalLM(config).to(device=device, dtype=torch.bfloat16)
+    with torch.device(device):  # random init on the GPU: seconds, not the CPU's minute
+        model = LlamaForCausalLM(config).to(dtype=torch.bfloat16)
     base_parameters = sum(p.numel() for p in model.parameters())
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
@@ -110,7 +112,10 @@ def run_variant(args: argparse.Namespace, variant: str, batch: int, seq: int, st
     while True:
         command = [sys.executable, __file__, "--only", variant, "--micro-batch", str(micro), "--batch", str(batch),
                    "--seq", str(seq), "--steps", str(steps)] + (["--tiny"] if args.tiny else [])
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=VARIANT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {"variant": variant, "micro_batch": micro, "error": f"timed out after {VARIANT_TIMEOUT_S} s"}
         lines = done.stdout.strip().splitlines()
         row = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {
             "variant": variant, "micro_batch": micro, "error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
@@ -145,12 +150,18 @@ def main() -> None:
         raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     batch, seq, steps = (2, 64, 2) if args.tiny else (args.batch, args.seq, args.steps)
     name = "cpu (smoke run)" if args.tiny else torch.cuda.get_device_name()
-    rows = {}
+    rows: dict[str, dict] = {}
+    report = {"benchmark": "train_gpu", "device": name, "versions": versions(), "batch": batch, "seq": seq,
+              "steps": steps, "peak_flops": PEAK_FLOPS, "results": rows}
     for variant in variants:
         row = rows[variant] = run_variant(args, variant, batch, seq, steps)
-        outcome = row.get("error") or f"{row['tokens_per_s']:,.0f} tokens/s at micro-batch {row['micro_batch']}"
+        outcome = row.get("error") or (f"{row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%} at micro-batch "
+                                       f"{row['micro_batch']}")
         print(f"  {variant}: {outcome}", file=sys.stderr, flush=True)
-    parameters = next((row["parameters"] for row in rows.values() if "parameters" in row), None)
+        report["parameters"] = next((row["parameters"] for row in rows.values() if "parameters" in row), None)
+        if args.out:  # after every variant: a run stopped at its time limit keeps what it measured
+            with open(args.out, "w") as handle:
+                json.dump(report, handle, indent=2)
     print(f"{'variant':<15} {'micro':>5} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}   ({name}; batch {batch} x {seq})")
     for variant, row in rows.items():
         if "error" in row:
@@ -158,13 +169,20 @@ def main() -> None:
             continue
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
         print(f"{variant:<15} {row['micro_batch']:>5} {row['tokens_per_s']:>10,.0f} {row['mfu']:>7.1%} {memory:>9}")
-    report = {"benchmark": "train_gpu", "device": name, "parameters": parameters, "batch": batch, "seq": seq,
-              "steps": steps, "peak_flops": PEAK_FLOPS, "results": rows}
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(report, handle, indent=2)
     print(json.dumps(report))
 
+
+def versions() -> dict:
+    """The packages the numbers depend on, as installed where they were measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("torch", "transformers", "peft", "triton", "liger-kernel"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    return found
 
 if __name__ == "__main__":
     main()
