@@ -6,9 +6,15 @@ step as `flywheel/sft.py` (loss on every token here: synthetic data), batch 16 x
 tokens. Reports tokens/s and MFU = 4 * N * tokens/s / peak (a frozen base costs ~4N FLOPs
 per trained token: forward 2N, activation gradients 2N; ENVIRONMENT.md) for each variant:
 
-- `eager`, `compiled` (torch.compile): plain transformers + peft, as the reference was measured;
-- `liger`, `liger-compiled`: the same with Liger's Triton kernels (RMSNorm, SwiGLU, RoPE and a
-  fused linear cross-entropy that never materializes the 32k x 128k logits).
+A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
+
+- `compiled`: `torch.compile` of the whole model and loss;
+- `liger`: all of Liger's Triton kernels (RMSNorm, SwiGLU, RoPE and a fused linear cross-entropy
+  that never materializes the 32k x 128k logits);
+- `flce`: Liger's fused linear cross-entropy alone, so the model body stays one compiled graph;
+- `cudnn`: cuDNN's attention (SDPA) instead of FlashAttention-2, the only backend allowed;
+- `nocast`: peft does not cast each LoRA input to its float32 weights' dtype (autocast casts it
+  straight back to bf16 for the matmul, so the arithmetic is the same, minus two copies).
 
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
@@ -35,19 +41,38 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
-VARIANTS = {"eager": (False, False), "compiled": (False, True), "liger-compiled": (True, True), "liger": (True, False)}
+FEATURES = ("compiled", "liger", "flce", "cudnn", "nocast")
+DEFAULT_VARIANTS = "eager,compiled,compiled+liger,liger,compiled+cudnn+flce+nocast,compiled+cudnn,compiled+flce,compiled+nocast"
 VARIANT_TIMEOUT_S = 240  # one variant's process, compilation included: a hung compile is a row, not the whole budget
 
 
-def build(tiny: bool, device: str, liger: bool):
+def features(variant: str) -> set[str]:
+    """`eager` -> none; `compiled+flce` -> {compiled, flce}; an unknown name is a SystemExit."""
+    named = set() if variant == "eager" else set(variant.split("+"))
+    unknown = sorted(named - set(FEATURES))
+    if unknown:
+        raise SystemExit(f"unknown feature(s) {', '.join(unknown)} in variant {variant!r}; "
+                         f"a variant is 'eager' or a '+'-joined set of {', '.join(FEATURES)}")
+    return named
+
+
+def build(tiny: bool, device: str, chosen: set[str]):
     import torch
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if liger:  # patches transformers' Llama classes, so before the model is built
+    if chosen & {"liger", "flce"}:  # patches transformers' Llama classes, so before the model is built
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-        apply_liger_kernel_to_llama()
+        alone = "liger" not in chosen
+        apply_liger_kernel_to_llama(rope=not alone, rms_norm=not alone, swiglu=not alone, cross_entropy=False,
+                                    fused_linear_cross_entropy=True)
+    if "cudnn" in chosen:
+        torch.backends.cuda.enable_flash_sdp(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
+        torch.backends.cuda.enable_math_sdp(False)
+        torch.backends.cuda.enable_cudnn_sdp(True)
     shape = TINY if tiny else LLAMA_1B
     torch.manual_seed(0)
     config = LlamaConfig(**shape, max_position_embeddings=8192, tie_word_embeddings=True)
@@ -56,6 +81,10 @@ def build(tiny: bool, device: str, liger: bool):
     base_parameters = sum(p.numel() for p in model.parameters())
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
+    if "nocast" in chosen:
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
     return model, base_parameters, config.vocab_size
 
 
@@ -63,10 +92,10 @@ def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: i
     """Tokens/s of `steps` optimizer steps of `batch` sequences, `micro` at a time, after 3 warm-up steps."""
     import torch
 
-    liger, compiled = VARIANTS[variant]
-    model, parameters, vocab = build(tiny, device, liger)
+    chosen = features(variant)
+    model, parameters, vocab = build(tiny, device, chosen)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    step_fn = torch.compile(model) if compiled else model
+    step_fn = torch.compile(model) if "compiled" in chosen else model
     chunks = [torch.randint(0, vocab, (micro, seq), device=device) for _ in range(batch // micro)]
 
     def step() -> None:
@@ -129,11 +158,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: all; "
-                                                         "eager with --tiny)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated (default: {DEFAULT_VARIANTS}; eager "
+                                                         "with --tiny)")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
     parser.add_argument("--tiny", action="store_true", help="2 layers on CPU: a smoke run of this script")
-    parser.add_argument("--only", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
@@ -144,10 +173,9 @@ def main() -> None:
 
     if not args.tiny and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --tiny to check the script on CPU")
-    variants = (args.variants or ("eager" if args.tiny else ",".join(VARIANTS))).split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    variants = (args.variants or ("eager" if args.tiny else DEFAULT_VARIANTS)).split(",")
+    for variant in variants:
+        features(variant)
     batch, seq, steps = (2, 64, 2) if args.tiny else (args.batch, args.seq, args.steps)
     name = "cpu (smoke run)" if args.tiny else torch.cuda.get_device_name()
     rows: dict[str, dict] = {}
@@ -162,13 +190,13 @@ def main() -> None:
         if args.out:  # after every variant: a run stopped at its time limit keeps what it measured
             with open(args.out, "w") as handle:
                 json.dump(report, handle, indent=2)
-    print(f"{'variant':<15} {'micro':>5} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}   ({name}; batch {batch} x {seq})")
+    print(f"{'variant':<28} {'micro':>5} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}   ({name}; batch {batch} x {seq})")
     for variant, row in rows.items():
         if "error" in row:
-            print(f"{variant:<15} {row['micro_batch']:>5} {'failed: ' + row['error']}")
+            print(f"{variant:<28} {row['micro_batch']:>5} {'failed: ' + row['error']}")
             continue
         memory = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "-"
-        print(f"{variant:<15} {row['micro_batch']:>5} {row['tokens_per_s']:>10,.0f} {row['mfu']:>7.1%} {memory:>9}")
+        print(f"{variant:<28} {row['micro_batch']:>5} {row['tokens_per_s']:>10,.0f} {row['mfu']:>7.1%} {memory:>9}")
     print(json.dumps(report))
 
 
