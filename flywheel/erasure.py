@@ -36,14 +36,22 @@ from flywheel.turns import RunBook
 SCAN_CHUNK = 50_000  # records per slice of the id scan (SQLite reads a slice whole)
 MIN_CONTAINS = 3  # characters of an erasure's text (an email, a name, an account number)
 LEARNED_FROM = ("train", "val")  # the splits an adapter's weights depend on (see datasets.trained_rows)
-# what a chat record's stored JSON holds besides what was said (field names, roles): a
-# text found in it would match nearly every record
-SKELETON = record_text(LogRecord(
-    id="", timestamp=0, workload_id="", client_id="", model="",
-    request={"model": "", "messages": [{"role": "system", "content": ""}, {"role": "user", "content": ""}]},
-    response={"id": "", "object": "chat.completion", "created": 0, "model": "", "choices": [
-        {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "stop"}]},
-    usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
+
+
+def _skeleton(request: dict, kind: str, answer: dict) -> str:
+    """The stored JSON of a record with every value empty: its field names and roles."""
+    return record_text(LogRecord(
+        id="", timestamp=0, workload_id="", client_id="", model="", request=request,
+        response={"id": "", "object": kind, "created": 0, "model": "",
+                  "choices": [{"index": 0, **answer, "finish_reason": "stop"}]},
+        usage={"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}))
+
+
+# a text found in either would match nearly every chat, or every completions, record
+SKELETONS = (
+    _skeleton({"model": "", "messages": [{"role": "system", "content": ""}, {"role": "user", "content": ""}]},
+              "chat.completion", {"message": {"role": "assistant", "content": ""}}),
+    _skeleton({"model": "", "prompt": ""}, "text_completion", {"text": ""}))
 
 
 class Erasure(BaseModel):
@@ -78,14 +86,14 @@ def erasure_filter(workload_id: str | None = None, client_id: str | None = None,
     """The records an erasure names (with several texts: those holding any of them); a
     ValueError when it names none (deleting every record takes naming them all, e.g.
     `older_than_days=0`) or names a text shorter than `MIN_CONTAINS` characters (one that
-    short would match most records) or one nearly every record holds (`SKELETON`)."""
+    short would match most records) or one nearly every record holds (`SKELETONS`)."""
     texts = [contains] if isinstance(contains, str) else list(contains or [])
     if workload_id is None and client_id is None and model is None and older_than_days is None and not texts:
         raise ValueError("name what to delete: a workload, a client, a model, a text and/or an age in days")
     if any(len(text.strip()) < MIN_CONTAINS for text in texts):
         raise ValueError(f"a text to look for needs at least {MIN_CONTAINS} characters besides spaces")
     for text in texts:
-        if any(needle in SKELETON for needle in LogFilter(contains=text).needles):
+        if any(needle in skeleton for needle in LogFilter(contains=text).needles for skeleton in SKELETONS):
             raise ValueError(f"{text!r} is part of the records' structure (field names, roles): it would match "
                              "nearly all of them; name what only the person's records say")
     until = None if older_than_days is None else (time.time() if now is None else now) - older_than_days * 86400

@@ -164,6 +164,24 @@ def test_an_erasure_refuses_a_text_the_records_structure_holds(tmp_path):
     store.close()
 
 
+def test_an_erasure_refuses_what_every_completions_record_holds(tmp_path):
+    """A store of `/v1/completions` traffic has its own field names (`prompt`, `text`)."""
+    store = open_store(f"sqlite:///{tmp_path / 'logs.db'}")
+    store.write_batch([LogRecord(
+        id=f"c{number}", timestamp=1_000 + number, workload_id="autocomplete", client_id="ide", model="m",
+        request={"model": "m", "prompt": f"def f{number}(x):", "max_tokens": 8},
+        response={"id": f"c{number}", "object": "text_completion", "created": 1, "model": "m",
+                  "choices": [{"index": 0, "text": f"    return x + {number}", "finish_reason": "length"}]},
+        usage={"prompt_tokens": 5, "completion_tokens": 8, "total_tokens": 13}) for number in range(20)])
+    for text in ("TEXT", "text_completion", "prompt"):
+        assert store.count(LogFilter(contains=text)) == 20
+        with pytest.raises(ValueError, match="is part of the records' structure"):
+            erasure.erasure_filter(contains=text)
+    assert erasure.erasure_filter(contains="return x + 7").contains == ("return x + 7",)
+    assert store.count(LogFilter(contains="return x + 7")) == 1
+    store.close()
+
+
 def test_eval_rows_written_without_picks_stay_without(tmp_path):
     splits = {"train": [_example("x1")], "val": [], "eval": [_example("y1")], "icl": []}  # no `icl_ids` key
     version = write_dataset(tmp_path, "w", splits, {"prefix": None}, {}, [])
