@@ -13,11 +13,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_gpu_benchmark_runs_its_smoke_mode_and_reports_mfu():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "train_gpu.py"), "--tiny",
-                             "--variants", "eager,liger"], check=False,
+                             "--variants", "eager,nocast,flce"], check=False,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["benchmark"] == "train_gpu" and report["parameters"] > 100_000
-    eager, liger = report["results"]["eager"], report["results"]["liger"]
+    assert set(report["versions"]) >= {"torch", "transformers", "peft"} and report["versions"]["torch"]
+    eager, nocast, flce = (report["results"][name] for name in ("eager", "nocast", "flce"))
     assert eager["tokens_per_s"] > 0 and 0 < eager["mfu"] < 1 and eager["micro_batch"] == 2
-    assert "error" in liger or liger["tokens_per_s"] > 0
+    assert nocast["tokens_per_s"] > 0 and nocast["parameters"] == eager["parameters"]
+    assert "error" in flce or flce["tokens_per_s"] > 0
+
+
+def test_an_unknown_feature_is_a_one_line_error_before_anything_runs():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "train_gpu.py"), "--tiny",
+                             "--variants", "eager,compiled+fast"], check=False, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and not result.stdout
+    assert result.stderr.strip().splitlines() == [
+        ("unknown feature(s) fast in variant 'compiled+fast'; a variant is 'eager' or a '+'-joined set of "
+         "compiled, liger, flce, cudnn, nocast")]
