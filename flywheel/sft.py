@@ -121,6 +121,16 @@ def _device_and_autocast(precision: str):
     return device, (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None)
 
 
+def _compiled(model: Any, mode: str, device: Any) -> Any:
+    """What the steps call: `model` itself, or its `torch.compile` (which shares its weights,
+    so training, checkpoints and `model.train()/eval()` still go through `model`)."""
+    import torch
+
+    if mode == "on" or (mode == "auto" and device.type == "cuda"):
+        return torch.compile(model, dynamic=True)  # one graph for every batch width, not one per width
+    return model
+
+
 def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     """`values` reduced elementwise across DDP ranks (`sum` or `max`); as given in one process."""
     import torch
@@ -185,6 +195,7 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
         set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
     model = session.prepare_model(model.to(device))
+    step_model = _compiled(model, cfg["compile"], device)
     learning_rate = cfg["learning_rate"] * (cfg["warm_start_lr_scale"] if cfg.get("init_adapter_path") else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                                   weight_decay=cfg["weight_decay"])
@@ -217,9 +228,9 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     def forward(batch: list[Encoded]):
         inputs = {key: value.to(device) for key, value in collate(batch, pad_id).items()}
         if autocast is None:
-            return model(**inputs).loss
+            return step_model(**inputs).loss
         with autocast:
-            return model(**inputs).loss
+            return step_model(**inputs).loss
 
     def validation_loss() -> float | None:
         if not val:

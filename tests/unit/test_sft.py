@@ -125,3 +125,35 @@ def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, dataset,
     assert warm_lr == pytest.approx(0.25 * fresh_lr)  # train.warm_start_lr_scale: nudged, not relearned
     assert sum(warm) / 4 < 0.6 * sum(fresh) / 4  # it starts trained, not from scratch
     assert abs(sum(warm) / 4 - sum(learned[-8:]) / 8) < 0.5 * sum(fresh) / 4
+
+
+def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, dataset, tmp_path):
+    """`train.compile: on` (CPU here; `auto` turns it on for CUDA). The batches differ in
+    width, and the graph takes dynamic shapes: one graph for training and one for the
+    no-grad validation pass, not one per width. Inductor may reorder float sums, so the
+    losses and weights agree to a tolerance, not bitwise."""
+    from safetensors.torch import load_file
+    from torch._dynamo.utils import counters
+
+    examples = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
+    lengths = [len(encode(tokenizer, TEMPLATE, example).input_ids) for example in examples]
+    widths = {max(lengths[i] for i in batch) for batch in global_batches(lengths, 4, 1, 0, 0)[:6]}
+    assert len(widths) >= 2  # what makes dynamic shapes matter
+    runs = {}
+    for mode in ("off", "on"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        counters.clear()
+        metrics = run_sft(_loop_config(tiny_model, dataset, folder, max_steps=6, compile=mode),
+                          LocalSession(folder / "checkpoints"))
+        steps = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
+        runs[mode] = (metrics, [step["loss"] for step in steps], counters["stats"]["unique_graphs"],
+                      load_file(folder / "adapter" / "adapter_model.safetensors"))
+    (eager, eager_losses, eager_graphs, eager_weights) = runs["off"]
+    (compiled, compiled_losses, compiled_graphs, compiled_weights) = runs["on"]
+    assert (eager_graphs, compiled_graphs) == (0, 2)
+    assert compiled["step"] == eager["step"] == 6
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-3)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
+    assert compiled_weights.keys() == eager_weights.keys()
+    assert max((compiled_weights[name] - eager_weights[name]).abs().max().item() for name in eager_weights) < 1e-3
