@@ -9,6 +9,8 @@ per trained token: forward 2N, activation gradients 2N; ENVIRONMENT.md) for each
 A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 
 - `compiled`: `torch.compile` of the whole model and loss;
+- `dynamic`: compiled with dynamic shapes, as `flywheel/sft.py` compiles (`train.compile`): its
+  batches differ in width, and one graph serves them all;
 - `liger`: all of Liger's Triton kernels (RMSNorm, SwiGLU, RoPE and a fused linear cross-entropy
   that never materializes the 32k x 128k logits);
 - `flce`: Liger's fused linear cross-entropy alone, so the model body stays one compiled graph;
@@ -41,10 +43,10 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
-FEATURES = ("compiled", "liger", "flce", "cudnn", "nocast")
-# the reference pair and the variant that should beat it; each compiled one takes ~80 s on an H200
-# (2026-11-27), so these four fit one 10-minute device call
-DEFAULT_VARIANTS = "compiled,compiled+flce,eager,compiled+liger"
+FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast")
+# the reference pair, the variant that should beat it and what sft.py runs; each compiled one
+# takes ~80 s on an H200 (2026-11-27), so these four fit one 10-minute device call
+DEFAULT_VARIANTS = "compiled,compiled+flce,eager,dynamic"
 VARIANT_TIMEOUT_S = 240  # one variant's process, compilation included: a hung compile is a row, not the whole budget
 
 
@@ -97,7 +99,9 @@ def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: i
     chosen = features(variant)
     model, parameters, vocab = build(tiny, device, chosen)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    step_fn = torch.compile(model) if "compiled" in chosen else model
+    step_fn = model
+    if chosen & {"compiled", "dynamic"}:  # dynamic=None: shapes fixed, as long as they stay the same
+        step_fn = torch.compile(model, dynamic=True if "dynamic" in chosen else None)
     chunks = [torch.randint(0, vocab, (micro, seq), device=device) for _ in range(batch // micro)]
 
     def step() -> None:

@@ -363,7 +363,7 @@ class TrainConfig(_Strict):
         "auto", description="`bf16` autocast, `fp32`, or `auto` (bf16 where the device supports it).")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="`torch.compile` the model, shapes dynamic (batches differ in length): `auto` compiles on "
-        "CUDA, where the step ran 1.4x eager (bench/train_gpu.py), not on CPU.")
+        "CUDA (bench/train_gpu.py: 1.4x eager with fixed shapes; its `dynamic` variant measures this), not on CPU.")
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many epochs without a better val loss; null: never.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")
