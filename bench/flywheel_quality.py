@@ -5,7 +5,7 @@ records as teacher history, curates them (eval split of --eval-size), fine-tunes
 adapter on Ray Train, and evaluates the candidates through the service. Prints the table
 and a JSON line; the report (JSON, Markdown, PNG) stays under the printed home.
 
-    python bench/flywheel_quality.py [--records 3000] [--eval-size 200] [--steps 120]
+    python bench/flywheel_quality.py [--records 3000] [--eval-size 200] [--steps 200]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=3000)
     parser.add_argument("--eval-size", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--steps", type=int, default=200)
     args = parser.parse_args()
 
     from rich.console import Console

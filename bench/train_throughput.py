@@ -2,10 +2,11 @@
 
 Same data (a curated support-tools dataset, prefix-pruned), same model (SmolLM2-135M),
 same steps, one run: (a) `run_sft` in this process, (b) Ray Train with 1 worker, (c) Ray
-Train with 2 workers (DDP over gloo). Tokens/s is measured inside the loop (steady
-state); wall seconds include model loading and, for Ray Train, starting the workers.
+Train with 2 workers (DDP over gloo); with `--compile`, also (a) with `train.compile: on`.
+Tokens/s is measured inside the loop, from its first step (so compilation counts); wall
+seconds include model loading and, for Ray Train, starting the workers.
 
-    python bench/train_throughput.py [--steps 8] [--batch 8]
+    python bench/train_throughput.py [--steps 8] [--batch 8] [--compile]
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="examples per step, split across workers")
+    parser.add_argument("--compile", action="store_true", help="also the plain loop with train.compile: on")
     args = parser.parse_args()
 
     from rich.console import Console
@@ -55,12 +57,14 @@ def main() -> None:
     store.close()
 
     results = {}
-    started = time.perf_counter()
     loop = {**config.train.model_dump(), "batch_size": args.batch, "cpus_per_worker": CPUS,
             "model_path": str(model_path), "dataset_path": str(dataset.path), "output_dir": str(home / "plain"),
             "progress_file": None, "chat_template": Path(chat_template_path("chatml_tools")).read_text()}
-    metrics = run_sft(loop, LocalSession(home / "plain-checkpoints"))
-    results["(a) plain loop, 1 process"] = (metrics["tokens_per_s"], time.perf_counter() - started)
+    for name, compile_mode in (("(a) plain loop, 1 process", "off"),) + (
+            (("(a) compiled (train.compile: on)", "on"),) if args.compile else ()):
+        started = time.perf_counter()
+        metrics = run_sft({**loop, "compile": compile_mode}, LocalSession(home / f"plain-{compile_mode}-checkpoints"))
+        results[name] = (metrics["tokens_per_s"], time.perf_counter() - started)
 
     start_ray(RayConfig(num_cpus=CPUS))
     for name, workers in (("(b) Ray Train, 1 worker", 1), ("(c) Ray Train, 2 workers", 2)):
