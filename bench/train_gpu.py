@@ -4,7 +4,7 @@ A 1B-class Llama (hidden 2048, 16 layers, 32 heads, 8 kv heads, ffn 8192, vocab 
 random init, bf16 weights), LoRA r=16 on every linear layer (peft), AdamW, the same
 step as `flywheel/sft.py` (loss on every token here: synthetic data), batch 16 x 2048
 tokens. Reports tokens/s and MFU = 4 * N * tokens/s / peak (a frozen base costs ~4N FLOPs
-per trained token: forward 2N, activation gradients 2N; ENVIRONMENT.md) for each variant:
+per trained token: forward 2N, activation gradients 2N; ENVIRONMENT.md) for each variant.
 
 A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 
