@@ -13,15 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_gpu_benchmark_runs_its_smoke_mode_and_reports_mfu():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "train_gpu.py"), "--tiny",
-                             "--variants", "eager,nocast,dynamic,flce"], check=False,
+                             "--variants", "eager,nocast,flce"], check=False,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["benchmark"] == "train_gpu" and report["parameters"] > 100_000
     assert set(report["versions"]) >= {"torch", "transformers", "peft"} and report["versions"]["torch"]
-    eager, nocast, dynamic, flce = (report["results"][name] for name in ("eager", "nocast", "dynamic", "flce"))
+    eager, nocast, flce = (report["results"][name] for name in ("eager", "nocast", "flce"))
     assert eager["tokens_per_s"] > 0 and 0 < eager["mfu"] < 1 and eager["micro_batch"] == 2
-    assert all(row["tokens_per_s"] > 0 and row["parameters"] == eager["parameters"] for row in (nocast, dynamic))
+    assert nocast["tokens_per_s"] > 0 and nocast["parameters"] == eager["parameters"]
     assert "error" in flce or flce["tokens_per_s"] > 0
 
 
