@@ -60,8 +60,10 @@ def main() -> None:
     loop = {**config.train.model_dump(), "batch_size": args.batch, "cpus_per_worker": CPUS,
             "model_path": str(model_path), "dataset_path": str(dataset.path), "output_dir": str(home / "plain"),
             "progress_file": None, "chat_template": Path(chat_template_path("chatml_tools")).read_text()}
-    for name, compile_mode in (("(a) plain loop, 1 process", "off"),) + (
-            (("(a) compiled (train.compile: on)", "on"),) if args.compile else ()):
+    plain_runs = {"(a) plain loop, 1 process": "off"}
+    if args.compile:
+        plain_runs["(a) compiled (train.compile: on)"] = "on"
+    for name, compile_mode in plain_runs.items():
         started = time.perf_counter()
         metrics = run_sft({**loop, "compile": compile_mode}, LocalSession(home / f"plain-{compile_mode}-checkpoints"))
         results[name] = (metrics["tokens_per_s"], time.perf_counter() - started)
