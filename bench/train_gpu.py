@@ -185,14 +185,15 @@ def main() -> None:
     batch, seq, steps = (2, 64, 2) if args.tiny else (args.batch, args.seq, args.steps)
     name = "cpu (smoke run)" if args.tiny else torch.cuda.get_device_name()
     rows: dict[str, dict] = {}
-    report = {"benchmark": "train_gpu", "device": name, "versions": versions(), "batch": batch, "seq": seq,
-              "steps": steps, "peak_flops": PEAK_FLOPS, "results": rows}
+    report = {"benchmark": "train_gpu", "device": name, "versions": versions(), "parameters": None, "batch": batch,
+              "seq": seq, "steps": steps, "peak_flops": PEAK_FLOPS, "results": rows}
     for variant in variants:
         row = rows[variant] = run_variant(args, variant, batch, seq, steps)
         outcome = row.get("error") or (f"{row['tokens_per_s']:,.0f} tokens/s, MFU {row['mfu']:.1%} at micro-batch "
                                        f"{row['micro_batch']}")
         print(f"  {variant}: {outcome}", file=sys.stderr, flush=True)
-        report["parameters"] = next((row["parameters"] for row in rows.values() if "parameters" in row), None)
+        if report["parameters"] is None:  # the same model in every variant: the first that ran counts it
+            report["parameters"] = row.get("parameters")
         if args.out:  # after every variant: a run stopped at its time limit keeps what it measured
             with open(args.out, "w") as handle:
                 json.dump(report, handle, indent=2)
