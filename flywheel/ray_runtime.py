@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+from typing import TYPE_CHECKING
 
-from flywheel.config import RayConfig
+if TYPE_CHECKING:  # workers import this module for `quiet_state_api_warnings`: keep it light
+    from flywheel.config import RayConfig
+
+# Ray Train's placement-group cleaner asks the State API, which the dashboard serves, once a
+# second whether its controller still lives, and warns each time it gets no answer.
+_STATE_API_POLLER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
 
 
 def start_ray(config: RayConfig) -> None:
@@ -24,9 +31,17 @@ def start_ray(config: RayConfig) -> None:
             include_dashboard=config.include_dashboard,
             num_cpus=config.num_cpus,
             log_to_driver=config.log_to_driver,
+            runtime_env=None if config.include_dashboard else
+            {"worker_process_setup_hook": f"{__name__}.{quiet_state_api_warnings.__name__}"},
         )
     else:
         ray.init(address=config.address, log_to_driver=config.log_to_driver)
+
+
+def quiet_state_api_warnings() -> None:
+    """Worker setup hook of a local instance without a dashboard: there the State API never
+    answers, and Ray Train would print a warning a second for as long as a run trains."""
+    logging.getLogger(_STATE_API_POLLER).setLevel(logging.ERROR)
 
 
 def metrics_url() -> str | None:
