@@ -4,15 +4,19 @@ Same data (a curated support-tools dataset, prefix-pruned), same model (SmolLM2-
 same steps, one run: (a) `run_sft` in this process, (b) Ray Train with 1 worker, (c) Ray
 Train with 2 workers (DDP over gloo); with `--compile`, also (a) with `train.compile: on`.
 Tokens/s is measured inside the loop, from its first step (so compilation counts); wall
-seconds include model loading and, for Ray Train, starting the workers.
+seconds include model loading and, for Ray Train, starting the workers. With `--repeats N`
+each run is done N times and the table shows medians (and the range): on a shared 2-core
+machine one run of each can differ by 10% from the next.
 
-    python bench/train_throughput.py [--steps 8] [--batch 8] [--compile]
+    python bench/train_throughput.py [--steps 8] [--batch 8] [--repeats 1] [--compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8, help="examples per step, split across workers")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each; the table shows medians")
     parser.add_argument("--compile", action="store_true", help="also the plain loop with train.compile: on")
     args = parser.parse_args()
 
@@ -56,33 +61,42 @@ def main() -> None:
     dataset = curate_workload(config, store, "support-tools", prepare=prepare_in_process)
     store.close()
 
-    results = {}
+    results: dict[str, list[tuple[float, float]]] = {}  # run -> (tokens/s, wall s) per repeat
     loop = {**config.train.model_dump(), "batch_size": args.batch, "cpus_per_worker": CPUS,
             "model_path": str(model_path), "dataset_path": str(dataset.path), "output_dir": str(home / "plain"),
             "progress_file": None, "chat_template": Path(chat_template_path("chatml_tools")).read_text()}
     plain_runs = {"(a) plain loop, 1 process": "off"}
     if args.compile:
         plain_runs["(a) compiled (train.compile: on)"] = "on"
-    for name, compile_mode in plain_runs.items():
+    for repeat, (name, compile_mode) in itertools.product(range(args.repeats), plain_runs.items()):
         started = time.perf_counter()
-        metrics = run_sft({**loop, "compile": compile_mode}, LocalSession(home / f"plain-{compile_mode}-checkpoints"))
-        results[name] = (metrics["tokens_per_s"], time.perf_counter() - started)
+        metrics = run_sft({**loop, "compile": compile_mode},  # a fresh checkpoint folder: no resuming the last
+                          LocalSession(home / f"plain-{compile_mode}-{repeat}-checkpoints"))
+        results.setdefault(name, []).append((metrics["tokens_per_s"], time.perf_counter() - started))
 
     start_ray(RayConfig(num_cpus=CPUS))
-    for name, workers in (("(b) Ray Train, 1 worker", 1), ("(c) Ray Train, 2 workers", 2)):
+    ray_runs = (("(b) Ray Train, 1 worker", 1), ("(c) Ray Train, 2 workers", 2))
+    for _, (name, workers) in itertools.product(range(args.repeats), ray_runs):
         overrides = {"num_workers": workers, "cpus_per_worker": CPUS // workers, "batch_size": args.batch // workers}
         started = time.perf_counter()
         [adapter] = train_candidates(config, dataset, [Candidate(model, overrides)])
-        results[name] = (adapter.metrics["tokens_per_s"], time.perf_counter() - started)
+        results.setdefault(name, []).append((adapter.metrics["tokens_per_s"], time.perf_counter() - started))
 
-    plain = results["(a) plain loop, 1 process"][0]
-    table = Table("run", "tokens/s (in loop)", "vs (a)", "wall s (incl. start)")
-    for name, (tokens_per_s, wall) in results.items():
-        table.add_row(name, f"{tokens_per_s:,.0f}", f"{tokens_per_s / plain:.2f}x", f"{wall:.0f}")
+    medians = {name: (statistics.median(t for t, _ in runs), statistics.median(w for _, w in runs))
+               for name, runs in results.items()}
+    plain = medians["(a) plain loop, 1 process"][0]
+    table = Table("run", "tokens/s (in loop)", *(["range"] if args.repeats > 1 else []), "vs (a)",
+                  "wall s (incl. start)")
+    for name, (tokens_per_s, wall) in medians.items():
+        each = [t for t, _ in results[name]]
+        spread = [f"{min(each):,.0f}-{max(each):,.0f}"] if args.repeats > 1 else []
+        table.add_row(name, f"{tokens_per_s:,.0f}", *spread, f"{tokens_per_s / plain:.2f}x", f"{wall:.0f}")
     Console().print(table)
     print(json.dumps({"benchmark": "train_throughput", "steps": args.steps, "batch": args.batch,
-                      "ray_train_overhead": 1 - results["(b) Ray Train, 1 worker"][0] / plain,
-                      "results": {name: {"tokens_per_s": t, "wall_s": w} for name, (t, w) in results.items()}}))
+                      "repeats": args.repeats, "ray_train_overhead": 1 - medians["(b) Ray Train, 1 worker"][0] / plain,
+                      "results": {name: {"tokens_per_s": t, "wall_s": w,
+                                         "tokens_per_s_each": [each for each, _ in results[name]]}
+                                  for name, (t, w) in medians.items()}}))
 
 
 if __name__ == "__main__":
