@@ -360,7 +360,8 @@ class TrainConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
     max_seq_len: int = Field(1024, ge=16, description="Longer examples are dropped (and counted).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="`bf16` autocast, `fp32`, or `auto` (bf16 where the device supports it).")
+        "auto", description="`bf16` autocast (on CUDA the frozen base is loaded in bf16 too; LoRA weights "
+        "stay fp32), `fp32`, or `auto` (bf16 where the device supports it).")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="`torch.compile` the model, shapes dynamic (batches differ in length): `auto` compiles on "
         "CUDA (bench/train_gpu.py: 1.4x eager with fixed shapes; its `dynamic` variant measures this), not on CPU.")

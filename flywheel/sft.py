@@ -113,12 +113,30 @@ class LocalSession:
         return found[-1] if found else None
 
 
-def _device_and_autocast(precision: str):
+def _device_and_precision(precision: str):
+    """The device, the autocast context (None: float32 throughout) and the dtype to load the
+    frozen base in: bfloat16 on CUDA under bf16, as `bench/train_gpu.py` measures (half the
+    memory, no cast of every weight at every step); float32 on CPU, where autocast over
+    float32 weights ran faster than bfloat16 weights (ENVIRONMENT.md: 283 vs 260 tokens/s)."""
     import torch
 
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cpu" or torch.cuda.is_bf16_supported()))
-    return device, (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
+    return device, autocast, torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+
+
+def lora_model(cfg: dict[str, Any], dtype: Any) -> Any:
+    """The base at `cfg["model_path"]` in `dtype`, with fresh LoRA layers per `cfg`. peft
+    keeps LoRA weights in float32 over a bfloat16 base (`autocast_adapter_dtype`), so the
+    optimizer updates them at full precision and the adapter is saved in float32."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
+    return get_peft_model(model, LoraConfig(
+        r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
+        target_modules=cfg["target_modules"], task_type="CAUSAL_LM"))
 
 
 def _compiled(model: Any, mode: str, device: Any) -> Any:
@@ -160,9 +178,9 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     learned: how a cancelled turn stops mid-training), and the `TrainConfig` fields. Rank 0
     writes the adapter to `output_dir`."""
     import torch
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+    from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
     rank, world = session.world_rank, session.world_size
     random.seed(cfg["seed"])
@@ -182,13 +200,10 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     if len(train) < world:
         raise ValueError(f"{len(train)} training examples fit max_seq_len {cfg['max_seq_len']}; need >= {world}")
 
-    device, autocast = _device_and_autocast(cfg["precision"])
+    device, autocast, weights_dtype = _device_and_precision(cfg["precision"])
     if device.type == "cpu":  # one intra-op thread per reserved CPU: workers on a node must not oversubscribe it
         torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=torch.float32)
-    model = get_peft_model(model, LoraConfig(
-        r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
-        target_modules=cfg["target_modules"], task_type="CAUSAL_LM"))
+    model = lora_model(cfg, weights_dtype)
     checkpoint = session.latest_checkpoint()
     start = checkpoint or (Path(cfg["init_adapter_path"]) if cfg.get("init_adapter_path") else None)
     if start is not None:  # resuming, or warm-starting from an earlier adapter

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.sft import IGNORE, LocalSession, collate, encode, global_batches, run_sft, shard
+from flywheel.sft import IGNORE, LocalSession, collate, encode, global_batches, lora_model, run_sft, shard
 from tests.unit.tiny_llama import TEMPLATE, TOOLS, conversation
 
 
@@ -157,3 +157,19 @@ def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, d
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
     assert compiled_weights.keys() == eager_weights.keys()
     assert max((compiled_weights[name] - eager_weights[name]).abs().max().item() for name in eager_weights) < 1e-3
+
+
+def test_over_a_bfloat16_base_the_lora_weights_and_their_gradients_stay_float32(tiny_model, tmp_path):
+    """On CUDA the frozen base loads in bfloat16 (`_device_and_precision`); the optimizer must
+    still get float32 LoRA weights and gradients, or small updates round away."""
+    import torch
+
+    model = lora_model(_loop_config(tiny_model, tmp_path, tmp_path), torch.bfloat16)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    tokens = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(input_ids=tokens, labels=tokens).loss.backward()
+    gradients = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 for g in gradients)
+    assert any(g.abs().sum() > 0 for g in gradients)
