@@ -157,8 +157,8 @@ def offline_phase(cfg, requests: int, max_batch: int, max_tokens: int) -> float:
 
     from vllm import LLM, SamplingParams
 
+    from flywheel.chat_templates import chat_template_path
     from flywheel.models import resolve_model_path
-    from serve.engine import chat_template_path
 
     llm = LLM(model=str(resolve_model_path(base.source, cfg.models_dir)), dtype=base.dtype,
               max_model_len=base.max_model_len, enforce_eager=True, enable_lora=True,

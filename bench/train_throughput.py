@@ -25,6 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flywheel.chat_templates import chat_template_path
 from flywheel.config import RayConfig, load_config
 from flywheel.curation import curate_workload, prepare_in_process
 from flywheel.models import pull_model
@@ -34,7 +35,6 @@ from flywheel.sft import LocalSession, run_sft
 from flywheel.store import open_store
 from flywheel.training import Candidate, train_candidates
 from flywheel.workloads.support_tools import TEACHER, generate
-from serve.engine import chat_template_path
 
 CPUS = 2
 

@@ -50,7 +50,7 @@ def merge_adapter(config: FlywheelConfig, adapter_id: str, out: Path | None = No
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from serve.engine import chat_template_path
+    from flywheel.chat_templates import chat_template_path
 
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(base_path)

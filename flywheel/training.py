@@ -129,7 +129,7 @@ def train_candidates(config: FlywheelConfig, dataset: DatasetVersion, candidates
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from serve.engine import chat_template_path
+    from flywheel.chat_templates import chat_template_path
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     plans = []

@@ -19,13 +19,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from flywheel.chat_templates import chat_template_path
 from flywheel.config import BaseModelConfig
 from serve.errors import error_body, validation_error_body
 
 logger = logging.getLogger("ray.serve")
 
 Endpoint = Literal["chat", "completion"]
-TEMPLATES = Path(__file__).resolve().parent.parent / "flywheel" / "templates"
 
 
 class ModelEngine(Protocol):
@@ -41,18 +41,6 @@ class ModelEngine(Protocol):
     def stream(self, endpoint: Endpoint, body: dict, adapter: str | None) -> AsyncIterator[Any]: ...
 
     async def check_health(self) -> None: ...
-
-
-def chat_template_path(template: str | None) -> str | None:
-    """A bundled template name, or a path to a .jinja file, as vLLM's `--chat-template`."""
-    if template is None:
-        return None
-    bundled = TEMPLATES / f"{template}.jinja"
-    if bundled.is_file():
-        return str(bundled)
-    if Path(template).expanduser().is_file():
-        return str(Path(template).expanduser().resolve())
-    raise FileNotFoundError(f"chat template {template!r}: no bundled template or file of that name")
 
 
 def engine_cli_args(model: BaseModelConfig, model_path: Path) -> list[str]:

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serve.engine import chat_template_path
+from flywheel.chat_templates import chat_template_path
 
 
 def train_adapter(model_path: Path, out: Path, conversation: list[dict], tools: list[dict] | None,

@@ -2,8 +2,9 @@
 
 import pytest
 
+from flywheel.chat_templates import chat_template_path
 from flywheel.config import BaseModelConfig
-from serve.engine import chat_template_path, engine_cli_args, parse_engine_args, unserved_modules
+from serve.engine import engine_cli_args, parse_engine_args, unserved_modules
 
 
 def test_flags_enable_lora_tools_and_our_template(tmp_path):

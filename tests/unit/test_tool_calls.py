@@ -10,7 +10,7 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 from vllm.tool_parsers.hermes_tool_parser import Hermes2ProToolParser
 
-from serve.engine import chat_template_path
+from flywheel.chat_templates import chat_template_path
 
 TEMPLATE = Path(chat_template_path("chatml_tools")).read_text()
 TOOLS = [

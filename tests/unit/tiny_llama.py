@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serve.engine import chat_template_path
+from flywheel.chat_templates import chat_template_path
 
 TEMPLATE = Path(chat_template_path("chatml_tools")).read_text()
 TOOLS = [{"type": "function", "function": {"name": "get_order_status", "parameters": {
