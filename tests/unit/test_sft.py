@@ -173,3 +173,14 @@ def test_over_a_bfloat16_base_the_lora_weights_and_their_gradients_stay_float32(
     gradients = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and g.dtype == torch.float32 for g in gradients)
     assert any(g.abs().sum() > 0 for g in gradients)
+
+
+def test_the_gpu_tiers_spelled_out_settings_are_all_the_loop_reads(tiny_model, dataset, tmp_path):
+    """test_sft_cuda.py lists TrainConfig's fields by hand (a GPU machine has no pydantic), and
+    only runs where there is CUDA: one CPU step here, given only those, keeps it from rotting."""
+    from tests.unit.test_sft_cuda import SETTINGS
+
+    metrics = run_sft({**SETTINGS, "precision": "fp32", "compile": "off", "max_steps": 1, "model_path": str(tiny_model),
+                       "dataset_path": str(dataset), "output_dir": str(tmp_path / "adapter"), "progress_file": None,
+                       "chat_template": TEMPLATE}, LocalSession(tmp_path / "checkpoints"))
+    assert metrics["step"] == 1

@@ -32,13 +32,12 @@ def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_a
     dataset.mkdir()
     (dataset / "train.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(32)))
     (dataset / "val.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(100, 108)))
-    loaded = []
+    loaded, original = [], sft.lora_model
 
     def recorded(cfg, dtype):
         loaded.append(dtype)
-        return lora_model(cfg, dtype)
+        return original(cfg, dtype)
 
-    lora_model = sft.lora_model
     monkeypatch.setattr(sft, "lora_model", recorded)
     counters.clear()
     metrics = sft.run_sft({**SETTINGS, "model_path": str(tiny_model), "dataset_path": str(dataset),
