@@ -34,3 +34,17 @@ def tiny_model(tmp_path_factory) -> Path:
     from tests.unit import tiny_llama
 
     return tiny_llama.build(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def sft_dataset(tmp_path_factory) -> Path:
+    """A dataset folder `flywheel.sft.run_sft` reads: 32 train and 8 val tool-call conversations
+    (unit/tiny_llama.py), for the tiny model."""
+    import json
+
+    from tests.unit.tiny_llama import conversation
+
+    path = tmp_path_factory.mktemp("sft-dataset")
+    (path / "train.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(32)))
+    (path / "val.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(100, 108)))
+    return path

@@ -64,17 +64,9 @@ def _loop_config(model: Path, dataset: Path, out: Path, **overrides) -> dict:
             **overrides}
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("dataset")
-    (path / "train.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(32)))
-    (path / "val.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(100, 108)))
-    return path
-
-
-def test_loss_goes_down_and_the_adapter_is_a_peft_folder(tiny_model, dataset, tmp_path):
+def test_loss_goes_down_and_the_adapter_is_a_peft_folder(tiny_model, sft_dataset, tmp_path):
     session = LocalSession(tmp_path / "checkpoints")
-    metrics = run_sft(_loop_config(tiny_model, dataset, tmp_path, epochs=6, checkpoint_every=4), session)
+    metrics = run_sft(_loop_config(tiny_model, sft_dataset, tmp_path, epochs=6, checkpoint_every=4), session)
     steps = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert len(steps) == metrics["step"] == 48  # 32 examples / 4 per batch x 6 epochs
     assert sum(s["loss"] for s in steps[-8:]) / 8 < 0.6 * sum(s["loss"] for s in steps[:8]) / 8
@@ -83,18 +75,18 @@ def test_loss_goes_down_and_the_adapter_is_a_peft_folder(tiny_model, dataset, tm
     assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["r"] == 16
 
 
-def test_a_run_resumes_from_its_last_checkpoint(tiny_model, dataset, tmp_path):
+def test_a_run_resumes_from_its_last_checkpoint(tiny_model, sft_dataset, tmp_path):
     first = LocalSession(tmp_path / "checkpoints")
-    run_sft(_loop_config(tiny_model, dataset, tmp_path, max_steps=6, checkpoint_every=3, epochs=3), first)
+    run_sft(_loop_config(tiny_model, sft_dataset, tmp_path, max_steps=6, checkpoint_every=3, epochs=3), first)
     assert first.latest_checkpoint().name == "step-000006"
-    resumed = run_sft(_loop_config(tiny_model, dataset, tmp_path, max_steps=10, checkpoint_every=3, epochs=3),
+    resumed = run_sft(_loop_config(tiny_model, sft_dataset, tmp_path, max_steps=10, checkpoint_every=3, epochs=3),
                       LocalSession(tmp_path / "checkpoints"))
     assert resumed["resumed_from"] == 6 and resumed["step"] == 10
     steps = [json.loads(line)["step"] for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]  # nothing trained twice
 
 
-def test_a_stop_file_ends_training_after_the_current_step_and_keeps_the_adapter(tiny_model, dataset, tmp_path):
+def test_a_stop_file_ends_training_after_the_current_step_and_keeps_the_adapter(tiny_model, sft_dataset, tmp_path):
     stop = tmp_path / "STOP"
 
     class StopAtFirstCheckpoint(LocalSession):  # what a cancel does, mid-run
@@ -102,22 +94,22 @@ def test_a_stop_file_ends_training_after_the_current_step_and_keeps_the_adapter(
             super().report(metrics, checkpoint)
             stop.touch()
 
-    metrics = run_sft(_loop_config(tiny_model, dataset, tmp_path, max_steps=20, checkpoint_every=3, epochs=6,
+    metrics = run_sft(_loop_config(tiny_model, sft_dataset, tmp_path, max_steps=20, checkpoint_every=3, epochs=6,
                                    stop_file=str(stop)), StopAtFirstCheckpoint(tmp_path / "checkpoints"))
     assert metrics["step"] == 4 and metrics["stopped"] == "requested"  # step 3 checkpointed, step 4 saw the file
     assert metrics["val_loss"] is None  # a stop means now: no validation pass
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, dataset, tmp_path):
+def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, sft_dataset, tmp_path):
     first, warm, fresh = tmp_path / "first", tmp_path / "warm", tmp_path / "fresh"
     for folder in (first, warm, fresh):
         folder.mkdir()
-    run_sft(_loop_config(tiny_model, dataset, first, epochs=6), LocalSession(first / "checkpoints"))
+    run_sft(_loop_config(tiny_model, sft_dataset, first, epochs=6), LocalSession(first / "checkpoints"))
     learned = [json.loads(line)["loss"] for line in (first / "progress.jsonl").read_text().splitlines()]
 
     def first_steps(folder, **extra):
-        run_sft(_loop_config(tiny_model, dataset, folder, max_steps=4, **extra), LocalSession(folder / "checkpoints"))
+        run_sft(_loop_config(tiny_model, sft_dataset, folder, max_steps=4, **extra), LocalSession(folder / "checkpoints"))
         steps = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
         return [step["loss"] for step in steps], steps[0]["learning_rate"]
 
@@ -127,7 +119,7 @@ def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, dataset,
     assert abs(sum(warm) / 4 - sum(learned[-8:]) / 8) < 0.5 * sum(fresh) / 4
 
 
-def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, dataset, tmp_path):
+def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, sft_dataset, tmp_path):
     """`train.compile: on` (CPU here; `auto` turns it on for CUDA). The batches differ in
     width, and the graph takes dynamic shapes: one graph for training and one for the
     no-grad validation pass, not one per width. Inductor may reorder float sums, so the
@@ -135,7 +127,7 @@ def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, d
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
 
-    examples = [json.loads(line) for line in (dataset / "train.jsonl").read_text().splitlines()]
+    examples = [json.loads(line) for line in (sft_dataset / "train.jsonl").read_text().splitlines()]
     lengths = [len(encode(tokenizer, TEMPLATE, example).input_ids) for example in examples]
     widths = {max(lengths[i] for i in batch) for batch in global_batches(lengths, 4, 1, 0, 0)[:6]}
     assert len(widths) >= 2  # what makes dynamic shapes matter
@@ -144,7 +136,7 @@ def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, d
         folder = tmp_path / mode
         folder.mkdir()
         counters.clear()
-        metrics = run_sft(_loop_config(tiny_model, dataset, folder, max_steps=6, compile=mode),
+        metrics = run_sft(_loop_config(tiny_model, sft_dataset, folder, max_steps=6, compile=mode),
                           LocalSession(folder / "checkpoints"))
         steps = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
         runs[mode] = (metrics, [step["loss"] for step in steps], counters["stats"]["unique_graphs"],
@@ -175,12 +167,12 @@ def test_over_a_bfloat16_base_the_lora_weights_and_their_gradients_stay_float32(
     assert any(g.abs().sum() > 0 for g in gradients)
 
 
-def test_the_gpu_tiers_spelled_out_settings_are_all_the_loop_reads(tiny_model, dataset, tmp_path):
+def test_the_gpu_tiers_spelled_out_settings_are_all_the_loop_reads(tiny_model, sft_dataset, tmp_path):
     """test_sft_cuda.py lists TrainConfig's fields by hand (a GPU machine has no pydantic), and
     only runs where there is CUDA: one CPU step here, given only those, keeps it from rotting."""
     from tests.unit.test_sft_cuda import SETTINGS
 
     metrics = run_sft({**SETTINGS, "precision": "fp32", "compile": "off", "max_steps": 1, "model_path": str(tiny_model),
-                       "dataset_path": str(dataset), "output_dir": str(tmp_path / "adapter"), "progress_file": None,
+                       "dataset_path": str(sft_dataset), "output_dir": str(tmp_path / "adapter"), "progress_file": None,
                        "chat_template": TEMPLATE}, LocalSession(tmp_path / "checkpoints"))
     assert metrics["step"] == 1

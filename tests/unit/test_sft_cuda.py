@@ -10,7 +10,7 @@ import json
 import pytest
 
 from flywheel import sft
-from tests.unit.tiny_llama import TEMPLATE, conversation
+from tests.unit.tiny_llama import TEMPLATE
 
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -23,15 +23,11 @@ SETTINGS = {"seed": 0, "max_seq_len": 1024, "precision": "auto", "compile": "aut
             "checkpoint_every": 1000}
 
 
-def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_adapter(tiny_model, tmp_path,
-                                                                                        monkeypatch):
+def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_adapter(tiny_model, sft_dataset,
+                                                                                        tmp_path, monkeypatch):
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
 
-    dataset = tmp_path / "dataset"
-    dataset.mkdir()
-    (dataset / "train.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(32)))
-    (dataset / "val.jsonl").write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(100, 108)))
     loaded, original = [], sft.lora_model
 
     def recorded(cfg, dtype):
@@ -40,7 +36,7 @@ def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_a
 
     monkeypatch.setattr(sft, "lora_model", recorded)
     counters.clear()
-    metrics = sft.run_sft({**SETTINGS, "model_path": str(tiny_model), "dataset_path": str(dataset),
+    metrics = sft.run_sft({**SETTINGS, "model_path": str(tiny_model), "dataset_path": str(sft_dataset),
                            "output_dir": str(tmp_path / "adapter"), "progress_file": str(tmp_path / "progress.jsonl"),
                            "chat_template": TEMPLATE}, sft.LocalSession(tmp_path / "checkpoints"))
 
