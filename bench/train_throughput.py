@@ -82,21 +82,20 @@ def main() -> None:
         [adapter] = train_candidates(config, dataset, [Candidate(model, overrides)])
         results.setdefault(name, []).append((adapter.metrics["tokens_per_s"], time.perf_counter() - started))
 
-    medians = {name: (statistics.median(t for t, _ in runs), statistics.median(w for _, w in runs))
-               for name, runs in results.items()}
-    plain = medians["(a) plain loop, 1 process"][0]
+    speeds = {name: [tokens_per_s for tokens_per_s, _ in runs] for name, runs in results.items()}
+    walls = {name: statistics.median(wall for _, wall in runs) for name, runs in results.items()}
+    median = {name: statistics.median(each) for name, each in speeds.items()}
+    plain = median["(a) plain loop, 1 process"]
     table = Table("run", "tokens/s (in loop)", *(["range"] if args.repeats > 1 else []), "vs (a)",
                   "wall s (incl. start)")
-    for name, (tokens_per_s, wall) in medians.items():
-        each = [t for t, _ in results[name]]
+    for name, each in speeds.items():
         spread = [f"{min(each):,.0f}-{max(each):,.0f}"] if args.repeats > 1 else []
-        table.add_row(name, f"{tokens_per_s:,.0f}", *spread, f"{tokens_per_s / plain:.2f}x", f"{wall:.0f}")
+        table.add_row(name, f"{median[name]:,.0f}", *spread, f"{median[name] / plain:.2f}x", f"{walls[name]:.0f}")
     Console().print(table)
     print(json.dumps({"benchmark": "train_throughput", "steps": args.steps, "batch": args.batch,
-                      "repeats": args.repeats, "ray_train_overhead": 1 - medians["(b) Ray Train, 1 worker"][0] / plain,
-                      "results": {name: {"tokens_per_s": t, "wall_s": w,
-                                         "tokens_per_s_each": [each for each, _ in results[name]]}
-                                  for name, (t, w) in medians.items()}}))
+                      "repeats": args.repeats, "ray_train_overhead": 1 - median["(b) Ray Train, 1 worker"] / plain,
+                      "results": {name: {"tokens_per_s": median[name], "wall_s": walls[name], "tokens_per_s_each": each}
+                                  for name, each in speeds.items()}}))
 
 
 if __name__ == "__main__":
