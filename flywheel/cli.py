@@ -268,7 +268,7 @@ def logs_export(
     workload: str | None = typer.Option(None, "--workload", help="Only this workload."),
     client: str | None = typer.Option(None, "--client", help="Only this client's records."),
     contains: list[str] | None = typer.Option(None, "--contains", help="Only records holding this text anywhere "
-                                              "(ASCII letters in any case; repeat it for any of several): what "
+                                              "(letters in any case; repeat it for any of several): what "
                                               "`logs delete --contains` would erase."),
     config: Path | None = ConfigOption,
     as_json: bool = JsonOption,
@@ -341,7 +341,7 @@ def logs_delete(
     older_than_days: float | None = typer.Option(None, "--older-than-days", min=0,
                                                  help="Only records logged more than this many days ago."),
     contains: list[str] | None = typer.Option(None, "--contains", help="Only records holding this text anywhere "
-                                              "(an email, a name, an account number; ASCII letters in any case; "
+                                              "(an email, a name, an account number; letters in any case; "
                                               "repeat it for any of several): a person's erasure request."),
     yes: bool = typer.Option(False, "--yes", help="Delete them; without it, only count what would be deleted."),
     keep_datasets: bool = typer.Option(False, "--keep-datasets", help="Leave the curated datasets as they are "

@@ -26,6 +26,7 @@ from flywheel.store import (
     Partition,
     Tombstone,
     Tombstones,
+    fold,
     lift_entry,
     lifted_entry,
 )
@@ -49,6 +50,12 @@ CREATE TABLE IF NOT EXISTS tombstones (entry TEXT NOT NULL);  -- JSON, rows only
 SCAN_COLUMNS = [{"timestamp": "ts"}.get(field, field) for field in SCAN_FIELDS]
 
 
+def _holds(record: str, *needles: str) -> bool:
+    """`LogFilter.contains` in SQL: SQLite's own `lower()` folds ASCII letters only."""
+    text = fold(record)
+    return any(needle in text for needle in needles)
+
+
 def _where(filter: LogFilter) -> tuple[str, list[Any]]:
     clauses, params = [], []
     for column in NAMING_FIELDS:
@@ -63,7 +70,7 @@ def _where(filter: LogFilter) -> tuple[str, list[Any]]:
         clauses.append("ts < ?")
         params.append(filter.until)
     if filter.contains is not None:  # no index can help: it reads every record the other clauses leave
-        clauses.append("(" + " OR ".join(["instr(lower(record), ?) > 0"] * len(filter.needles)) + ")")
+        clauses.append(f"flywheel_holds(record, {', '.join('?' * len(filter.needles))})")
         params += filter.needles
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -79,6 +86,7 @@ class SqliteLogStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA secure_delete=ON")  # a deleted record's bytes are overwritten, not just unlinked
         self._db.executescript(SCHEMA)
+        self._db.create_function("flywheel_holds", -1, _holds, deterministic=True)
         self._tombstones = Tombstones()
 
     def _use_wal(self, busy_timeout_s: float) -> None:

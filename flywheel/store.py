@@ -10,6 +10,7 @@ process's lock, default 60 s, before it fails and the log writer spools), `elast
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -26,10 +27,21 @@ SCAN_FIELDS = ("id", "timestamp", "workload_id", "client_id", "model", "status",
 NAMING_FIELDS = ("workload_id", "client_id", "model", "status")  # LogFilter fields that name whose records
 
 
+_ESCAPED_CHAR = re.compile(r"\\u([0-9a-f]{4})")  # `\u00dc` in a JSON string (after lower-casing)
+
+
+def _lower_escaped(match: re.Match) -> str:
+    lowered = chr(int(match[1], 16)).lower()
+    return f"\\u{ord(lowered):04x}" if len(lowered) == 1 else match[0]
+
+
 def fold(text: str) -> str:
-    """Lower case for ASCII letters only, as SQLite's `lower()` does (and `bytes.lower`):
-    every backend then matches `LogFilter.contains` alike."""
-    return text.encode().lower().decode()
+    """Lower case for every script (Python's `str.lower`: Ü as ü, Σ as σ), and for a letter
+    written as a JSON escape too (`\\u00dc` as `\\u00fc`, as tool-call arguments may hold
+    it). The SQLite store calls this same function, so every backend matches
+    `LogFilter.contains` alike."""
+    text = text.lower()
+    return _ESCAPED_CHAR.sub(_lower_escaped, text) if "\\u" in text else text
 
 
 def _escaped(text: str) -> str:
@@ -53,7 +65,7 @@ class LogFilter:
     since: float | None = None
     until: float | None = None
     # texts (a person's email, phone, name): a record holding any of them anywhere in its
-    # stored JSON, ASCII letters in any case; one text may be given as a string
+    # stored JSON, letters in any case; one text may be given as a string
     contains: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
