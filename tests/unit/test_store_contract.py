@@ -18,7 +18,7 @@ from flywheel import search_store
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient
 from flywheel.search_store import SearchLogStore
-from flywheel.store import SCAN_FIELDS, LogFilter, Tombstone, Tombstones, open_store
+from flywheel.store import SCAN_FIELDS, LogFilter, Tombstone, Tombstones, fold, open_store
 
 
 def index_url(server: str, flavour: str) -> str:
@@ -230,6 +230,14 @@ def test_tombstones_that_name_texts_cover_older_records_holding_them_for_their_c
     assert texts.covers(said("the SECRET plan", 60, "c1")) and not texts.covers(said("the secret plan", 60))
     assert texts.covers(said("zed's here", 40)) and not texts.covers(said("zed's here", 60))
     assert not texts.covers(said("zed here", 40)) and not Tombstones().covers(said("ana@x.org", 0))
+
+
+def test_folding_lowers_every_script_and_letters_written_as_json_escapes():
+    assert fold("JÜRGEN aus МОСКВА") == "jürgen aus москва"
+    assert fold(r'{"city": "Z\u00DCRICH"}') == r'{"city": "z\u00fcrich"}'  # upper-case hex, as some encoders write
+    assert fold(r"\u0130") == r"\u0130"  # İ lowers to two characters: the escape stays as written
+    jurgen = Tombstones([Tombstone(LogFilter(contains="Jürgen"), 1_700_000_100)])
+    assert jurgen.covers(_saying(0, "Grüße, JÜRGEN").model_copy(update={"timestamp": 1_700_000_000}))
 
 
 def test_an_erasure_between_reading_tombstones_and_writing_still_wins(engine_store, monkeypatch):
