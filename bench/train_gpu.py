@@ -13,8 +13,7 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
   batches differ in width, and one graph serves them all;
 - `liger`: all of Liger's Triton kernels (RMSNorm, SwiGLU, RoPE and a fused linear cross-entropy
   that never materializes the 32k x 128k logits);
-- `flce`: Liger's fused linear cross-entropy alone, so the model body stays one compiled graph
-  (applied by `flywheel.sft.fuse_cross_entropy`, as `train.fused_cross_entropy` does);
+- `flce`: Liger's fused linear cross-entropy alone, so the model body stays one compiled graph;
 - `cudnn`: cuDNN's attention (SDPA) instead of FlashAttention-2, the only backend allowed;
 - `nocast`: peft does not cast each LoRA input to its float32 weights' dtype (autocast casts it
   straight back to bf16 for the matmul, so the arithmetic is the same, minus two copies).
@@ -22,8 +21,8 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
 (gradient accumulation keeps the batch at 16 x 2048), one that fails is reported, not fatal.
-Needs only torch, transformers, peft and this checkout (no Ray), so it runs on a bare GPU
-machine; Liger travels as a wheel:
+Needs only torch, transformers and peft (no Ray), so it runs on a bare GPU machine; Liger
+travels as a wheel:
 
     pip download --no-deps -d .whl liger-kernel==0.8.5          # here, once (.whl is ignored)
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
@@ -38,10 +37,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # flywheel.sft (stdlib imports only) on a bare GPU box
-from flywheel.sft import fuse_cross_entropy
 
 PEAK_FLOPS = 790e12  # H100/H200 bf16 dense matmul, measured (ENVIRONMENT.md)
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -71,10 +66,12 @@ def build(tiny: bool, device: str, chosen: set[str]):
     from peft.tuners.tuners_utils import BaseTunerLayer
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if "liger" in chosen:  # patches transformers' Llama classes, so before the model is built
+    if chosen & {"liger", "flce"}:  # patches transformers' Llama classes, so before the model is built
         from liger_kernel.transformers import apply_liger_kernel_to_llama
 
-        apply_liger_kernel_to_llama(cross_entropy=False, fused_linear_cross_entropy=True)
+        alone = "liger" not in chosen
+        apply_liger_kernel_to_llama(rope=not alone, rms_norm=not alone, swiglu=not alone, cross_entropy=False,
+                                    fused_linear_cross_entropy=True)
     if "cudnn" in chosen:
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
@@ -88,8 +85,6 @@ def build(tiny: bool, device: str, chosen: set[str]):
     base_parameters = sum(p.numel() for p in model.parameters())
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
-    if "flce" in chosen:  # as sft.py applies it (`train.fused_cross_entropy`): this model's forward only
-        fuse_cross_entropy(model, "on", torch.device(device))
     if "nocast" in chosen:
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):

@@ -365,10 +365,6 @@ class TrainConfig(_Strict):
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="`torch.compile` the model, shapes dynamic (batches differ in length): `auto` compiles on "
         "CUDA (bench/train_gpu.py: 1.4x eager with fixed shapes; its `dynamic` variant measures this), not on CPU.")
-    fused_cross_entropy: Literal["auto", "on", "off"] = Field(
-        "auto", description="Liger's fused linear cross-entropy: the loss straight from the last hidden states, never "
-        "the batch x vocab logits (CUDA only; the `gpu` extra installs liger-kernel). `auto`: on where CUDA, "
-        "liger-kernel and a Liger-supported architecture are all present; `on` fails clearly where one is missing.")
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many epochs without a better val loss; null: never.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")

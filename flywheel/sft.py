@@ -11,7 +11,6 @@ taking its slice, so DDP ranks always step together.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -150,37 +149,6 @@ def _compiled(model: Any, mode: str, device: Any) -> Any:
     return model
 
 
-def fuse_cross_entropy(model: Any, mode: str, device: Any) -> bool:
-    """Whether the loss now comes from Liger's fused linear cross-entropy, which computes it
-    from the last hidden states chunk by chunk and never holds the batch x vocab logits (at 16
-    x 2048 tokens over a 128k vocab those are 23 GiB, and the time to write and read them).
-    Patches this model's `forward` only (Liger's per-architecture function with every other
-    kernel off), so nothing global changes. Triton kernels: CUDA only."""
-    if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return False
-    if device.type != "cuda":
-        raise ValueError("train.fused_cross_entropy: on needs a CUDA device (Liger's kernels are Triton); "
-                         "set it to auto or off")
-    try:
-        from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
-    except ImportError as error:
-        if mode == "auto":
-            return False
-        raise ValueError("train.fused_cross_entropy: on needs liger-kernel on every training worker "
-                         "(pip install 'flywheel[gpu]')") from error
-    base = model.get_base_model()
-    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(base.config.model_type)
-    flags = inspect.signature(apply).parameters if apply else {}
-    if "fused_linear_cross_entropy" not in flags:
-        if mode == "auto":
-            return False
-        raise ValueError(f"train.fused_cross_entropy: on, but Liger has no fused cross-entropy for model type "
-                         f"{base.config.model_type!r}; set it to auto or off")
-    apply(model=base, **{name: name == "fused_linear_cross_entropy" for name, flag in flags.items()
-                         if isinstance(flag.default, bool)})
-    return True
-
-
 def _all_reduce(values: list[float], op: str = "sum") -> list[float]:
     """`values` reduced elementwise across DDP ranks (`sum` or `max`); as given in one process."""
     import torch
@@ -241,7 +209,6 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     if start is not None:  # resuming, or warm-starting from an earlier adapter
         set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
-    fused = fuse_cross_entropy(model, cfg["fused_cross_entropy"], device)
     model = session.prepare_model(model.to(device))
     step_model = _compiled(model, cfg["compile"], device)
     learning_rate = cfg["learning_rate"] * (cfg["warm_start_lr_scale"] if cfg.get("init_adapter_path") else 1.0)
@@ -298,8 +265,7 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     stop_file = Path(cfg["stop_file"]) if cfg.get("stop_file") else None
     model.train()
     started, tokens_seen, loss_sum, loss_count = time.monotonic(), 0, 0.0, 0
-    metrics: dict[str, Any] = {"step": state["step"], "total_steps": total_steps, "dropped_too_long": too_long,
-                               "fused_cross_entropy": fused}
+    metrics: dict[str, Any] = {"step": state["step"], "total_steps": total_steps, "dropped_too_long": too_long}
     done = state["step"] >= total_steps
     while not done and state["epoch"] < cfg["epochs"]:
         batches = global_batches(lengths, cfg["batch_size"], world, cfg["seed"], state["epoch"])

@@ -176,14 +176,3 @@ def test_the_gpu_tiers_spelled_out_settings_are_all_the_loop_reads(tiny_model, s
                        "dataset_path": str(sft_dataset), "output_dir": str(tmp_path / "adapter"), "progress_file": None,
                        "chat_template": TEMPLATE}, LocalSession(tmp_path / "checkpoints"))
     assert metrics["step"] == 1
-    assert metrics["fused_cross_entropy"] is False  # `auto` off CUDA: Liger's kernels are Triton
-
-
-def test_asking_for_the_fused_cross_entropy_off_cuda_is_a_clear_error():
-    import torch
-
-    from flywheel.sft import fuse_cross_entropy
-
-    with pytest.raises(ValueError, match="fused_cross_entropy: on needs a CUDA device"):
-        fuse_cross_entropy(None, "on", torch.device("cpu"))
-    assert fuse_cross_entropy(None, "off", torch.device("cuda")) is False
