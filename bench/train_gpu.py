@@ -16,7 +16,11 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 - `flce`: Liger's fused linear cross-entropy alone, so the model body stays one compiled graph;
 - `cudnn`: cuDNN's attention (SDPA) instead of FlashAttention-2, the only backend allowed;
 - `nocast`: peft does not cast each LoRA input to its float32 weights' dtype (autocast casts it
-  straight back to bf16 for the matmul, so the arithmetic is the same, minus two copies).
+  straight back to bf16 for the matmul, so the arithmetic is the same, minus two copies);
+- `autotune`: compiled with Inductor's `max-autotune-no-cudagraphs` mode: every matmul shape is
+  timed against Triton templates and the fastest kernel kept (a longer compile);
+- `cudagraphs`: compiled with CUDA graphs (`reduce-overhead`; `max-autotune` with `autotune`), so
+  the step's thousands of kernels launch as one graph replay.
 
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
@@ -27,6 +31,7 @@ travels as a wheel:
     pip download --no-deps -d .whl liger-kernel==0.8.5          # here, once (.whl is ignored)
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
     python bench/train_gpu.py [--steps 20] [--batch 16] [--seq 2048] [--variants eager,compiled] [--out FILE]
+                              [--variant-timeout 240]
     python bench/train_gpu.py --tiny     # a 2-layer model on CPU: checks the script, measures nothing
 """
 
@@ -43,11 +48,12 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
-FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast")
-# the reference pair, the variant that should beat it and what sft.py runs; each compiled one
-# takes ~80 s on an H200 (2026-11-27), so these four fit one 10-minute device call
-DEFAULT_VARIANTS = "compiled,compiled+flce,eager,dynamic"
-VARIANT_TIMEOUT_S = 240  # one variant's process, compilation included: a hung compile is a row, not the whole budget
+FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast", "autotune", "cudagraphs")
+COMPILE_MODES = {frozenset(): None, frozenset({"autotune"}): "max-autotune-no-cudagraphs",
+                 frozenset({"cudagraphs"}): "reduce-overhead", frozenset({"autotune", "cudagraphs"}): "max-autotune"}
+# the reference, the two untried levers on the compiled step and what sft.py runs; a compiled
+# variant took 80-130 s on an H200 (2026-11-27/28), so these four fit one 10-minute device call
+DEFAULT_VARIANTS = "compiled,compiled+autotune,compiled+cudagraphs,dynamic"
 
 
 def features(variant: str) -> set[str]:
@@ -100,8 +106,9 @@ def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: i
     model, parameters, vocab = build(tiny, device, chosen)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     step_fn = model
-    if chosen & {"compiled", "dynamic"}:  # dynamic=None: shapes fixed, as long as they stay the same
-        step_fn = torch.compile(model, dynamic=True if "dynamic" in chosen else None)
+    if chosen & {"compiled", "dynamic", "autotune", "cudagraphs"}:  # dynamic=None: fixed while shapes stay the same
+        step_fn = torch.compile(model, dynamic=True if "dynamic" in chosen else None,
+                                mode=COMPILE_MODES[frozenset(chosen & {"autotune", "cudagraphs"})])
     chunks = [torch.randint(0, vocab, (micro, seq), device=device) for _ in range(batch // micro)]
 
     def step() -> None:
@@ -148,9 +155,9 @@ def run_variant(args: argparse.Namespace, variant: str, batch: int, seq: int, st
         command = [sys.executable, __file__, "--only", variant, "--micro-batch", str(micro), "--batch", str(batch),
                    "--seq", str(seq), "--steps", str(steps)] + (["--tiny"] if args.tiny else [])
         try:
-            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=VARIANT_TIMEOUT_S)
+            done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.variant_timeout)
         except subprocess.TimeoutExpired:
-            return {"variant": variant, "micro_batch": micro, "error": f"timed out after {VARIANT_TIMEOUT_S} s"}
+            return {"variant": variant, "micro_batch": micro, "error": f"timed out after {args.variant_timeout} s"}
         lines = done.stdout.strip().splitlines()
         row = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {
             "variant": variant, "micro_batch": micro, "error": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
@@ -167,6 +174,8 @@ def main() -> None:
     parser.add_argument("--variants", default=None, help=f"comma-separated (default: {DEFAULT_VARIANTS}; eager "
                                                          "with --tiny)")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
+    parser.add_argument("--variant-timeout", type=int, default=240, help="seconds for one variant's process, "
+                        "compilation included: a hung compile is a failed row, not the whole budget")
     parser.add_argument("--tiny", action="store_true", help="2 layers on CPU: a smoke run of this script")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
