@@ -20,13 +20,13 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 - `autotune`: compiled with Inductor's `max-autotune-no-cudagraphs` mode: every matmul shape is
   timed against Triton templates and the fastest kernel kept (a longer compile);
 - `cudagraphs`: compiled with CUDA graphs (`reduce-overhead`; `max-autotune` with `autotune`), so
-  the step's thousands of kernels launch as one graph replay.
+  the step's kernels launch as one graph replay, not one by one from Python.
 
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
 (gradient accumulation keeps the batch at 16 x 2048), one that fails is reported, not fatal.
 Needs only torch, transformers and peft (no Ray), so it runs on a bare GPU machine; Liger
-travels as a wheel:
+(the `liger` and `flce` variants only) travels as a wheel:
 
     pip download --no-deps -d .whl liger-kernel==0.8.5          # here, once (.whl is ignored)
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
