@@ -3,7 +3,7 @@ before a job finds out. Each check is `ok`, `warn` (works, but not as intended) 
 (something will break), with the fix in its detail: models pulled, the log store
 reachable, records still spooled, the service up, hosted APIs reachable with their keys,
 every alias's models present, teachers that curation learns from, Ray's resources for the
-service and a turn's training, disk space.
+service and a turn's training, the compiler a compiled training step needs, disk space.
 
 Checks read and probe; none changes anything (but a first look at a SQLite store creates
 it empty, as any command does, and on a low disk the pruning estimate takes each
@@ -12,6 +12,7 @@ workload's turn lock for a moment). Network probes wait `PROBE_S` at most.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from typing import Literal
 
 import httpx
 
-from flywheel.config import FlywheelConfig, RayConfig
+from flywheel.config import FlywheelConfig, RayConfig, TrainConfig
 from flywheel.log_writer import spooled_batches
 
 PROBE_S = 5.0
@@ -160,12 +161,46 @@ def _needs(config: FlywheelConfig) -> tuple[dict[str, float], dict[str, float]]:
     serving = {"CPU": config.serve.ingress_num_cpus + sum(m.num_replicas * m.num_cpus for m in config.serve.models),
                "GPU": sum(m.num_replicas * m.num_gpus for m in config.serve.models)}
     training = {"CPU": 0.0, "GPU": 0.0}
+    for settings in _candidates(config):
+        training["CPU"] = max(training["CPU"], settings.num_workers * settings.cpus_per_worker)
+        training["GPU"] = max(training["GPU"], settings.num_workers * float(settings.use_gpu))
+    return serving, training
+
+
+def _candidates(config: FlywheelConfig) -> Iterator[TrainConfig]:
+    """The training settings of every candidate any workload's turn trains."""
     for workload in [None, *config.turn.per_workload]:
         for overrides in config.turn.for_workload(workload).candidates:
-            settings = config.train.overridden(overrides)
-            training["CPU"] = max(training["CPU"], settings.num_workers * settings.cpus_per_worker)
-            training["GPU"] = max(training["GPU"], settings.num_workers * float(settings.use_gpu))
-    return serving, training
+            yield config.train.overridden(overrides)
+
+
+def _compile_toolchain(config: FlywheelConfig) -> Iterator[Check]:
+    """`train.compile` (`auto` on GPU workers, `on` anywhere) needs Inductor's toolchain where
+    training runs, or the first step fails: a C++ compiler for CPU kernels; Triton and a C
+    compiler (Triton builds its launcher with it) for GPU ones. Looked for on this machine,
+    which trains on a local instance; a cluster's workers may differ, so there it warns."""
+    compiled = {"GPU" if s.use_gpu else "CPU" for s in _candidates(config)
+                if s.compile == "on" or (s.compile == "auto" and s.use_gpu)}
+    if not compiled:
+        return
+    missing = []
+    if "CPU" in compiled and not _which(os.environ.get("CXX"), "g++", "clang++"):
+        missing.append("a C++ compiler (g++ or clang++, or $CXX)")
+    if "GPU" in compiled and importlib.util.find_spec("triton") is None:
+        missing.append("Triton")
+    if "GPU" in compiled and not _which(os.environ.get("CC"), "cc", "gcc", "clang"):
+        missing.append("a C compiler for Triton (gcc or clang, or $CC)")
+    on = f"the {' and '.join(sorted(compiled))} training step"
+    if not missing:
+        yield Check("compile", "ok", f"{on} is compiled (train.compile); its toolchain is on this machine")
+        return
+    yield Check("compile", "fail" if config.ray.address == "local" else "warn",
+                f"{on} is compiled (train.compile), but this machine lacks {' and '.join(missing)}: the first "
+                "training step would fail; install it on every training node, or set train.compile: off")
+
+
+def _which(*names: str | None) -> str | None:
+    return next((found for name in names if name and (found := shutil.which(name))), None)
 
 
 def _resources(config: FlywheelConfig, resources: Callable[[RayConfig], dict[str, float]]) -> Iterator[Check]:
@@ -220,4 +255,4 @@ def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = http
     """Every check, in the order a turn meets them; `get` (the HTTP probe) and `resources`
     (what Ray can schedule on) are injected by tests."""
     return [*_models(config), *_store(config), *_service(config, get), *_upstreams(config, get),
-            *_routes(config), *_resources(config, resources), *_disk(config)]
+            *_routes(config), *_resources(config, resources), *_compile_toolchain(config), *_disk(config)]

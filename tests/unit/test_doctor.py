@@ -125,6 +125,45 @@ def test_resources_say_what_would_wait_forever_and_what_an_autoscaler_could_fix(
     assert gpu.status == "fail" and "a turn's training needs 1 GPU (0 there)" in gpu.detail
 
 
+def test_a_compiled_training_step_needs_its_toolchain_here(config, monkeypatch, tmp_path):
+    """`train.compile` fails at the first training step without Inductor's toolchain; the
+    doctor looks for it on this machine, and says nothing where training runs eager. PATH
+    and Triton's lookup stand for a machine with and without them."""
+    from flywheel import doctor
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("g++", "gcc"):
+        (tools / name).write_text("#!/bin/sh\n")
+        (tools / name).chmod(0o755)
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tools))
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: object())
+
+    def compile_check(cfg):
+        return {check.name: check for check in run_checks(cfg, probe([]), resources=lambda ray: {"CPU": 8.0})
+                }.get("compile")
+
+    def train(**fields):
+        return config.model_copy(update={"train": config.train.model_copy(update=fields)})
+
+    assert compile_check(config) is None  # auto on CPU: eager
+    assert compile_check(train(compile="on")).status == "ok"
+    assert compile_check(train(use_gpu=True)).detail.startswith("the GPU training step is compiled")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(doctor.importlib.util, "find_spec", lambda name: None)
+    cpu = compile_check(train(compile="on"))
+    assert cpu.status == "fail" and "the CPU training step is compiled" in cpu.detail
+    assert "lacks a C++ compiler (g++ or clang++, or $CXX)" in cpu.detail and "train.compile: off" in cpu.detail
+    gpu = compile_check(train(use_gpu=True))  # auto on GPU workers compiles
+    assert gpu.status == "fail" and "lacks Triton and a C compiler for Triton" in gpu.detail
+    remote = config.model_copy(update={"ray": config.ray.model_copy(update={"address": "auto"}),
+                                       "train": config.train.model_copy(update={"use_gpu": True})})
+    assert compile_check(remote).status == "warn"  # a cluster's workers may have what the head lacks
+    assert compile_check(train(use_gpu=True, compile="off")) is None
+
+
 def test_a_local_instance_counts_its_configured_cpus_and_this_machines_gpus(monkeypatch):
     import ray
     import torch
