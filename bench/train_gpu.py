@@ -20,7 +20,9 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 - `autotune`: compiled with Inductor's `max-autotune-no-cudagraphs` mode: every matmul shape is
   timed against Triton templates and the fastest kernel kept (a longer compile);
 - `cudagraphs`: compiled with CUDA graphs (`reduce-overhead`; `max-autotune` with `autotune`), so
-  the step's kernels launch as one graph replay, not one by one from Python.
+  the step's kernels launch as one graph replay, not one by one from Python;
+- `coordesc`: Inductor's coordinate-descent tuning of its generated (pointwise, norm, reduction)
+  kernels' block sizes, with `compiled` or `autotune`.
 
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
@@ -48,7 +50,7 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
-FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast", "autotune", "cudagraphs")
+FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast", "autotune", "cudagraphs", "coordesc")
 COMPILE_MODES = {frozenset(): None, frozenset({"autotune"}): "max-autotune-no-cudagraphs",
                  frozenset({"cudagraphs"}): "reduce-overhead", frozenset({"autotune", "cudagraphs"}): "max-autotune"}
 # the reference, the two untried levers on the compiled step and what sft.py runs; a compiled
@@ -106,7 +108,11 @@ def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: i
     model, parameters, vocab = build(tiny, device, chosen)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     step_fn = model
-    if chosen & {"compiled", "dynamic", "autotune", "cudagraphs"}:  # dynamic=None: fixed while shapes stay the same
+    if "coordesc" in chosen:
+        import torch._inductor.config
+
+        torch._inductor.config.coordinate_descent_tuning = True
+    if chosen & {"compiled", "dynamic", "autotune", "cudagraphs", "coordesc"}:  # dynamic=None: fixed while shapes stay the same
         step_fn = torch.compile(model, dynamic=True if "dynamic" in chosen else None,
                                 mode=COMPILE_MODES[frozenset(chosen & {"autotune", "cudagraphs"})])
     chunks = [torch.randint(0, vocab, (micro, seq), device=device) for _ in range(batch // micro)]

@@ -32,4 +32,4 @@ def test_an_unknown_feature_is_a_one_line_error_before_anything_runs():
     assert result.returncode != 0 and not result.stdout
     assert result.stderr.strip().splitlines() == [
         ("unknown feature(s) fast in variant 'compiled+fast'; a variant is 'eager' or a '+'-joined set of "
-         "compiled, dynamic, liger, flce, cudnn, nocast, autotune, cudagraphs")]
+         "compiled, dynamic, liger, flce, cudnn, nocast, autotune, cudagraphs, coordesc")]
