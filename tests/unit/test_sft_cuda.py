@@ -13,7 +13,9 @@ from flywheel import sft
 from tests.unit.tiny_llama import TEMPLATE
 
 torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+              # a compile that never ends prints every thread's stack (device time is scarce), not a silent kill
+              pytest.mark.timeout(240, method="thread")]
 
 # TrainConfig's fields as test_sft sets them, spelled out: pydantic is not on the GPU machine
 SETTINGS = {"seed": 0, "max_seq_len": 1024, "precision": "auto", "compile": "auto", "cpus_per_worker": 1,
