@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import typer
 from rich.console import Console
@@ -40,6 +40,16 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON object as the la
 def fail(message: str) -> NoReturn:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def open_for_writing(path: Path) -> TextIO:
+    """`path` opened to write (its folders made), or a one-line error: a typo'd or
+    read-only `--out` must not end in a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}")
 
 
 def emit_json(payload: dict[str, Any]) -> None:
@@ -284,8 +294,8 @@ def logs_export(
         chosen = LogFilter(workload_id=workload, client_id=client, contains=contains or None)
     except ValueError as error:
         fail(str(error).replace("`contains`", "--contains"))
+    sink = open_for_writing(out_file) if out_file else sys.stdout
     store = store_from(cfg)
-    sink = out_file.open("w", encoding="utf-8") if out_file else sys.stdout
     exported, cursor = 0, None
     try:
         with err.status("exporting") as status:
@@ -447,8 +457,7 @@ def workload_generate(
 
     if name not in WORKLOADS:
         fail(f"unknown workload {name!r}; known: {', '.join(sorted(WORKLOADS))}")
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    with out_file.open("w", encoding="utf-8") as handle:
+    with open_for_writing(out_file) as handle:
         for record in WORKLOADS[name](n, seed):
             handle.write(json.dumps(record) + "\n")
     result = {"workload": name, "records": n, "seed": seed, "path": str(out_file)}

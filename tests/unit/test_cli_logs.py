@@ -57,6 +57,22 @@ def test_import_of_a_missing_file_is_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
 
 
+def test_export_makes_its_folders_and_an_unwritable_out_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    file = tmp_path / "logs.jsonl"
+    file.write_text(json.dumps(NVIDIA) + "\n")
+    assert flywheel("logs", "import", str(file), "--json", home=home).returncode == 0
+
+    nested = tmp_path / "backups" / "2026" / "logs.jsonl"
+    done = flywheel("logs", "export", "--out", str(nested), "--json", home=home)
+    assert done.returncode == 0, done.stderr
+    assert last_json(done) == {"exported": 1, "path": str(nested)} and len(nested.read_text().splitlines()) == 1
+    for unwritable, why in ((tmp_path, "Is a directory"), (file / "below-a-file.jsonl", "File exists")):
+        refused = flywheel("logs", "export", "--out", str(unwritable), "--json", home=home)
+        assert refused.returncode == 2 and not refused.stdout
+        assert refused.stderr.strip() == f"error: cannot write {unwritable}: {why}"
+
+
 def test_delete_counts_first_and_removes_one_clients_or_old_records_only_when_told(tmp_path):
     home = tmp_path / "home"
     store = open_store(f"sqlite:///{home / 'logs.db'}")
