@@ -1080,7 +1080,8 @@ def doctor_command(
 ) -> None:
     """Check what a turning flywheel needs, and say how to fix what is missing: models
     pulled, the log store, the spool, the service, hosted APIs and their keys, every
-    alias's models, teachers curation learns from, Ray's resources, disk. Exit 1 when a
+    alias's models, teachers curation learns from, Ray's resources, a compiled training
+    step's toolchain, disk. Exit 1 when a
     check fails."""
     from flywheel.doctor import Check, run_checks
 
