@@ -139,7 +139,10 @@ def make_api(
         if not any(hmac.compare_digest(token, key) for key in config.api_keys):
             raise ApiError(401, "invalid API key")
 
-    def admin(request: Request) -> None:
+    def admin(request: Request, *params: str) -> None:
+        """The admin token, then the query: a parameter the endpoint does not take (its
+        `params`) is refused, not ignored, so `?client=bob` for `client_id` cannot hand an
+        access request every client's records."""
         if not config.admin_token:
             raise ApiError(403, "admin endpoints are disabled: set serve.admin_token or $FLYWHEEL_ADMIN_TOKEN")
         token = _bearer(request)
@@ -147,6 +150,9 @@ def make_api(
             raise ApiError(401, "missing admin token: send `Authorization: Bearer <admin token>`")
         if not hmac.compare_digest(token, config.admin_token):
             raise ApiError(403, "wrong admin token")
+        if unknown := sorted(set(request.query_params) - set(params)):
+            raise ApiError(400, f"unknown query parameter(s) {', '.join(unknown)}; "
+                           + (f"use {', '.join(params)}" if params else "this endpoint takes none"), unknown[0])
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -376,7 +382,7 @@ def make_api(
 
         @app.get("/v1/flywheel/runs")
         async def list_runs(request: Request, workload: str | None = None) -> dict:
-            admin(request)
+            admin(request, "workload")
             return {"runs": [record.summary() for record in await asyncio.to_thread(runs.list, workload)]}
 
         @app.get("/v1/flywheel/runs/{run_id}")
@@ -416,7 +422,7 @@ def make_api(
         @app.get("/v1/flywheel/decisions")
         async def list_gate_decisions(request: Request, alias: str | None = None, limit: str = "20") -> dict:
             """Recorded gate decisions, newest first: turns' gates and shadow-trial verdicts."""
-            admin(request)
+            admin(request, "alias", "limit")
             if not limit.isdigit() or not 1 <= int(limit) <= 1000:
                 raise ApiError(400, "`limit` must be an integer from 1 to 1000", "limit")
             try:
@@ -455,7 +461,7 @@ def make_api(
             `after`: the previous page's `next`. What the store holds about a client or, by
             `contains` (repeat it for any of several texts), a person (an access request),
             before or instead of erasing it."""
-            admin(request)
+            admin(request, "workload_id", "client_id", "model", "status", "contains", "limit", "order", "after")
             if not limit.isdigit() or not 1 <= int(limit) <= 1000:
                 raise ApiError(400, "`limit` must be an integer from 1 to 1000", "limit")
             if order not in ("asc", "desc"):
@@ -490,7 +496,7 @@ def make_api(
         async def savings(request: Request, workload: str | None = None, days: str | None = None) -> dict:
             """What students saved, measured from the logs (flywheel/savings.py); `days`: only
             the last D days."""
-            admin(request)
+            admin(request, "workload", "days")
             try:
                 window = None if days is None else float(days)
             except ValueError:

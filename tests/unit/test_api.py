@@ -654,6 +654,20 @@ def test_the_logs_endpoint_pages_through_what_the_store_holds_about_someone(secu
                    {"after": "not-a-cursor"}):
         assert assert_openai_error(secured.get("/v1/flywheel/logs", params=params, headers=ADMIN),
                                    400)["param"] == next(iter(params))
+    # a misspelt filter is refused: ignored, `client=bob` would hand over every client's records
+    typo = assert_openai_error(secured.get("/v1/flywheel/logs", params={"client": "bob"}, headers=ADMIN), 400)
+    assert typo["param"] == "client" and typo["message"].startswith("unknown query parameter(s) client; use ")
+    assert "client_id" in typo["message"]
+
+
+@pytest.mark.parametrize(("path", "params"), [("/v1/flywheel/savings", {"since": "2026-01-01"}),
+                                              ("/v1/flywheel/decisions", {"workload": "w"}),
+                                              ("/v1/flywheel/runs", {"status": "failed"}),
+                                              ("/v1/flywheel/erasures", {"client_id": "bob"})])
+def test_admin_endpoints_refuse_a_query_parameter_they_do_not_take(secured, path, params):
+    error = assert_openai_error(secured.get(path, params=params, headers=ADMIN), 400)
+    assert error["param"] == next(iter(params)) and "unknown query parameter" in error["message"]
+    assert secured.get(path, headers=ADMIN).status_code == 200
 
 
 @pytest.mark.parametrize("body", [{}, {"workload": 3}, {"workload": "../x"}, {"workload": "w", "max_steps": 0},
