@@ -126,6 +126,22 @@ def _clean_message(message: Any) -> dict[str, Any]:
     return cleaned
 
 
+def correction_problem(correction: dict[str, Any]) -> str | None:
+    """Why curation could not learn from a reviewer's correction, or None when it can: what
+    `POST /v1/feedback` refuses, since a correction curation rejects also drops the record's
+    own answer (the correction replaces it)."""
+    try:
+        answer = _clean_message(correction)
+    except Rejected:
+        return ("not an OpenAI chat message: `role` system, user, assistant or tool, `content` text, each "
+                "tool call a function `name` with JSON-object `arguments`")
+    if answer["role"] != "assistant":
+        return "must be the assistant's message (`role`: assistant)"
+    if not answer["content"].strip() and not answer.get("tool_calls"):
+        return "needs `content` or `tool_calls`"
+    return None
+
+
 def _redact(messages: list[dict[str, Any]], redactor: Redactor, counts: Counter) -> list[dict[str, Any]]:
     for message in messages:
         message["content"] = redactor.redact(message["content"], counts)

@@ -32,6 +32,7 @@ from flywheel import telemetry
 from flywheel.config import ServeConfig, TurnConfig
 from flywheel.doctor import Check
 from flywheel.erasure import Erasure, erasure_filter
+from flywheel.examples import correction_problem
 from flywheel.gate import recent_decisions
 from flywheel.records import Feedback
 from flywheel.routes import RouteError, describe
@@ -449,6 +450,8 @@ def make_api(
                 verdict = Feedback.model_validate(body)
             except ValidationError as error:
                 return JSONResponse(validation_error_body(error), status_code=400)
+            if verdict.correction is not None and (problem := correction_problem(verdict.correction)):
+                raise ApiError(400, f"correction: {problem}", "correction")
             if not await asyncio.to_thread((await log_store()).add_feedback, log_id, verdict):
                 raise ApiError(404, f"no logged inference with id {log_id!r}", "log_id")
             return JSONResponse({"log_id": log_id, "status": "recorded"})

@@ -251,6 +251,28 @@ def test_bad_feedback_gets_openai_errors(client, body, status, param):
     assert assert_openai_error(client.post("/v1/feedback", json=body), status)["param"] == param
 
 
+@pytest.mark.parametrize(("correction", "why"), [
+    ({"role": "user", "content": "ships today"}, "must be the assistant's message"),
+    ({"role": "assistant", "content": "  "}, "needs `content` or `tool_calls`"),
+    ({"role": "assistant", "tool_calls": [{"function": {"name": "track", "arguments": "{not json"}}]},
+     "not an OpenAI chat message"),
+    ({"content": "no role"}, "not an OpenAI chat message"),
+])
+def test_a_correction_curation_could_not_learn_from_is_refused_and_nothing_is_recorded(client, log_store,
+                                                                                      correction, why):
+    """Curation would reject it, and with it the record's own answer, which it replaces."""
+    from flywheel.records import LogRecord
+
+    record = LogRecord(workload_id="w", client_id="c", model="small", request=CHAT)
+    log_store.write_batch([record])
+    error = assert_openai_error(client.post("/v1/feedback", json={"log_id": record.id, "correction": correction}), 400)
+    assert error["param"] == "correction" and why in error["message"]
+    assert log_store.get(record.id).feedback == []
+    call = {"role": "assistant", "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "track", "arguments": "{}"}}]}
+    assert client.post("/v1/feedback", json={"log_id": record.id, "correction": call}).status_code == 200
+
+
 def test_every_routed_request_is_logged_with_its_id_in_the_response(client, engine, logged):
     engine.reply = (200, {"id": "chatcmpl-1", "object": "chat.completion", "model": "small:tuned",
                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}],
