@@ -347,6 +347,8 @@ def make_api(
         if set(body) - ROUTE_CHANGE_FIELDS:
             raise ApiError(400, f"unknown fields {sorted(set(body) - ROUTE_CHANGE_FIELDS)}; "
                                 f"use {sorted(ROUTE_CHANGE_FIELDS)}")
+        if not isinstance(body.get("rollback"), (bool, type(None))):
+            raise ApiError(400, "`rollback` must be true", "rollback")
         actions = [key for key in ("adapter", "rollback", "mode") if body.get(key) not in (None, False)]
         if len(actions) != 1:
             raise ApiError(400, "give exactly one of `adapter` (promote), `rollback: true` or `mode`")

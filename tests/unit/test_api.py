@@ -418,6 +418,8 @@ def test_promote_mode_and_rollback_over_http_route_the_next_request(secured, eng
     ({"mode": "shadow"}, 400),  # no candidate
     ({"adapter": "ghost"}, 404),
     ({"adapter": "tuned", "force": True}, 400),
+    ({"rollback": "yes"}, 400),  # not `true`: no rollback (and no 409 "nothing to roll back to")
+    ({"rollback": 1}, 400),
 ])
 def test_bad_route_changes_get_openai_errors_and_change_nothing(secured, body, status):
     assert_openai_error(secured.post("/v1/flywheel/routes/router", json=body, headers=ADMIN), status)
