@@ -16,6 +16,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 DEFAULT_HOME = "~/.cache/flywheel"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+WORKLOAD_MAX_CHARS = 100  # a workload names folders and run ids (with a 25-character suffix)
+
+
+def workload_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a workload id (it names dataset folders and turn records), or None."""
+    if not MODEL_NAME.match(name):
+        return "use letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+    if len(name) > WORKLOAD_MAX_CHARS:
+        return f"at most {WORKLOAD_MAX_CHARS} characters"
+    return None
 
 
 class ConfigError(ValueError):

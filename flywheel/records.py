@@ -26,6 +26,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ulid import ULID
 
+from flywheel.config import WORKLOAD_MAX_CHARS, workload_name_problem
+
 
 class Feedback(BaseModel):
     """A human verdict on one answer; a correction is a better answer to learn from."""
@@ -174,6 +176,8 @@ def record_from_json(obj: Any, workload_id: str | None = None, client_id: str | 
         status = "ok"
     else:
         raise ValueError("expected `request`/`response` (OpenAI or NVIDIA blueprint) or `messages` (chat)")
+    if problem := workload_name_problem(str(workload)):  # it would name folders and turns
+        raise ValueError(f"workload_id {str(workload)[:WORKLOAD_MAX_CHARS]!r}: {problem} (or pass --workload)")
     feedback = obj.get("feedback") or []
     if not isinstance(feedback, list):
         raise ValueError("`feedback` must be a list of {rating, comment, correction} objects")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from flywheel.config import MODEL_NAME
+from flywheel.config import MODEL_NAME, WORKLOAD_MAX_CHARS, workload_name_problem
 from flywheel.file_state import exclusive, replace_file
 
 STAGES = ("curate", "train", "evaluate", "gate")
@@ -113,8 +113,8 @@ class RunBook:
         return exclusive(self.folder / f".{run_id}.write-lock")
 
     def create(self, workload: str, options: dict[str, Any] | None = None, run_id: str | None = None) -> RunRecord:
-        if not MODEL_NAME.match(workload):
-            raise ValueError(f"workload {workload!r}: use letters, digits, '.', '_' and '-' only")
+        if problem := workload_name_problem(workload):
+            raise ValueError(f"workload {workload[:WORKLOAD_MAX_CHARS]!r}: {problem}")
         run_id = run_id or new_run_id(workload)
         if self.get(run_id) is not None:
             raise ValueError(f"run {run_id!r} exists")

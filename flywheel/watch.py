@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from flywheel.config import FlywheelConfig, TurnConfig
+from flywheel.config import FlywheelConfig, TurnConfig, workload_name_problem
 from flywheel.erasure import erase
 from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
@@ -84,6 +84,7 @@ class Watcher:
         self.threads: dict[str, threading.Thread] = {}  # run id -> its thread
         # workload -> (since, counted to, count, when counted afresh)
         self._tally: dict[str, tuple[float | None, float | None, int, float]] = {}
+        self._unnamable: set[str] = set()  # logged workload ids no turn can have: warned about once
         self._retained_at = -RETAIN_EVERY_S
 
     def views(self, runs: list[RunRecord] | None = None, now: float | None = None) -> list[WorkloadView]:
@@ -94,6 +95,12 @@ class Watcher:
         workloads = self.config.turn.workloads or sorted(self.store.stats(LogFilter(status="ok"))["by_workload"])
         views = []
         for workload in workloads:
+            if problem := workload_name_problem(workload):  # imported, or logged before the ingress checked
+                if workload not in self._unnamable:
+                    self._unnamable.add(workload)
+                    logger.warning("workload %r never turns (%s): `flywheel logs delete --workload` removes its "
+                                   "records, or import them again under another name", workload[:100], problem)
+                continue
             mine = [run for run in runs if run.workload == workload]
             last = mine[0].created_at if mine else None
             active = any(run.status == "pending" or self.book.running(run.run_id) for run in mine)
@@ -137,7 +144,10 @@ class Watcher:
         views = self.views(runs, now)
         for workload, why in due(self.config.turn, views, len(self.threads), now):
             logger.info("starting a turn of %s: %s", workload, why)
-            started.append(self._start(workload, None, {"trigger": why}))
+            try:
+                started.append(self._start(workload, None, {"trigger": why}))
+            except Exception:  # one workload's failure to start must not hold up the others, or the trials
+                logger.exception("could not start a turn of %s", workload)
         self.judge_trials([view.workload for view in views])
         return [run_id for run_id in started if run_id]
 

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from flywheel import telemetry
-from flywheel.config import ServeConfig, TurnConfig
+from flywheel.config import WORKLOAD_MAX_CHARS, ServeConfig, TurnConfig, workload_name_problem
 from flywheel.doctor import Check
 from flywheel.erasure import Erasure, erasure_filter
 from flywheel.examples import correction_problem
@@ -42,7 +42,7 @@ from flywheel.turns import RunBook, RunRecord, TurnBusy
 from serve.assemble import StreamAssembler
 from serve.engine import Endpoint, ModelEngine
 from serve.errors import error_body, validation_error_body
-from serve.inference_log import InferenceLog, Pending
+from serve.inference_log import InferenceLog, Pending, requested_workload
 from serve.routing import Dispatch, RoutingTable, UnknownModel
 from serve.upstream import UpstreamEngine
 
@@ -225,6 +225,10 @@ def make_api(
         authorized(request)
         deadline = time.monotonic() + timeout  # the client's whole wait, a fallback to the teacher included
         original = await read_body(request, config.max_body_bytes)
+        named = requested_workload(request.headers, original)
+        if named is not None and (problem := workload_name_problem(named)):  # it names folders and turns
+            raise ApiError(400, f"workload id {named[:WORKLOAD_MAX_CHARS]!r} (X-Workload-Id or metadata.workload_id): "
+                           f"{problem}", "workload_id")
         return await answer(endpoint, request, original, dispatch_of(original), deadline)
 
     async def hand_over(endpoint: Endpoint, request: Request, original: dict, dispatch: Dispatch, deadline: float,

@@ -39,6 +39,13 @@ class Pending:
     tags: dict[str, str] = field(default_factory=dict)
 
 
+def requested_workload(headers: Mapping[str, str], body: dict[str, Any]) -> str | None:
+    """The workload a request names: its X-Workload-Id header, else `metadata.workload_id`."""
+    metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
+    named = headers.get("x-workload-id") or metadata.get("workload_id")
+    return str(named) if named else None
+
+
 class InferenceLog:
     def __init__(self, config: LoggingConfig, sink: Callable[[LogRecord], None],
                  on_student_tokens: Callable[[str, int], None] = lambda workload, tokens: None):
@@ -52,8 +59,7 @@ class InferenceLog:
         """`workload` is the default when the request names none (an alias names its
         workload); `force` skips sampling (a shadow is logged whenever its primary is)."""
         metadata = body.get("metadata") if isinstance(body.get("metadata"), dict) else {}
-        workload = (headers.get("x-workload-id") or metadata.get("workload_id") or workload
-                    or self.config.default_workload)
+        workload = requested_workload(headers, body) or workload or self.config.default_workload
         client = headers.get("x-client-id") or metadata.get("client_id") or self.config.default_client
         if workload in self.config.exclude_workloads or (not force and random.random() >= self.config.sample_rate):
             return None

@@ -289,6 +289,23 @@ def test_every_routed_request_is_logged_with_its_id_in_the_response(client, engi
     assert "sk-secret" not in record.model_dump_json()
 
 
+@pytest.mark.parametrize(("headers", "metadata"), [({"X-Workload-Id": "../../etc"}, None),
+                                                   ({}, {"workload_id": "support desk"}),
+                                                   ({"X-Workload-Id": "w" * 101}, None)])
+def test_a_workload_id_that_cannot_name_a_workload_is_refused_before_anything_runs(client, engine, logged,
+                                                                                  headers, metadata):
+    """A workload names dataset folders and turn records; one that cannot used to be logged,
+    and then stopped the watcher's every tick."""
+    engine.reply = (200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}}]})
+    body = {**CHAT, "model": "router", **({"metadata": metadata} if metadata else {})}
+    error = assert_openai_error(client.post("/v1/chat/completions", headers=headers, json=body), 400)
+    assert error["param"] == "workload_id" and "(X-Workload-Id or metadata.workload_id)" in error["message"]
+    assert logged == [] and engine.calls == []
+    assert client.post("/v1/chat/completions", headers={"X-Workload-Id": "support-desk.v2"},
+                       json={**CHAT, "model": "router"}).status_code == 200
+    assert [record.workload_id for record in logged] == ["support-desk.v2"]
+
+
 def test_streamed_responses_are_assembled_and_carry_the_log_id(client, logged):
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True,
                                                              "metadata": {"workload_id": "chat-ui"}}) as response:

@@ -85,6 +85,9 @@ def test_overrides_and_chat_records():
         ({**NVIDIA, "response": None}, "choices"),  # only an errored record may lack its response
         ({**NVIDIA, "feedback": {"rating": 1}}, "feedback"),
         ({**NVIDIA, "feedback": [{"rating": 11}]}, "rating"),
+        ({**NVIDIA, "workload_id": "../support"}, r"workload_id '\.\./support': use letters.*\(or pass --workload\)"),
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+          "workload_id": "w" * 101}, "at most 100 characters"),
     ],
 )
 def test_bad_records_say_why(obj, reason):

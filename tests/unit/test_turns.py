@@ -152,6 +152,35 @@ def test_watcher_starts_due_and_queued_turns_and_counts_records_since_the_last_t
     store.close()
 
 
+def test_a_workload_no_turn_can_have_is_skipped_with_one_warning_and_the_others_still_turn(config, caplog):
+    """Records under a name that cannot be a folder (imported, or logged before the ingress
+    refused such ids) used to fail every tick at the run's creation, so no workload after it
+    started and no trial was judged."""
+    store = open_store(config.store_url)
+    names = ["..", "x" * 101, "support"]
+    store.write_batch([LogRecord(workload_id=w, client_id="c", model="small", request={}, timestamp=time.time() - 60)
+                       for w in names for _ in range(12)])
+    started = []
+
+    def fake_turn(cfg, workload, run_id, options):
+        started.append(workload)
+        book = RunBook(cfg.turns_dir)
+        record = book.get(run_id)
+        record.status = "succeeded"
+        book.save(record)
+
+    watcher = Watcher(config, store, fake_turn)
+    with caplog.at_level("WARNING", logger="flywheel.watch"):
+        watcher.tick()
+        for thread in watcher.threads.values():
+            thread.join(5)
+        watcher.tick()
+    assert started == ["support"]
+    warned = [record.getMessage() for record in caplog.records if "never turns" in record.getMessage()]
+    assert len(warned) == 2 and "'..'" in warned[0] and "at most 100 characters" in warned[1]
+    store.close()
+
+
 class ScanCounter:
     """The store, counting the rows its bulk scan hands out."""
 
