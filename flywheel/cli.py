@@ -222,12 +222,15 @@ def logs_import(
 ) -> None:
     """Import a JSONL file; bad lines are reported as `line N: reason`, good ones stored once.
     Records an earlier erasure covers are not stored, and are counted apart."""
+    from flywheel.config import workload_name_problem
     from flywheel.records import record_from_json
     from flywheel.store import Tombstones
 
     cfg = config_from(config)
     if not file.is_file():
-        fail(f"{file}: no such file")
+        fail(f"{file}: {'a folder, not a file' if file.is_dir() else 'no such file'}")
+    if workload is not None and (problem := workload_name_problem(workload)):
+        fail(f"--workload {workload[:100]!r}: {problem}")
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     store = store_from(cfg)

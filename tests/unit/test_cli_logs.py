@@ -55,6 +55,17 @@ def test_import_of_a_missing_file_is_one_line(tmp_path):
     result = flywheel("logs", "import", str(tmp_path / "absent.jsonl"), home=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "no such file" in result.stderr
+    folder = flywheel("logs", "import", str(tmp_path), home=tmp_path)
+    assert folder.returncode == 2 and folder.stderr.strip() == f"error: {tmp_path}: a folder, not a file"
+
+
+def test_an_import_workload_that_cannot_name_one_is_refused_before_reading(tmp_path):
+    file = tmp_path / "logs.jsonl"
+    file.write_text(json.dumps(NVIDIA) + "\n")
+    result = flywheel("logs", "import", str(file), "--workload", "../x", "--json", home=tmp_path / "home")
+    assert result.returncode == 2 and not result.stdout
+    assert result.stderr.strip() == ("error: --workload '../x': use letters, digits, '.', '_' and '-' only, "
+                                     "starting with a letter or digit")
 
 
 def test_export_makes_its_folders_and_an_unwritable_out_is_one_line(tmp_path):
