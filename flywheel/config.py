@@ -52,6 +52,15 @@ def _addressable(name: str) -> str:
 ServedName = Annotated[str, AfterValidator(_addressable)]  # what a request's `model` field can name
 
 
+def _workload(name: str) -> str:
+    if problem := workload_name_problem(name):
+        raise ValueError(problem)
+    return name
+
+
+WorkloadName = Annotated[str, AfterValidator(_workload)]  # it names dataset folders and turns
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -186,7 +195,7 @@ class LoggingConfig(_Strict):
     enabled: bool = Field(True, description="Log inferences to the store.")
     sample_rate: float = Field(1.0, ge=0, le=1, description="Fraction of requests logged (random per request).")
     exclude_workloads: list[str] = Field(default_factory=list, description="Workloads never logged (opt-out).")
-    default_workload: str = Field(
+    default_workload: WorkloadName = Field(
         "default", description="Workload id when neither the X-Workload-Id header nor body.metadata.workload_id is set."
     )
     default_client: str = Field(
@@ -520,7 +529,7 @@ class TurnConfig(_Strict):
     max_concurrent: int = Field(1, ge=1, description="Turns running at once across workloads (one per workload).")
     warm_start: bool = Field(True, description="Candidates start from the alias's current student when it has "
                              "their base (`train.init_adapter`), so later turns need fewer steps.")
-    workloads: list[str] = Field(default_factory=list, description="Workloads the watcher turns; empty: every "
+    workloads: list[WorkloadName] = Field(default_factory=list, description="Workloads the watcher turns; empty: every "
                                  "workload with successful records.")
     watch_in_service: bool = Field(False, description="Run the watcher inside the Serve app (a `watcher` "
                                    "deployment) instead of as `flywheel watch`.")
@@ -530,7 +539,7 @@ class TurnConfig(_Strict):
         "`flywheel prune`); null: turns' datasets, adapters and checkpoints are kept.")
     teacher_price_per_mtok: float = Field(10.0, ge=0, description="Teacher price per million tokens (savings metric).")
     student_price_per_mtok: float = Field(0.2, ge=0, description="Student price per million tokens (savings metric).")
-    per_workload: dict[str, dict[str, Any]] = Field(
+    per_workload: dict[WorkloadName, dict[str, Any]] = Field(
         default_factory=dict, description="Workload -> the turn fields that differ for it: `candidates`, "
         "`baselines`, `eval_limit`, `min_new_records`, `interval_s`, `warm_start`; e.g. {chat: {min_new_records: "
         "5000}}: a busy workload turns on more new answers than a quiet one.")

@@ -42,6 +42,11 @@ def test_models_dir_follows_flywheel_models(flywheel_home, monkeypatch, tmp_path
          "serve.models.0.typo_field"),
         ({"serve": {"models": MINIMAL["serve"]["models"], "aliases": {"r": {"base": "ghost"}}}},
          "aliases.r.base"),
+        ({**MINIMAL, "turn": {"per_workload": {"support desk": {"min_new_records": 5}}}},
+         "turn.per_workload.support desk.[key]"),
+        ({**MINIMAL, "turn": {"workloads": ["ok", "../x"]}}, "turn.workloads.1"),
+        ({"serve": {**MINIMAL["serve"], "logging": {"default_workload": "x" * 101}}},
+         "serve.logging.default_workload"),
     ],
 )
 def test_invalid_config_is_one_line_naming_the_field(patch, field):
