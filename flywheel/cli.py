@@ -222,7 +222,7 @@ def logs_import(
 ) -> None:
     """Import a JSONL file; bad lines are reported as `line N: reason`, good ones stored once.
     Records an earlier erasure covers are not stored, and are counted apart."""
-    from flywheel.config import workload_name_problem
+    from flywheel.config import WORKLOAD_MAX_CHARS, workload_name_problem
     from flywheel.records import record_from_json
     from flywheel.store import Tombstones
 
@@ -230,7 +230,7 @@ def logs_import(
     if not file.is_file():
         fail(f"{file}: {'a folder, not a file' if file.is_dir() else 'no such file'}")
     if workload is not None and (problem := workload_name_problem(workload)):
-        fail(f"--workload {workload[:100]!r}: {problem}")
+        fail(f"--workload {workload[:WORKLOAD_MAX_CHARS]!r}: {problem}")
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     store = store_from(cfg)
@@ -1084,8 +1084,7 @@ def doctor_command(
     """Check what a turning flywheel needs, and say how to fix what is missing: models
     pulled, the log store, the spool, the service, hosted APIs and their keys, every
     alias's models, teachers curation learns from, Ray's resources, a compiled training
-    step's toolchain, disk. Exit 1 when a
-    check fails."""
+    step's toolchain, disk. Exit 1 when a check fails."""
     from flywheel.doctor import Check, run_checks
 
     cfg = config_from(config)

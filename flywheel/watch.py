@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from flywheel.config import FlywheelConfig, TurnConfig, workload_name_problem
+from flywheel.config import WORKLOAD_MAX_CHARS, FlywheelConfig, TurnConfig, workload_name_problem
 from flywheel.erasure import erase
 from flywheel.examples import count_ground_truth
 from flywheel.gate import Decision, gate_audit, gate_shadow
@@ -99,7 +99,8 @@ class Watcher:
                 if workload not in self._unnamable:
                     self._unnamable.add(workload)
                     logger.warning("workload %r never turns (%s): `flywheel logs delete --workload` removes its "
-                                   "records, or import them again under another name", workload[:100], problem)
+                                   "records, or import them again under another name",
+                                   workload[:WORKLOAD_MAX_CHARS], problem)
                 continue
             mine = [run for run in runs if run.workload == workload]
             last = mine[0].created_at if mine else None
