@@ -167,13 +167,13 @@ def serve_command(
 @contextmanager
 def service_or_fail(cfg: FlywheelConfig) -> Iterator[str]:
     """`running_service`, with a spinner while it starts and start-up failures as one line."""
-    from flywheel.service import running_service
+    from flywheel.service import PortInUse, running_service
 
     with ExitStack() as stack:
         try:
             with err.status("starting Ray and deploying (the vLLM engine takes ~30-40 s on CPU)"):
                 url = stack.enter_context(running_service(cfg))
-        except ModelError as error:
+        except (ModelError, PortInUse) as error:
             fail(str(error))
         except Exception as error:
             fail(f"could not start the service: {type(error).__name__}: {error}")

@@ -16,11 +16,26 @@ from flywheel.models import resolve_model_path
 APP_NAME = "flywheel"
 
 
+class PortInUse(RuntimeError):
+    """The HTTP port is taken on this machine: said in one line before Ray starts, not as the
+    proxy actor's traceback a minute later."""
+
+
 def free_port() -> int:
     """A TCP port nothing listens on right now (for tests and benchmarks)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closing socket is no owner
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            raise PortInUse(f"{host}:{port} is taken ({error.strerror}): stop what listens there, or set "
+                            "serve.port") from None
 
 
 def wait_healthy(url: str, timeout_s: float) -> None:
@@ -55,6 +70,8 @@ def running_service(config: FlywheelConfig, startup_timeout_s: float = 300) -> I
     """Start Ray per `config.ray`, deploy, yield the base URL, shut everything down after."""
     for model in config.serve.models:  # a missing model fails here, before Ray starts
         resolve_model_path(model.source, config.models_dir)
+    if config.ray.address == "local":  # on a cluster the proxies bind on its nodes, not here
+        _check_port_free(config.serve.host, config.serve.port)
 
     import ray
     from ray import serve as ray_serve
