@@ -158,7 +158,36 @@ def test_the_live_admin_endpoints_refuse_missing_and_wrong_tokens(service, adapt
     assert httpx.get(f"{service.base_url}/flywheel/routes", timeout=30).status_code == 401
 
 
+def settle_audits(service, timeout_s: float = 180) -> None:
+    """Wait until every audit the alias's earlier answers started is answered and logged.
+    Until then each holds one of `serve.shadow_max_in_flight`, and a new answer's audit is
+    skipped for want of room: the load test leaves up to that many running on a busy machine."""
+    from flywheel.store import LogFilter, open_store
+
+    store = open_store(service.store_url)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            records, cursor = [], None
+            while True:
+                page = store.query(LogFilter(workload_id=ALIAS), limit=1000, cursor=cursor)
+                records, cursor = records + page.records, page.cursor
+                if cursor is None:
+                    break
+            logged = {record.id for record in records}
+            running = [record.tags["shadow"] for record in records
+                       if "shadow" in record.tags and record.tags["shadow"] not in logged]
+            if not running:
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"{len(running)} audits still running after {timeout_s} s")
+            time.sleep(1)
+    finally:
+        store.close()
+
+
 def test_the_teacher_audits_a_serving_student_and_a_drifted_one_is_demoted(service, adapters):
+    settle_audits(service)
     admin(service, {"adapter": "swap-alpha", "reason": "audit test"})
     body = {"model": ALIAS, "messages": ASK, "max_tokens": 8, "temperature": 0}
     for number in range(5):
