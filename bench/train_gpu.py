@@ -22,7 +22,14 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
 - `cudagraphs`: compiled with CUDA graphs (`reduce-overhead`; `max-autotune` with `autotune`), so
   the step's kernels launch as one graph replay, not one by one from Python;
 - `coordesc`: Inductor's coordinate-descent tuning of its generated (pointwise, norm, reduction)
-  kernels' block sizes, with `compiled` or `autotune`.
+  kernels' block sizes, with `compiled` or `autotune`;
+- `fusedlora`: q/k/v and gate/up as one product each over the stacked weights and LoRA A
+  matrices (`flywheel/lora_fusion.py`), as `train.fuse_lora` runs them;
+- `fa4`: FlashAttention-4 (CuTe DSL; Hopper and Blackwell) behind SDPA's flash backend, through
+  `torch.nn.attention.activate_flash_attention_impl("FA4")`; needs the `flash-attn-4` wheels.
+
+`--profile` adds each variant's GPU time per step by kernel class (matrix products, attention,
+Inductor's Triton kernels, the rest) and its 12 costliest kernels, from `torch.profiler`.
 
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
@@ -41,16 +48,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `flywheel` (the fusedlora feature) without installing it
 
 PEAK_FLOPS = 790e12  # H100/H200 bf16 dense matmul, measured (ENVIRONMENT.md)
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
             "num_key_value_heads": 8, "vocab_size": 128256}  # Llama-3.2-1B's shapes (tied embeddings)
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
-FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast", "autotune", "cudagraphs", "coordesc")
+FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast", "autotune", "cudagraphs", "coordesc",
+            "fusedlora", "fa4")
 COMPILE_MODES = {frozenset(): None, frozenset({"autotune"}): "max-autotune-no-cudagraphs",
                  frozenset({"cudagraphs"}): "reduce-overhead", frozenset({"autotune", "cudagraphs"}): "max-autotune"}
 # the reference, the two untried levers on the compiled step and what sft.py runs; a compiled
@@ -80,6 +92,10 @@ def build(tiny: bool, device: str, chosen: set[str]):
         alone = "liger" not in chosen
         apply_liger_kernel_to_llama(rope=not alone, rms_norm=not alone, swiglu=not alone, cross_entropy=False,
                                     fused_linear_cross_entropy=True)
+    if "fa4" in chosen:
+        from torch.nn.attention import activate_flash_attention_impl
+
+        activate_flash_attention_impl("FA4")
     if "cudnn" in chosen:
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
@@ -93,6 +109,12 @@ def build(tiny: bool, device: str, chosen: set[str]):
     base_parameters = sum(p.numel() for p in model.parameters())
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
+    model = model.to(device)
+    if "fusedlora" in chosen:
+        from flywheel.lora_fusion import fuse_lora_projections
+
+        if not fuse_lora_projections(model):
+            raise RuntimeError("fuse_lora_projections found nothing to fuse")
     if "nocast" in chosen:
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):
@@ -100,7 +122,8 @@ def build(tiny: bool, device: str, chosen: set[str]):
     return model, base_parameters, config.vocab_size
 
 
-def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: int, device: str) -> dict:
+def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: int, device: str,
+            profile: bool = False) -> dict:
     """Tokens/s of `steps` optimizer steps of `batch` sequences, `micro` at a time, after 3 warm-up steps."""
     import torch
 
@@ -136,8 +159,42 @@ def measure(variant: str, tiny: bool, batch: int, micro: int, seq: int, steps: i
     if device == "cuda":
         torch.cuda.synchronize()
     tokens_per_s = len(chunks) * micro * seq * steps / (time.perf_counter() - started)
-    return {"tokens_per_s": tokens_per_s, "mfu": 4 * parameters * tokens_per_s / PEAK_FLOPS, "parameters": parameters,
-            "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+    row = {"tokens_per_s": tokens_per_s, "mfu": 4 * parameters * tokens_per_s / PEAK_FLOPS, "parameters": parameters,
+           "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None}
+    if profile:
+        row["profile"] = kernel_profile(step, device)
+    return row
+
+
+KERNEL_CLASSES = (("matmul", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|splitk|mm_", re.IGNORECASE)),
+                  ("attention", re.compile(r"flash|fmha|attention|sdpa", re.IGNORECASE)),
+                  ("triton", re.compile(r"^triton_", re.IGNORECASE)))
+
+
+def kernel_profile(step, device: str, steps: int = 2) -> dict:
+    """Milliseconds per step by kernel class and the costliest kernels: GPU kernels on CUDA,
+    operators' CPU time in a --tiny run (which checks the code, not the numbers)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as recorded:
+        for _ in range(steps):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+    wanted = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+    kernels: dict[str, float] = {}
+    for event in recorded.events():
+        if event.device_type == wanted:
+            kernels[event.name] = kernels.get(event.name, 0.0) + (event.device_time if cuda else event.cpu_time) / 1e3
+    classes = dict.fromkeys([label for label, _ in KERNEL_CLASSES] + ["other"], 0.0)
+    for name, ms in kernels.items():
+        classes[next((label for label, pattern in KERNEL_CLASSES if pattern.search(name)), "other")] += ms
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:12]
+    return {"ms_per_step": {label: round(ms / steps, 2) for label, ms in classes.items()},
+            "total_ms_per_step": round(sum(kernels.values()) / steps, 2),
+            "top_kernels_ms_per_step": [[name[:120], round(ms / steps, 2)] for name, ms in top]}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -147,7 +204,8 @@ def child(args: argparse.Namespace) -> None:
     device = "cpu" if args.tiny else "cuda"
     row = {"variant": args.only, "micro_batch": args.micro_batch}
     try:
-        row.update(measure(args.only, args.tiny, args.batch, args.micro_batch, args.seq, args.steps, device))
+        row.update(measure(args.only, args.tiny, args.batch, args.micro_batch, args.seq, args.steps, device,
+                           args.profile))
     except torch.cuda.OutOfMemoryError as error:
         row.update(error=f"out of memory: {str(error).splitlines()[0]}", oom=True)
     except Exception as error:  # a variant that cannot run is a result to report, not a crash
@@ -159,7 +217,8 @@ def run_variant(args: argparse.Namespace, variant: str, batch: int, seq: int, st
     micro = batch
     while True:
         command = [sys.executable, __file__, "--only", variant, "--micro-batch", str(micro), "--batch", str(batch),
-                   "--seq", str(seq), "--steps", str(steps)] + (["--tiny"] if args.tiny else [])
+                   "--seq", str(seq), "--steps", str(steps)] + (["--tiny"] if args.tiny else []) + (
+                   ["--profile"] if args.profile else [])
         try:
             done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.variant_timeout)
         except subprocess.TimeoutExpired:
@@ -183,6 +242,8 @@ def main() -> None:
     parser.add_argument("--variant-timeout", type=int, default=240, help="seconds for one variant's process, "
                         "compilation included: a hung compile is a failed row, not the whole budget")
     parser.add_argument("--tiny", action="store_true", help="2 layers on CPU: a smoke run of this script")
+    parser.add_argument("--profile", action="store_true", help="also time each variant's kernels by class "
+                        "(2 more steps under torch.profiler)")
     parser.add_argument("--only", help=argparse.SUPPRESS)
     parser.add_argument("--micro-batch", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

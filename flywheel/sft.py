@@ -182,6 +182,8 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
+    from flywheel.lora_fusion import fuse_lora_projections
+
     rank, world = session.world_rank, session.world_size
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -209,7 +211,10 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     if start is not None:  # resuming, or warm-starting from an earlier adapter
         set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
-    model = session.prepare_model(model.to(device))
+    model = model.to(device)
+    if cfg["fuse_lora"] == "on" or (cfg["fuse_lora"] == "auto" and device.type == "cuda"):
+        fuse_lora_projections(model)  # on its device, before DDP and compile see it
+    model = session.prepare_model(model)
     step_model = _compiled(model, cfg["compile"], device)
     learning_rate = cfg["learning_rate"] * (cfg["warm_start_lr_scale"] if cfg.get("init_adapter_path") else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
