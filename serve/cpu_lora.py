@@ -28,26 +28,29 @@ import os
 
 import torch
 
-# (storage address, version) of a stacked weight tensor -> {slot: holds any non-zero}.
-# vLLM writes adapters into these tensors in place, which bumps `_version`, so a cached
-# answer is never stale. Most adapters touch a few modules (say q and v): for the others
-# the slot stays all-zero and its GEMMs can be skipped.
-_SLOT_IS_LIVE: dict[tuple[int, int], dict[int, bool]] = {}
+# (storage address, version) of a stacked weight tensor -> (the tensor, {slot: holds any
+# non-zero}). vLLM writes adapters into these tensors in place, which bumps `_version`, so a
+# cached answer is never stale. Every address-keyed cache here holds the tensor it describes:
+# freed, its address could go to a new tensor at the same version, which would hit the stale
+# entry (it did, between tests). Most adapters touch a few modules (say q and v): for the
+# others the slot stays all-zero and its GEMMs can be skipped.
+_SLOT_IS_LIVE: dict[tuple[int, int], tuple[torch.Tensor, dict[int, bool]]] = {}
 
 
 def _live(weights: torch.Tensor, slot: int) -> bool:
     key = (weights.data_ptr(), weights._version)
-    slots = _SLOT_IS_LIVE.get(key)
+    slots = _SLOT_IS_LIVE.get(key, (None, None))[1]
     if slots is None:
         if len(_SLOT_IS_LIVE) > 4096:  # old versions of reloaded tensors
             _SLOT_IS_LIVE.clear()
-        slots = _SLOT_IS_LIVE[key] = {}
+        slots = {}
+        _SLOT_IS_LIVE[key] = weights, slots
     if slot not in slots:
         slots[slot] = bool(weights[slot].any())
     return slots[slot]
 
 
-_groups_cache: list = [None, []]  # [(data_ptr, version, length) of the indices, their groups]
+_groups_cache: list = [None, [], None]  # [(data_ptr, version, length) of the indices, their groups, them]
 
 
 def _groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
@@ -57,7 +60,7 @@ def _groups(indices: torch.Tensor) -> list[tuple[int, torch.Tensor | None]]:
         present = torch.unique(indices).tolist()
         groups = [(slot, None if len(present) == 1 else (indices == slot).nonzero().squeeze(1))
                   for slot in present if slot >= 0]
-        _groups_cache[:] = [key, groups]
+        _groups_cache[:] = [key, groups, indices]
     return _groups_cache[1]
 
 
@@ -94,16 +97,16 @@ def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tupl
 # tensors once and loads an adapter into a slot in place, which bumps their versions: an
 # entry is rebuilt then, so there is one per module and slot (float32 copies of A: twice
 # vLLM's own bf16 A buffers at most; B is a view when its dtype is already the output's).
-_pairs: dict[tuple, tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor] | None]] = {}
+_pairs: dict[tuple, tuple[tuple[int, int], tuple[torch.Tensor, torch.Tensor] | None, tuple[torch.Tensor, ...]]] = {}
 
 
 def _pair(a: torch.Tensor, b: torch.Tensor, slot: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
     key, versions = (a.data_ptr(), b.data_ptr(), slot, dtype), (a._version, b._version)
     cached = _pairs.get(key)
     if cached is None or cached[0] != versions:
-        live = _live(a, slot) and _live(b, slot)
+        live, held = _live(a, slot) and _live(b, slot), (a, b)
         a, b = (a.squeeze(1) if a.dim() == 4 else a), (b.squeeze(1) if b.dim() == 4 else b)
-        cached = _pairs[key] = versions, (a[slot].float().T, b[slot].to(dtype).T) if live else None
+        cached = _pairs[key] = versions, (a[slot].float().T, b[slot].to(dtype).T) if live else None, held
     return cached[1]
 
 

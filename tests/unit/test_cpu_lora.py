@@ -171,3 +171,18 @@ def test_all_zero_slots_are_skipped_and_in_place_loads_are_seen(seeded):
     expanded = base.clone()
     cpu_lora.bgmv_expand(torch.randn(4, RANK), torch.zeros(MAX_LORAS, OUT, RANK), expanded, indices)
     torch.testing.assert_close(expanded, base)
+
+
+def test_a_new_tensor_at_a_freed_ones_address_gets_no_stale_cached_answer(seeded):
+    """The caches are keyed by storage address and version; a freed index (or weight) tensor's
+    address goes to the next tensor of its size, at the same version 0. Between tests that hit a
+    stale entry (one test's adapter rows applied to another's 'no adapter' batch)."""
+    x = torch.randn(5, IN)
+    for _ in range(20):
+        a_stacked = tuple(torch.randn(MAX_LORAS, 1, RANK, IN) for _ in SLICES)
+        b_stacked = tuple(torch.randn(MAX_LORAS, 1, size, RANK) for size in SLICES)
+        used, unused = torch.zeros(5, sum(SLICES)), torch.zeros(5, sum(SLICES))
+        for indices, y in (([0] * 5, used), ([-1] * 5, unused)):  # the first index tensor is freed before the second
+            cpu_lora.add_lora_linear(SimpleNamespace(token_lora_indices=torch.tensor(indices)), y, x, a_stacked,
+                                     b_stacked, 1.0, SLICES)
+        assert (used != 0).any() and not (unused != 0).any()
