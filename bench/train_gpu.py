@@ -23,10 +23,8 @@ A variant is `eager` or a `+`-joined set of these (e.g. `compiled+cudnn+flce`):
   the step's kernels launch as one graph replay, not one by one from Python;
 - `coordesc`: Inductor's coordinate-descent tuning of its generated (pointwise, norm, reduction)
   kernels' block sizes, with `compiled` or `autotune`;
-- `fusedlora`: q/k/v and gate/up as one product each over the stacked weights and LoRA A
-  matrices (`flywheel/lora_fusion.py`), as `train.fuse_lora` runs them;
-- `fa4`: FlashAttention-4 (CuTe DSL; Hopper and Blackwell) behind SDPA's flash backend, through
-  `torch.nn.attention.activate_flash_attention_impl("FA4")`; needs the `flash-attn-4` wheels.
+- `causal`: attention through `flywheel/causal_attention.py` (SDPA with `is_causal`, no mask), as
+  `flywheel/sft.py` trains: compiled, transformers otherwise attends through a materialized mask.
 
 `--profile` adds each variant's GPU time per step by kernel class (matrix products, attention,
 Inductor's Triton kernels, the rest) and its 12 costliest kernels, from `torch.profiler`.
@@ -54,7 +52,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `flywheel` (the fusedlora feature) without installing it
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `flywheel` (the causal feature), not installed there
 
 PEAK_FLOPS = 790e12  # H100/H200 bf16 dense matmul, measured (ENVIRONMENT.md)
 LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
@@ -62,12 +60,13 @@ LLAMA_1B = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers":
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "vocab_size": 1024}
 FEATURES = ("compiled", "dynamic", "liger", "flce", "cudnn", "nocast", "autotune", "cudagraphs", "coordesc",
-            "fusedlora", "fa4")
+            "causal")
 COMPILE_MODES = {frozenset(): None, frozenset({"autotune"}): "max-autotune-no-cudagraphs",
                  frozenset({"cudagraphs"}): "reduce-overhead", frozenset({"autotune", "cudagraphs"}): "max-autotune"}
-# the reference, the two untried levers on the compiled step and what sft.py runs; a compiled
-# variant took 80-130 s on an H200 (2026-11-27/28), so these four fit one 10-minute device call
-DEFAULT_VARIANTS = "compiled,compiled+autotune,compiled+cudagraphs,dynamic"
+# the reference (transformers' masked attention), the step that meets S4's target, what sft.py runs
+# and the next lever; a compiled variant took 80-130 s on an H200 (2026-11-28), so four fit one
+# 10-minute device call
+DEFAULT_VARIANTS = "compiled,compiled+causal,dynamic+causal,compiled+causal+autotune"
 
 
 def features(variant: str) -> set[str]:
@@ -92,10 +91,6 @@ def build(tiny: bool, device: str, chosen: set[str]):
         alone = "liger" not in chosen
         apply_liger_kernel_to_llama(rope=not alone, rms_norm=not alone, swiglu=not alone, cross_entropy=False,
                                     fused_linear_cross_entropy=True)
-    if "fa4" in chosen:
-        from torch.nn.attention import activate_flash_attention_impl
-
-        activate_flash_attention_impl("FA4")
     if "cudnn" in chosen:
         torch.backends.cuda.enable_flash_sdp(False)
         torch.backends.cuda.enable_mem_efficient_sdp(False)
@@ -107,14 +102,12 @@ def build(tiny: bool, device: str, chosen: set[str]):
     with torch.device(device):  # random init on the GPU: seconds, not the CPU's minute
         model = LlamaForCausalLM(config).to(dtype=torch.bfloat16)
     base_parameters = sum(p.numel() for p in model.parameters())
+    if "causal" in chosen:
+        from flywheel.causal_attention import use_causal_attention
+
+        use_causal_attention(model)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
-    model = model.to(device)
-    if "fusedlora" in chosen:
-        from flywheel.lora_fusion import fuse_lora_projections
-
-        if not fuse_lora_projections(model):
-            raise RuntimeError("fuse_lora_projections found nothing to fuse")
     if "nocast" in chosen:
         for module in model.modules():
             if isinstance(module, BaseTunerLayer):

@@ -384,10 +384,6 @@ class TrainConfig(_Strict):
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="`torch.compile` the model, shapes dynamic (batches differ in length): `auto` compiles on "
         "CUDA (bench/train_gpu.py: 1.4x eager with fixed shapes; its `dynamic` variant measures this), not on CPU.")
-    fuse_lora: Literal["auto", "on", "off"] = Field(
-        "auto", description="Run each Llama layer's q/k/v and gate/up LoRA projections as one matrix product each "
-        "(flywheel/lora_fusion.py: same loss and adapter, fewer passes over the activations): `auto` fuses on CUDA, "
-        "not on CPU.")
     early_stopping_patience: int | None = Field(
         2, ge=1, description="Stop after this many epochs without a better val loss; null: never.")
     checkpoint_every: int = Field(50, ge=1, description="Optimizer steps between checkpoints.")

@@ -43,7 +43,8 @@ def encode(tokenizer: Any, template: str, example: dict[str, Any]) -> Encoded:
 
 
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors; padding is masked out of attention and loss."""
+    """Right-padded tensors: padding carries no labels, and causal attention (`causal_attention`)
+    keeps it out of every real token's context."""
     import torch
 
     width = max(len(item.input_ids) for item in batch)
@@ -129,11 +130,15 @@ def _device_and_precision(precision: str):
 def lora_model(cfg: dict[str, Any], dtype: Any) -> Any:
     """The base at `cfg["model_path"]` in `dtype`, with fresh LoRA layers per `cfg`. peft
     keeps LoRA weights in float32 over a bfloat16 base (`autocast_adapter_dtype`), so the
-    optimizer updates them at full precision and the adapter is saved in float32."""
+    optimizer updates them at full precision and the adapter is saved in float32. Attention is
+    causal with no mask (`causal_attention`: exact for `collate`'s right-padded batches)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from flywheel.causal_attention import use_causal_attention
+
     model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
+    use_causal_attention(model)
     return get_peft_model(model, LoraConfig(
         r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
         target_modules=cfg["target_modules"], task_type="CAUSAL_LM"))
@@ -182,8 +187,6 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
-    from flywheel.lora_fusion import fuse_lora_projections
-
     rank, world = session.world_rank, session.world_size
     random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
@@ -211,10 +214,7 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
     if start is not None:  # resuming, or warm-starting from an earlier adapter
         set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
-    model = model.to(device)
-    if cfg["fuse_lora"] == "on" or (cfg["fuse_lora"] == "auto" and device.type == "cuda"):
-        fuse_lora_projections(model)  # on its device, before DDP and compile see it
-    model = session.prepare_model(model)
+    model = session.prepare_model(model.to(device))
     step_model = _compiled(model, cfg["compile"], device)
     learning_rate = cfg["learning_rate"] * (cfg["warm_start_lr_scale"] if cfg.get("init_adapter_path") else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,

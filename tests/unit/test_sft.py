@@ -119,30 +119,11 @@ def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, sft_data
     assert abs(sum(warm) / 4 - sum(learned[-8:]) / 8) < 0.5 * sum(fresh) / 4
 
 
-def test_fused_lora_projections_train_what_peft_s_do(tiny_model, sft_dataset, tmp_path):
-    """`train.fuse_lora: on` (CPU here; `auto` fuses on CUDA): the same losses and adapter as
-    peft's own projections, to float32 summation order."""
-    from safetensors.torch import load_file
-
-    runs = {}
-    for mode in ("off", "on"):
-        folder = tmp_path / mode
-        folder.mkdir()
-        run_sft(_loop_config(tiny_model, sft_dataset, folder, max_steps=6, fuse_lora=mode),
-                LocalSession(folder / "checkpoints"))
-        runs[mode] = ([json.loads(line)["loss"] for line in (folder / "progress.jsonl").read_text().splitlines()],
-                      load_file(folder / "adapter" / "adapter_model.safetensors"))
-    (peft_losses, peft_weights), (fused_losses, fused_weights) = runs["off"], runs["on"]
-    assert len(fused_losses) == 6 and fused_losses == pytest.approx(peft_losses, rel=1e-4)
-    assert fused_weights.keys() == peft_weights.keys()
-    assert max((fused_weights[name] - peft_weights[name]).abs().max().item() for name in peft_weights) < 1e-4
-
-
 def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, sft_dataset, tmp_path):
-    """`train.compile: on` (CPU here; `auto` turns it on for CUDA), over fused LoRA projections
-    as CUDA's `auto` runs them. The batches differ in width, and the graph takes dynamic shapes:
-    one graph for training and one for the no-grad validation pass, not one per width. Inductor
-    may reorder float sums, so the losses and weights agree to a tolerance, not bitwise."""
+    """`train.compile: on` (CPU here; `auto` turns it on for CUDA). The batches differ in
+    width, and the graph takes dynamic shapes: one graph for training and one for the
+    no-grad validation pass, not one per width. Inductor may reorder float sums, so the
+    losses and weights agree to a tolerance, not bitwise."""
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
 
@@ -155,7 +136,7 @@ def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, s
         folder = tmp_path / mode
         folder.mkdir()
         counters.clear()
-        metrics = run_sft(_loop_config(tiny_model, sft_dataset, folder, max_steps=6, compile=mode, fuse_lora="on"),
+        metrics = run_sft(_loop_config(tiny_model, sft_dataset, folder, max_steps=6, compile=mode),
                           LocalSession(folder / "checkpoints"))
         steps = [json.loads(line) for line in (folder / "progress.jsonl").read_text().splitlines()]
         runs[mode] = (metrics, [step["loss"] for step in steps], counters["stats"]["unique_graphs"],
