@@ -32,13 +32,14 @@ Inductor's Triton kernels, the rest) and its 12 costliest kernels, from `torch.p
 Each variant runs in its own process (no kernel patch, compile cache or allocator state
 leaks between them); one that runs out of memory is retried with half the micro-batch
 (gradient accumulation keeps the batch at 16 x 2048), one that fails is reported, not fatal.
-Needs only torch, transformers and peft (no Ray), so it runs on a bare GPU machine; Liger
+Needs only torch, transformers, peft and this checkout's `flywheel` package (whose
+`causal_attention` imports nothing else; no Ray), so it runs on a bare GPU machine; Liger
 (the `liger` and `flce` variants only) travels as a wheel:
 
     pip download --no-deps -d .whl liger-kernel==0.8.5          # here, once (.whl is ignored)
     pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
     python bench/train_gpu.py [--steps 20] [--batch 16] [--seq 2048] [--variants eager,compiled] [--out FILE]
-                              [--variant-timeout 240]
+                              [--variant-timeout 240] [--profile]
     python bench/train_gpu.py --tiny     # a 2-layer model on CPU: checks the script, measures nothing
 """
 
