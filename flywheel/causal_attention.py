@@ -31,9 +31,17 @@ def causal_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
     return output.transpose(1, 2).contiguous(), None
 
 
-def use_causal_attention(model: Any) -> None:
-    """Switch a transformers model (before peft wraps it) to `causal_sdpa`."""
+def use_causal_attention(model: Any) -> bool:
+    """Switch a transformers model (before peft wraps it) to `causal_sdpa`. False, leaving it as
+    it was, where its attention is more than causal: a sliding window (Mistral v0.1, Gemma's local
+    layers) or soft-capped logits would be lost."""
     from transformers import AttentionInterface
 
+    config = model.config
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    if (window is not None or "sliding_attention" in (getattr(config, "layer_types", None) or ())
+            or getattr(config, "attn_logit_softcapping", None)):
+        return False
     AttentionInterface.register(NAME, causal_sdpa)
     model.set_attn_implementation(NAME)
+    return True

@@ -131,7 +131,8 @@ def lora_model(cfg: dict[str, Any], dtype: Any) -> Any:
     """The base at `cfg["model_path"]` in `dtype`, with fresh LoRA layers per `cfg`. peft
     keeps LoRA weights in float32 over a bfloat16 base (`autocast_adapter_dtype`), so the
     optimizer updates them at full precision and the adapter is saved in float32. Attention is
-    causal with no mask (`causal_attention`: exact for `collate`'s right-padded batches)."""
+    causal with no mask where the base's is plain causal (`causal_attention`: exact for
+    `collate`'s right-padded batches)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 

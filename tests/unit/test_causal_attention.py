@@ -58,3 +58,14 @@ def test_the_gradients_match_too(models):
         grads.append({name: p.grad for name, p in model.named_parameters()})
     expected, got = grads
     assert all(torch.allclose(got[name], expected[name], atol=1e-6) for name in expected)
+
+
+def test_a_model_whose_attention_is_more_than_causal_is_left_as_it_was():
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    shape = {"vocab_size": 300, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "attn_implementation": "sdpa"}
+    windowed = MistralForCausalLM(MistralConfig(**shape, sliding_window=8))
+    assert not use_causal_attention(windowed) and windowed.config._attn_implementation == "sdpa"
+    unwindowed = Qwen2ForCausalLM(Qwen2Config(**shape, sliding_window=8, use_sliding_window=False))
+    assert use_causal_attention(unwindowed) and unwindowed.config._attn_implementation == NAME
