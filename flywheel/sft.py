@@ -43,8 +43,8 @@ def encode(tokenizer: Any, template: str, example: dict[str, Any]) -> Encoded:
 
 
 def collate(batch: list[Encoded], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors: padding carries no labels, and causal attention (`causal_attention`)
-    keeps it out of every real token's context."""
+    """Right-padded tensors; padding is masked out of attention and loss (or, compiled, comes
+    after every real token under causal attention, which keeps it out of their context)."""
     import torch
 
     width = max(len(item.input_ids) for item in batch)
@@ -118,39 +118,51 @@ def _device_and_precision(precision: str):
     """The device, the autocast context (None: float32 throughout) and the dtype to load the
     frozen base in: bfloat16 on CUDA under bf16, as `bench/train_gpu.py` measures (half the
     memory, no cast of every weight at every step); float32 on CPU, where autocast over
-    float32 weights ran faster than bfloat16 weights (ENVIRONMENT.md: 283 vs 260 tokens/s)."""
+    float32 weights ran faster than bfloat16 weights (ENVIRONMENT.md: 283 vs 260 tokens/s).
+    `auto` is bf16 on a CPU only where it multiplies bf16 natively (`_cpu_multiplies_bf16`)."""
     import torch
 
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    bf16 = precision == "bf16" or (precision == "auto" and (device.type == "cpu" or torch.cuda.is_bf16_supported()))
+    native = _cpu_multiplies_bf16() if device.type == "cpu" else torch.cuda.is_bf16_supported()
+    bf16 = precision == "bf16" or (precision == "auto" and native)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
     return device, autocast, torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+
+
+def _cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX). Without them bf16 is
+    emulated: on an AVX2-only EPYC (2026-11-28) a 512x576 by 576x576 product took 182 ms in bf16
+    against 6 ms in float32, and training ran at 4 tokens/s instead of ~300."""
+    import torch
+
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported",
+                                                                         "_is_amx_tile_supported"))
 
 
 def lora_model(cfg: dict[str, Any], dtype: Any) -> Any:
     """The base at `cfg["model_path"]` in `dtype`, with fresh LoRA layers per `cfg`. peft
     keeps LoRA weights in float32 over a bfloat16 base (`autocast_adapter_dtype`), so the
-    optimizer updates them at full precision and the adapter is saved in float32. Attention is
-    causal with no mask where the base's is plain causal (`causal_attention`: exact for
-    `collate`'s right-padded batches)."""
+    optimizer updates them at full precision and the adapter is saved in float32."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from flywheel.causal_attention import use_causal_attention
-
     model = AutoModelForCausalLM.from_pretrained(cfg["model_path"], dtype=dtype)
-    use_causal_attention(model)
     return get_peft_model(model, LoraConfig(
         r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg["lora_dropout"],
         target_modules=cfg["target_modules"], task_type="CAUSAL_LM"))
 
 
-def _compiled(model: Any, mode: str, device: Any) -> Any:
+def _compiled(model: Any, peft_model: Any, mode: str, device: Any) -> Any:
     """What the steps call: `model` itself, or its `torch.compile` (which shares its weights,
-    so training, checkpoints and `model.train()/eval()` still go through `model`)."""
+    so training, checkpoints and `model.train()/eval()` still go through `model`). Compiled,
+    the base attends causally with no mask (`causal_attention`): transformers would attend
+    through a materialized one, and `collate`'s right padding makes causal alone exact."""
     import torch
 
+    from flywheel.causal_attention import use_causal_attention
+
     if mode == "on" or (mode == "auto" and device.type == "cuda"):
+        use_causal_attention(peft_model.get_base_model())
         return torch.compile(model, dynamic=True)  # one graph for every batch width, not one per width
     return model
 
@@ -216,7 +228,7 @@ def run_sft(cfg: dict[str, Any], session: Session) -> dict[str, Any]:
         set_peft_model_state_dict(model, load_file(start / ADAPTER_WEIGHTS))
     peft_model = model
     model = session.prepare_model(model.to(device))
-    step_model = _compiled(model, cfg["compile"], device)
+    step_model = _compiled(model, peft_model, cfg["compile"], device)
     learning_rate = cfg["learning_rate"] * (cfg["warm_start_lr_scale"] if cfg.get("init_adapter_path") else 1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
                                   weight_decay=cfg["weight_decay"])

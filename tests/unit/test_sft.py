@@ -119,13 +119,21 @@ def test_a_warm_start_begins_where_an_earlier_adapter_ended(tiny_model, sft_data
     assert abs(sum(warm) / 4 - sum(learned[-8:]) / 8) < 0.5 * sum(fresh) / 4
 
 
-def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, sft_dataset, tmp_path):
+def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, sft_dataset, tmp_path, monkeypatch):
     """`train.compile: on` (CPU here; `auto` turns it on for CUDA). The batches differ in
     width, and the graph takes dynamic shapes: one graph for training and one for the
-    no-grad validation pass, not one per width. Inductor may reorder float sums, so the
-    losses and weights agree to a tolerance, not bitwise."""
+    no-grad validation pass, not one per width. Compiled, it attends causally with no mask
+    (`causal_attention`), eager through transformers' masked SDPA: on right-padded batches the
+    two agree. Inductor may reorder float sums, so the losses and weights agree to a tolerance,
+    not bitwise."""
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
+
+    from flywheel import sft
+    from flywheel.causal_attention import NAME
+
+    built, original = [], sft.lora_model
+    monkeypatch.setattr(sft, "lora_model", lambda cfg, dtype: built.append(original(cfg, dtype)) or built[-1])
 
     examples = [json.loads(line) for line in (sft_dataset / "train.jsonl").read_text().splitlines()]
     lengths = [len(encode(tokenizer, TEMPLATE, example).input_ids) for example in examples]
@@ -144,6 +152,7 @@ def test_a_compiled_loop_learns_what_the_eager_one_does(tiny_model, tokenizer, s
     (eager, eager_losses, eager_graphs, eager_weights) = runs["off"]
     (compiled, compiled_losses, compiled_graphs, compiled_weights) = runs["on"]
     assert (eager_graphs, compiled_graphs) == (0, 2)
+    assert [model.config._attn_implementation for model in built] == ["sdpa", NAME]
     assert compiled["step"] == eager["step"] == 6
     assert compiled_losses == pytest.approx(eager_losses, rel=1e-3)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
@@ -176,3 +185,17 @@ def test_the_gpu_tiers_spelled_out_settings_are_all_the_loop_reads(tiny_model, s
                        "dataset_path": str(sft_dataset), "output_dir": str(tmp_path / "adapter"), "progress_file": None,
                        "chat_template": TEMPLATE}, LocalSession(tmp_path / "checkpoints"))
     assert metrics["step"] == 1
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_a_cpu_is_bf16_only_where_it_multiplies_bf16_natively(monkeypatch, native):
+    """An AVX2-only CPU emulates bf16 (30x slower than float32 there): `auto` must not pick it."""
+    import torch
+
+    from flywheel import sft
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sft, "_cpu_multiplies_bf16", lambda: native)
+    device, autocast, weights = sft._device_and_precision("auto")
+    assert device.type == "cpu" and weights == torch.float32 and (autocast is not None) == native
+    assert sft._device_and_precision("bf16")[1] is not None and sft._device_and_precision("fp32")[1] is None

@@ -34,8 +34,9 @@ def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_a
     loaded, original = [], sft.lora_model
 
     def recorded(cfg, dtype):
-        loaded.append(dtype)
-        return original(cfg, dtype)
+        model = original(cfg, dtype)
+        loaded.append((dtype, model))
+        return model
 
     monkeypatch.setattr(sft, "lora_model", recorded)
     counters.clear()
@@ -43,7 +44,8 @@ def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_a
                            "output_dir": str(tmp_path / "adapter"), "progress_file": str(tmp_path / "progress.jsonl"),
                            "chat_template": TEMPLATE}, sft.LocalSession(tmp_path / "checkpoints"))
 
-    assert loaded == [torch.bfloat16] and counters["stats"]["unique_graphs"] >= 1
+    assert [dtype for dtype, _ in loaded] == [torch.bfloat16] and counters["stats"]["unique_graphs"] >= 1
+    assert loaded[0][1].config._attn_implementation == "flywheel_causal_sdpa"  # compiled: no mask
     losses = [json.loads(line)["loss"] for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert metrics["step"] == len(losses) == 48  # 32 examples / 4 per batch x 6 epochs
     assert sum(losses[-8:]) / 8 < 0.6 * sum(losses[:8]) / 8

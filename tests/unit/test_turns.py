@@ -36,8 +36,8 @@ class Stages:
     def install(self, monkeypatch):
         def make(name):
             def run(config, record, report):
-                self.calls.append(name)
                 report(f"{name} working")
+                self.calls.append(name)  # after the report: a test that sees the call may read the progress
                 if self.gate is not None and name == "train":
                     self.gate.wait(10)
                 if name in self.fail:
