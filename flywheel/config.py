@@ -380,8 +380,8 @@ class TrainConfig(_Strict):
     max_seq_len: int = Field(1024, ge=16, description="Longer examples are dropped (and counted).")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="`bf16` autocast (on CUDA the frozen base is loaded in bf16 too; LoRA weights "
-        "stay fp32), `fp32`, or `auto` (bf16 where the device computes it natively: a CUDA GPU that has it, a CPU "
-        "with AVX512-BF16 or AMX; elsewhere emulated bf16 ran 30x slower than fp32).")
+        "stay fp32), `fp32`, or `auto` (bf16 on a CUDA GPU that has it and on an AVX-512 CPU; below AVX-512 bf16 "
+        "ran 30x slower than fp32).")
     compile: Literal["auto", "on", "off"] = Field(
         "auto", description="`torch.compile` the model, shapes dynamic (batches differ in length): `auto` compiles on "
         "CUDA (bench/train_gpu.py: 1.4x eager with fixed shapes; its `dynamic` variant measures this), not on CPU.")

@@ -188,14 +188,15 @@ def test_the_gpu_tiers_spelled_out_settings_are_all_the_loop_reads(tiny_model, s
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_on_a_cpu_is_bf16_only_where_it_multiplies_bf16_natively(monkeypatch, native):
-    """An AVX2-only CPU emulates bf16 (30x slower than float32 there): `auto` must not pick it."""
+def test_auto_precision_on_a_cpu_is_bf16_only_where_onednn_has_bf16_kernels(monkeypatch, native):
+    """An AVX2-only CPU runs bf16 through reference code (30x slower than float32 there): `auto`
+    must not pick it."""
     import torch
 
     from flywheel import sft
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(sft, "_cpu_multiplies_bf16", lambda: native)
+    monkeypatch.setattr(sft, "_cpu_has_bf16_kernels", lambda: native)
     device, autocast, weights = sft._device_and_precision("auto")
     assert device.type == "cpu" and weights == torch.float32 and (autocast is not None) == native
     assert sft._device_and_precision("bf16")[1] is not None and sft._device_and_precision("fp32")[1] is None
