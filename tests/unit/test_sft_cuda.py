@@ -2,7 +2,8 @@
 it runs on a bare GPU machine: `pytest tests/unit/test_sft_cuda.py -m gpu`. What
 `train.precision: auto` and `train.compile: auto` choose there (a bf16 base, a compiled step
 with dynamic shapes, attending causally with no mask) learns the tiny task, and the adapter it
-saves is float32. It passed on an H200 on 2026-11-28 (88 s)."""
+saves is float32. It passed on an H200 on 2026-11-28 (88 s), when sft switched attention on loading
+the base rather than in `_compiled`."""
 
 from __future__ import annotations
 
