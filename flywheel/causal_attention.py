@@ -32,9 +32,10 @@ def causal_sdpa(module: Any, query: Any, key: Any, value: Any, attention_mask: A
 
 
 def use_causal_attention(model: Any) -> bool:
-    """Switch a transformers model (before peft wraps it) to `causal_sdpa`. False, leaving it as
-    it was, where its attention is more than causal: a sliding window (Mistral v0.1, Gemma's local
-    layers) or soft-capped logits would be lost."""
+    """Switch a transformers model (or a peft model's `get_base_model()`: only its attention
+    implementation changes, so before or after wrapping) to `causal_sdpa`. False, leaving it as
+    it was, where its attention is more than causal: a sliding window (Mistral v0.1, Gemma's
+    local layers) or soft-capped logits would be lost."""
     from transformers import AttentionInterface
 
     config = model.config
