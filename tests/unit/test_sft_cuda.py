@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from flywheel import sft
+from flywheel import causal_attention, sft
 from tests.unit.tiny_llama import TEMPLATE
 
 torch = pytest.importorskip("torch")
@@ -46,7 +46,7 @@ def test_on_cuda_the_loop_compiles_over_a_bf16_base_learns_and_saves_a_float32_a
                            "chat_template": TEMPLATE}, sft.LocalSession(tmp_path / "checkpoints"))
 
     assert [dtype for dtype, _ in loaded] == [torch.bfloat16] and counters["stats"]["unique_graphs"] >= 1
-    assert loaded[0][1].config._attn_implementation == "flywheel_causal_sdpa"  # compiled: no mask
+    assert loaded[0][1].config._attn_implementation == causal_attention.NAME  # compiled: no mask
     losses = [json.loads(line)["loss"] for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
     assert metrics["step"] == len(losses) == 48  # 32 examples / 4 per batch x 6 epochs
     assert sum(losses[-8:]) / 8 < 0.6 * sum(losses[:8]) / 8
