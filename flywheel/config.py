@@ -93,7 +93,9 @@ class BaseModelConfig(_Strict):
     )
     max_model_len: int = Field(2048, gt=0, description="Context length (prompt + completion tokens).")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "bfloat16", description="Weights/activations dtype handed to vLLM."
+        "auto",
+        description="Weights/activations dtype handed to vLLM. `auto`: on vLLM-cpu bfloat16 where the CPU "
+        "has AVX-512, float32 below it (bf16 runs 4x slower there); on a GPU the checkpoint's dtype.",
     )
     max_loras: int = Field(4, ge=1, description="Adapters resident in one batch at once.")
     max_lora_rank: int = Field(16, ge=1, description="Largest LoRA rank an adapter may have.")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from flywheel import hardware
+
 IGNORE = -100
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 STATE = "training_state.pt"
@@ -119,24 +121,14 @@ def _device_and_precision(precision: str):
     frozen base in: bfloat16 on CUDA under bf16, as `bench/train_gpu.py` measures (half the
     memory, no cast of every weight at every step); float32 on CPU, where autocast over
     float32 weights ran faster than bfloat16 weights (ENVIRONMENT.md: 283 vs 260 tokens/s).
-    `auto` is bf16 on a CPU only where oneDNN has bf16 kernels for it (`_cpu_has_bf16_kernels`)."""
+    `auto` is bf16 on a CPU only where oneDNN has bf16 kernels for it (`hardware`)."""
     import torch
 
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    native = _cpu_has_bf16_kernels() if device.type == "cpu" else torch.cuda.is_bf16_supported()
+    native = hardware.cpu_has_bf16_kernels() if device.type == "cpu" else torch.cuda.is_bf16_supported()
     bf16 = precision == "bf16" or (precision == "auto" and native)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else None
     return device, autocast, torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
-
-
-def _cpu_has_bf16_kernels() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU: AVX-512 (native with AVX512-BF16 or AMX,
-    emulated but fast without). Below it bf16 takes reference code: on an AVX2-only EPYC
-    (2026-11-28) a 512x576 by 576x576 product took 182 ms in bf16 against 6 ms in float32,
-    and training ran at 4 tokens/s instead of ~300."""
-    import torch
-
-    return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
 
 
 def lora_model(cfg: dict[str, Any], dtype: Any) -> Any:

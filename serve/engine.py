@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from flywheel import hardware
 from flywheel.chat_templates import chat_template_path
 from flywheel.config import BaseModelConfig
 from serve.errors import error_body, validation_error_body
@@ -48,7 +49,7 @@ def engine_cli_args(model: BaseModelConfig, model_path: Path) -> list[str]:
     args = [
         "--model", str(model_path),
         "--served-model-name", model.name,
-        "--dtype", model.dtype,
+        "--dtype", served_dtype(model.dtype),
         "--max-model-len", str(model.max_model_len),
         "--enable-lora",
         "--max-loras", str(model.max_loras),
@@ -70,6 +71,19 @@ def engine_cli_args(model: BaseModelConfig, model_path: Path) -> list[str]:
         elif value is not False and value is not None:
             args += [flag, json.dumps(value) if isinstance(value, (dict, list)) else str(value)]
     return args
+
+
+def served_dtype(dtype: str) -> str:
+    """`auto` on vLLM-cpu is bf16 only where the CPU has bf16 kernels (AVX-512), float32 below
+    it (4x the tokens/s on AVX2: `flywheel.hardware`); on a GPU it is vLLM's own `auto`, the
+    checkpoint's dtype."""
+    if dtype != "auto":
+        return dtype
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return dtype
+    return "bfloat16" if hardware.cpu_has_bf16_kernels() else "float32"
 
 
 def parse_engine_args(cli_args: list[str]):

@@ -193,10 +193,10 @@ def test_auto_precision_on_a_cpu_is_bf16_only_where_onednn_has_bf16_kernels(monk
     must not pick it."""
     import torch
 
-    from flywheel import sft
+    from flywheel import hardware, sft
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(sft, "_cpu_has_bf16_kernels", lambda: native)
+    monkeypatch.setattr(hardware, "cpu_has_bf16_kernels", lambda: native)
     device, autocast, weights = sft._device_and_precision("auto")
     assert device.type == "cpu" and weights == torch.float32 and (autocast is not None) == native
     assert sft._device_and_precision("bf16")[1] is not None and sft._device_and_precision("fp32")[1] is None
