@@ -26,7 +26,11 @@ pytestmark = pytest.mark.integration
 ALIAS = "swap-test"
 ASK = [{"role": "user", "content": "Which adapter answers?"}]
 REPLIES = {"swap-alpha": "Adapter alpha answers.", "swap-bravo": "Adapter bravo answers."}
-SWITCH_LIMIT_S = 5.0  # generous for a loaded 2-core box; bench/hot_swap.py measures against the 2 s target
+# How long the first answer from the new target may take: a request's own latency behind the
+# queue on a loaded 2-core box (on an AVX2-only one, 5 s was too little). Routing itself is held
+# to "every request sent after the change returned", below; bench/hot_swap.py times the switch
+# against the 2 s target.
+SWITCH_LIMIT_S = 60.0
 
 
 @dataclass
