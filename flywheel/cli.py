@@ -288,7 +288,7 @@ def logs_export(
 ) -> None:
     """Export records as JSONL (the LogRecord schema), oldest first: a backup, or what the
     store holds about someone (an access request)."""
-    from flywheel.store import LogFilter
+    from flywheel.store import LogFilter, every_record
 
     cfg = config_from(config)
     if out_file is None and as_json:
@@ -299,18 +299,14 @@ def logs_export(
         fail(str(error).replace("`contains`", "--contains"))
     sink = open_for_writing(out_file) if out_file else sys.stdout
     store = store_from(cfg)
-    exported, cursor = 0, None
+    exported = 0
     try:
         with err.status("exporting") as status:
-            while True:
-                page = store.query(chosen, limit=1_000, cursor=cursor)
-                for record in page.records:
-                    sink.write(record.model_dump_json() + "\n")
-                exported += len(page.records)
-                status.update(f"exported {exported:,} records")
-                if page.cursor is None:
-                    break
-                cursor = page.cursor
+            for record in every_record(store, chosen):
+                sink.write(record.model_dump_json() + "\n")
+                exported += 1
+                if exported % 1_000 == 0:
+                    status.update(f"exported {exported:,} records")
     finally:
         if out_file:
             sink.close()

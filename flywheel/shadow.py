@@ -20,7 +20,7 @@ from flywheel.judge import Judge
 from flywheel.metrics import PRIMARY
 from flywheel.records import LogRecord, is_audit
 from flywheel.stats import interval
-from flywheel.store import LogFilter, LogStore
+from flywheel.store import LogFilter, LogStore, every_record
 
 PAGE = 500
 
@@ -40,32 +40,26 @@ def shadow_pairs(store: LogStore, workload: str | None, *, since: float | None =
     everyone's. A shadow that failed is kept (it scores as a wrong answer); one whose
     teacher answer failed or is gone is skipped: there is nothing to compare with."""
     pairs: dict[str, list[tuple[LogRecord, LogRecord]]] = defaultdict(list)
-    found, cursor = 0, None
-    while found < limit:
-        page = store.query(LogFilter(workload_id=workload, model=alias, since=since), order="desc", limit=PAGE,
-                           cursor=cursor)
-        for record in page.records:
-            if found >= limit:
-                break
-            if "shadow_of" not in record.tags:
-                continue
-            audit = is_audit(record.tags)
-            if not audit and candidate is not None and answered_by(record) != candidate:
-                continue  # another candidate's shadow: no need to fetch its teacher answer
-            linked = store.get(record.tags["shadow_of"])
-            teacher, answer = (record, linked) if audit else (linked, record)
-            if answer is None:
-                continue
-            name = answered_by(answer)
-            if candidate is not None and name != candidate:
-                continue
-            if teacher is None or teacher.status != "ok" or _message(teacher) is None:
-                continue
-            pairs[name].append((teacher, answer))
-            found += 1
-        if page.cursor is None:
+    found = 0
+    for record in every_record(store, LogFilter(workload_id=workload, model=alias, since=since), "desc", PAGE):
+        if found >= limit:
             break
-        cursor = page.cursor
+        if "shadow_of" not in record.tags:
+            continue
+        audit = is_audit(record.tags)
+        if not audit and candidate is not None and answered_by(record) != candidate:
+            continue  # another candidate's shadow: no need to fetch its teacher answer
+        linked = store.get(record.tags["shadow_of"])
+        teacher, answer = (record, linked) if audit else (linked, record)
+        if answer is None:
+            continue
+        name = answered_by(answer)
+        if candidate is not None and name != candidate:
+            continue
+        if teacher is None or teacher.status != "ok" or _message(teacher) is None:
+            continue
+        pairs[name].append((teacher, answer))
+        found += 1
     return dict(pairs)
 
 
@@ -78,22 +72,16 @@ def serving_attempts(store: LogStore, alias: str, model: str, *, since: float | 
     Failures never get an audit, so the audited score cannot show them."""
     attempts = failed = 0
     rescued: set[str] = set()  # failed attempts the teacher answered; its record is the newer
-    cursor = None
-    while attempts < limit:
-        page = store.query(LogFilter(model=alias, since=since), order="desc", limit=PAGE, cursor=cursor)
-        for record in page.records:
-            if attempts >= limit:
-                break
-            if "fallback_of" in record.tags and record.status == "ok":
-                rescued.add(record.tags["fallback_of"])
-            if not record.adapter or answered_by(record) != model or "shadow_of" in record.tags:
-                continue
-            if record.status == "ok" or record.id in rescued:
-                attempts += 1
-                failed += record.status != "ok"
-        if page.cursor is None:
+    for record in every_record(store, LogFilter(model=alias, since=since), "desc", PAGE):
+        if attempts >= limit:
             break
-        cursor = page.cursor
+        if "fallback_of" in record.tags and record.status == "ok":
+            rescued.add(record.tags["fallback_of"])
+        if not record.adapter or answered_by(record) != model or "shadow_of" in record.tags:
+            continue
+        if record.status == "ok" or record.id in rescued:
+            attempts += 1
+            failed += record.status != "ok"
     return attempts, failed
 
 

@@ -276,6 +276,19 @@ class LogStore(Protocol):
     def close(self) -> None: ...
 
 
+def every_record(store: LogStore, filter: LogFilter = LogFilter(), order: Literal["asc", "desc"] = "asc",
+                 page_size: int = 1_000) -> Iterator[LogRecord]:
+    """Every record `filter` matches, in `query`'s order, read a page at a time as the caller
+    goes: stopping early reads no further page."""
+    cursor = None
+    while True:
+        page = store.query(filter, order=order, limit=page_size, cursor=cursor)
+        yield from page.records
+        if page.cursor is None:
+            return
+        cursor = page.cursor
+
+
 SEARCH_SCHEMES = ("elasticsearch+http", "elasticsearch+https", "opensearch+http", "opensearch+https")
 
 

@@ -166,18 +166,13 @@ def settle_audits(service, timeout_s: float = 180) -> None:
     """Wait until every audit the alias's earlier answers started is answered and logged.
     Until then each holds one of `serve.shadow_max_in_flight`, and a new answer's audit is
     skipped for want of room: the load test leaves up to that many running on a busy machine."""
-    from flywheel.store import LogFilter, open_store
+    from flywheel.store import LogFilter, every_record, open_store
 
     store = open_store(service.store_url)
     deadline = time.monotonic() + timeout_s
     try:
         while True:
-            records, cursor = [], None
-            while True:
-                page = store.query(LogFilter(workload_id=ALIAS), limit=1000, cursor=cursor)
-                records, cursor = records + page.records, page.cursor
-                if cursor is None:
-                    break
+            records = list(every_record(store, LogFilter(workload_id=ALIAS)))
             logged = {record.id for record in records}
             running = [record.tags["shadow"] for record in records
                        if "shadow" in record.tags and record.tags["shadow"] not in logged]

@@ -18,7 +18,7 @@ from flywheel import search_store
 from flywheel.records import Feedback, LogRecord
 from flywheel.search_clients import ElasticsearchClient
 from flywheel.search_store import SearchLogStore
-from flywheel.store import SCAN_FIELDS, LogFilter, Tombstone, Tombstones, fold, open_store
+from flywheel.store import SCAN_FIELDS, LogFilter, Tombstone, Tombstones, every_record, fold, open_store
 
 
 def index_url(server: str, flavour: str) -> str:
@@ -87,15 +87,16 @@ def test_filters_and_count(store):
 def test_query_pages_through_everything_once_in_order(store, order):
     records = [make(i, ts=i // 3) for i in range(25)]  # ties on timestamp, broken by id
     store.write_batch(records)
-    seen, cursor = [], None
-    while True:
-        page = store.query(LogFilter(), order=order, limit=7, cursor=cursor)
-        seen += page.records
-        if page.cursor is None:
-            break
-        cursor = page.cursor
+    pages = []
+    query = store.query
+    store.query = lambda *args, **kwargs: pages.append(query(*args, **kwargs)) or pages[-1]
+    seen = list(every_record(store, LogFilter(), order, page_size=7))
     expected = sorted(records, key=lambda r: (r.timestamp, r.id), reverse=order == "desc")
     assert [r.id for r in seen] == [r.id for r in expected]
+    assert [len(page.records) for page in pages] == [7, 7, 7, 4]
+    pages.clear()
+    first = every_record(store, LogFilter(), order, page_size=7)
+    assert [next(first).id for _ in range(7)] == [r.id for r in expected[:7]] and len(pages) == 1  # no page ahead
 
 
 def test_partitions_cover_the_filtered_scan_exactly_once(store, monkeypatch):
