@@ -30,7 +30,9 @@ def trained(service, ray_cluster):
            "store": {"url": service.store_url}, "evaluate": {"service_url": service.url, "max_tokens": 128},
            "serve": {"models": [{"name": MODEL, "source": MODEL}]},
            "curate": {"teacher_models": [TEACHER], "eval_size": 40, "val_ratio": 0.02, "icl": {"semantic": False}},
-           "train": {"learning_rate": 2e-3, "batch_size": 8, "max_steps": 60, "epochs": 3, "checkpoint_every": 1000}}
+           # both cores to the one worker: the engine idles while it trains (an AVX2-only box took 11 min on one)
+           "train": {"learning_rate": 2e-3, "batch_size": 8, "max_steps": 60, "epochs": 3, "checkpoint_every": 1000,
+                     "cpus_per_worker": 2}}
     config = parse_config(raw)
     store = open_store(config.store_url)
     store.write_batch([record_from_json({**item, "workload_id": "eval-support"}) for item in generate(700, seed=21)])

