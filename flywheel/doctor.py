@@ -3,7 +3,8 @@ before a job finds out. Each check is `ok`, `warn` (works, but not as intended) 
 (something will break), with the fix in its detail: models pulled, the log store
 reachable, records still spooled, the service up, hosted APIs reachable with their keys,
 every alias's models present, teachers that curation learns from, Ray's resources for the
-service and a turn's training, the compiler a compiled training step needs, disk space.
+service and a turn's training, the compiler a compiled training step needs, bf16 pinned
+on a CPU too old for it, disk space.
 
 Checks read and probe; none changes anything (but a first look at a SQLite store creates
 it empty, as any command does, and on a low disk the pruning estimate takes each
@@ -199,6 +200,30 @@ def _compile_toolchain(config: FlywheelConfig) -> Iterator[Check]:
                 "training step would fail; install it on every training node, or set train.compile: off")
 
 
+def _precision(config: FlywheelConfig) -> Iterator[Check]:
+    """bf16 and fp16 have fast CPU kernels only from AVX-512 up: below it, bf16 served 4x and
+    trained 30x slower than float32 (`flywheel.hardware`). Looked at on this machine when a
+    local instance serves and trains here; a cluster's nodes decide for themselves."""
+    import torch
+
+    from flywheel import hardware
+
+    if config.ray.address != "local" or torch.cuda.is_available():
+        return
+    if hardware.cpu_has_bf16_kernels():
+        yield Check("precision", "ok", "this CPU has AVX-512: `auto` serves and trains in bf16")
+        return
+    pinned = [f"{model.name}'s dtype: {model.dtype}" for model in config.serve.models
+              if model.dtype in ("bfloat16", "float16")] + [f"train.precision: {s.precision}"
+                                                           for s in _candidates(config) if s.precision == "bf16" and not s.use_gpu]
+    if pinned:
+        yield Check("precision", "warn", f"this CPU lacks AVX-512, where bf16 and fp16 run several times slower than "
+                    f"float32, but {', '.join(dict.fromkeys(pinned))}; set `auto` (float32 here)")
+        return
+    yield Check("precision", "ok", "this CPU lacks AVX-512: `auto` serves and trains in float32 (about 3x slower "
+                "than bf16 on an AVX-512 CPU)")
+
+
 def _which(*names: str | None) -> str | None:
     return next((found for name in names if name and (found := shutil.which(name))), None)
 
@@ -255,4 +280,4 @@ def run_checks(config: FlywheelConfig, get: Callable[..., httpx.Response] = http
     """Every check, in the order a turn meets them; `get` (the HTTP probe) and `resources`
     (what Ray can schedule on) are injected by tests."""
     return [*_models(config), *_store(config), *_service(config, get), *_upstreams(config, get),
-            *_routes(config), *_resources(config, resources), *_compile_toolchain(config), *_disk(config)]
+            *_routes(config), *_resources(config, resources), *_compile_toolchain(config), *_precision(config), *_disk(config)]

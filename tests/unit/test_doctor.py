@@ -193,3 +193,28 @@ def test_low_disk_says_what_pruning_would_free(config, monkeypatch):
     disk = {check.name: check for check in run_checks(kept, probe([]), resources=lambda ray: {"CPU": 8.0})}["disk"]
     assert disk.status == "warn" and "`flywheel prune --keep 1 --yes` frees" in disk.detail
     assert f"frees up to {size / 2**20:.1f} MiB" in disk.detail and size > 5 * 10**5 and older.is_dir()  # a dry run
+
+
+def test_bf16_pinned_on_a_cpu_without_avx512_is_named(config, monkeypatch):
+    """Below AVX-512 bf16 takes slow reference code (`flywheel.hardware`): `auto` is float32 there,
+    and a dtype or precision pinned to bf16 is named. The CPU's capability is monkeypatched."""
+    import torch
+
+    from flywheel import hardware
+
+    def precision_check(cfg):
+        return {check.name: check for check in run_checks(cfg, probe([]), resources=lambda ray: {"CPU": 8.0})
+                }.get("precision")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_bf16_kernels", lambda: False)
+    assert precision_check(config).status == "ok" and "float32" in precision_check(config).detail
+    models = [config.serve.models[0].model_copy(update={"dtype": "bfloat16"}), *config.serve.models[1:]]
+    pinned = config.model_copy(update={"serve": config.serve.model_copy(update={"models": models}),
+                                       "train": config.train.model_copy(update={"precision": "bf16"})})
+    warned = precision_check(pinned)
+    assert warned.status == "warn" and "small's dtype: bfloat16, train.precision: bf16" in warned.detail
+    monkeypatch.setattr(hardware, "cpu_has_bf16_kernels", lambda: True)
+    assert precision_check(pinned).status == "ok" and "bf16" in precision_check(pinned).detail
+    remote = pinned.model_copy(update={"ray": pinned.ray.model_copy(update={"address": "auto"})})
+    assert precision_check(remote) is None  # a cluster's nodes decide for themselves
