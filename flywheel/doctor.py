@@ -213,12 +213,13 @@ def _precision(config: FlywheelConfig) -> Iterator[Check]:
     if hardware.cpu_has_bf16_kernels():
         yield Check("precision", "ok", "this CPU has AVX-512: `auto` serves and trains in bf16")
         return
-    pinned = [f"{model.name}'s dtype: {model.dtype}" for model in config.serve.models
-              if model.dtype in ("bfloat16", "float16")] + [f"train.precision: {s.precision}"
-                                                           for s in _candidates(config) if s.precision == "bf16" and not s.use_gpu]
-    if pinned:
+    served = [f"{model.name}'s dtype: {model.dtype}" for model in config.serve.models
+              if model.dtype in ("bfloat16", "float16")]
+    trained = ["train.precision: bf16"] if any(s.precision == "bf16" and not s.use_gpu
+                                               for s in _candidates(config)) else []
+    if served or trained:
         yield Check("precision", "warn", f"this CPU lacks AVX-512, where bf16 and fp16 run several times slower than "
-                    f"float32, but {', '.join(dict.fromkeys(pinned))}; set `auto` (float32 here)")
+                    f"float32, but {', '.join(served + trained)}; set `auto` (float32 here)")
         return
     yield Check("precision", "ok", "this CPU lacks AVX-512: `auto` serves and trains in float32 (about 3x slower "
                 "than bf16 on an AVX-512 CPU)")
